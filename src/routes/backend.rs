@@ -1,0 +1,142 @@
+//! Resolving an Ingress backend (a Service and a port) to the addresses of
+//! its ready endpoints, through the Service's EndpointSlices.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+
+use super::spec::PortRef;
+use super::warning::WarningReason;
+use crate::snapshot::ClusterSnapshot;
+
+/// The label an EndpointSlice carries to name its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Why a backend has no endpoints to offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    pub reason: WarningReason,
+    pub message: String,
+}
+
+/// Services and their EndpointSlices, indexed by namespace and name.
+pub struct ServiceIndex<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> ServiceIndex<'a> {
+    pub fn new(snapshot: &'a ClusterSnapshot) -> Self {
+        let mut services = HashMap::new();
+        for service in &snapshot.services {
+            if let (Some(ns), Some(name)) = (&service.metadata.namespace, &service.metadata.name) {
+                services.insert((ns.as_str(), name.as_str()), service);
+            }
+        }
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for slice in &snapshot.endpoint_slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let (Some(ns), Some(service)) = (&slice.metadata.namespace, service) {
+                slices
+                    .entry((ns.as_str(), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        Self { services, slices }
+    }
+
+    /// The ready endpoints behind `namespace/name:port`, sorted. An `Err`
+    /// means the route cannot be served (503) and says why.
+    pub fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: &PortRef,
+    ) -> Result<Vec<SocketAddr>, Unresolved> {
+        let service = self.services.get(&(namespace, name)).ok_or_else(|| Unresolved {
+            reason: WarningReason::BackendNotFound,
+            message: format!("Service {namespace}/{name} not found"),
+        })?;
+        let spec = service.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err(Unresolved {
+                reason: WarningReason::UnsupportedBackend,
+                message: format!("Service {namespace}/{name} is of type ExternalName, which is not supported"),
+            });
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        let service_port = ports.iter().find(|p| port_matches(p, port)).ok_or_else(|| {
+            let known: Vec<_> = ports.iter().map(describe_port).collect();
+            Unresolved {
+                reason: WarningReason::ServicePortNotFound,
+                message: format!(
+                    "Service {namespace}/{name} has no port {port} (it has: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                ),
+            }
+        })?;
+        let port_name = service_port.name.as_deref().unwrap_or("");
+
+        let mut endpoints = BTreeSet::new();
+        for slice in self.slices.get(&(namespace, name)).into_iter().flatten() {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let target_port = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            });
+            let Some(target_port) = target_port
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().filter(|e| accepts_new_work(e)) {
+                for address in &endpoint.addresses {
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        endpoints.insert(SocketAddr::new(ip, target_port));
+                    }
+                }
+            }
+        }
+        if endpoints.is_empty() {
+            return Err(Unresolved {
+                reason: WarningReason::NoReadyEndpoints,
+                message: format!("Service {namespace}/{name} port {port} has no ready endpoints"),
+            });
+        }
+        Ok(endpoints.into_iter().collect())
+    }
+}
+
+fn port_matches(service_port: &ServicePort, wanted: &PortRef) -> bool {
+    match wanted {
+        PortRef::Number(n) => service_port.port == *n,
+        PortRef::Name(n) => service_port.name.as_deref() == Some(n.as_str()),
+    }
+}
+
+fn describe_port(port: &ServicePort) -> String {
+    match &port.name {
+        Some(name) => format!("{}/{name}", port.port),
+        None => port.port.to_string(),
+    }
+}
+
+/// Ready endpoints only; an endpoint that is terminating, even if still
+/// serving, gets no new work. A missing `ready` counts as ready, as the
+/// EndpointSlice API specifies.
+fn accepts_new_work(endpoint: &Endpoint) -> bool {
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    ready && !terminating
+}

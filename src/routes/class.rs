@@ -1,0 +1,60 @@
+//! Which Ingresses are ours, by IngressClass.
+//!
+//! An Ingress is ours when its `spec.ingressClassName` is our class name;
+//! failing that, when its legacy `kubernetes.io/ingress.class` annotation
+//! is; failing both, when our IngressClass (our name and our controller) is
+//! marked `ingressclass.kubernetes.io/is-default-class: "true"`.
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+/// The controller name our IngressClass must carry.
+pub const CONTROLLER_NAME: &str = "switchyard.dev/ingress-controller";
+/// The class name served when `--ingress-class` is not given.
+pub const DEFAULT_CLASS_NAME: &str = "switchyard";
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// Decides class membership for one snapshot.
+pub struct ClassFilter {
+    class_name: String,
+    ours_is_default: bool,
+}
+
+impl ClassFilter {
+    pub fn new(class_name: &str, classes: &[IngressClass]) -> Self {
+        let ours_is_default = classes.iter().any(|class| {
+            class.metadata.name.as_deref() == Some(class_name)
+                && class.spec.as_ref().and_then(|s| s.controller.as_deref())
+                    == Some(CONTROLLER_NAME)
+                && class
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                    .is_some_and(|v| v == "true")
+        });
+        Self {
+            class_name: class_name.to_string(),
+            ours_is_default,
+        }
+    }
+
+    pub fn is_ours(&self, ingress: &Ingress) -> bool {
+        if let Some(name) = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+        {
+            return name == self.class_name;
+        }
+        if let Some(name) = ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+        {
+            return *name == self.class_name;
+        }
+        self.ours_is_default
+    }
+}

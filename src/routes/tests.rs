@@ -1,0 +1,450 @@
+//! Translation and lookup, end to end on manifests, without sockets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::path::PathType;
+use super::spec::RouteTableSpec;
+use super::translate::{ServiceBackendRef, TranslateOptions, translate};
+use super::{RouteTable, WarningReason};
+use crate::snapshot::ClusterSnapshot;
+use crate::source::manifest::{self, Object};
+
+fn snapshot(yaml: &str) -> ClusterSnapshot {
+    let parsed = manifest::parse(yaml, Path::new("test.yaml"));
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let mut s = ClusterSnapshot::default();
+    for (_, object) in parsed.objects {
+        match object {
+            Object::Ingress(o) => s.ingresses.push(o),
+            Object::IngressClass(o) => s.ingress_classes.push(o),
+            Object::Service(o) => s.services.push(o),
+            Object::EndpointSlice(o) => s.endpoint_slices.push(o),
+            Object::TlsSecret(o) => s.tls_secrets.push(o),
+        }
+    }
+    s
+}
+
+/// A Service `name` with port 80 (named `http`) backed by one ready
+/// endpoint 10.0.0.`octet`:8080.
+fn service(name: &str, octet: u8) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [10.0.0.{octet}]\n"
+    )
+}
+
+/// An Ingress of our class with the given rules (YAML flow items).
+fn ingress(name: &str, extra_metadata: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n{extra_metadata}spec:\n  ingressClassName: switchyard\n{spec}"
+    )
+}
+
+fn rule(host: &str, path: &str, path_type: &str, service: &str) -> String {
+    let host = if host.is_empty() { String::new() } else { format!("host: \"{host}\", ") };
+    format!(
+        "  - {{{host}http: {{paths: [{{path: \"{path}\", pathType: {path_type}, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}]}}}}\n"
+    )
+}
+
+fn rules(items: &[String]) -> String {
+    format!("  rules:\n{}", items.concat())
+}
+
+fn table(yaml: &str) -> (RouteTable, Vec<super::Warning>) {
+    let t = translate(&snapshot(yaml), &TranslateOptions::default());
+    (RouteTable::compile(t.spec), t.warnings)
+}
+
+/// The service a request is routed to, or "404".
+fn route_of(table: &RouteTable, host: &str, path: &str) -> String {
+    table
+        .lookup(host, path)
+        .map(|r| r.labels.service.clone())
+        .unwrap_or_else(|| "404".into())
+}
+
+#[test]
+fn exact_host_beats_wildcard_which_covers_one_label() {
+    let yaml = [
+        service("exact", 1),
+        service("wild", 2),
+        ingress(
+            "a",
+            "",
+            &rules(&[
+                rule("foo.example.com", "/", "Prefix", "exact"),
+                rule("*.example.com", "/", "Prefix", "wild"),
+            ]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(route_of(&t, "foo.example.com", "/"), "exact");
+    assert_eq!(route_of(&t, "FOO.Example.COM:8080", "/x"), "exact");
+    assert_eq!(route_of(&t, "bar.example.com", "/"), "wild");
+    assert_eq!(route_of(&t, "a.bar.example.com", "/"), "404");
+    assert_eq!(route_of(&t, "example.com", "/"), "404");
+}
+
+#[test]
+fn prefix_matches_element_wise_and_longest_wins() {
+    let yaml = [
+        service("root", 1),
+        service("foo", 2),
+        service("foobar", 3),
+        service("exact", 4),
+        ingress(
+            "a",
+            "",
+            &rules(&[
+                rule("h", "/", "Prefix", "root"),
+                rule("h", "/foo/", "Prefix", "foo"),
+                rule("h", "/foo/bar", "ImplementationSpecific", "foobar"),
+                rule("h", "/foo", "Exact", "exact"),
+            ]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(route_of(&t, "h", "/foo"), "exact", "Exact beats Prefix on a tie");
+    assert_eq!(route_of(&t, "h", "/foo/"), "foo");
+    assert_eq!(route_of(&t, "h", "/foo/baz"), "foo");
+    assert_eq!(route_of(&t, "h", "/foo/bar/baz"), "foobar");
+    assert_eq!(route_of(&t, "h", "/foobar"), "root");
+    assert_eq!(route_of(&t, "h", "/FOO"), "root", "paths are case-sensitive");
+}
+
+#[test]
+fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_warned() {
+    let older = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n";
+    let newer = "  creationTimestamp: \"2025-01-01T00:00:00Z\"\n";
+    let yaml = [
+        service("old", 1),
+        service("new", 2),
+        ingress("a-newer", newer, &rules(&[rule("h", "/api", "Prefix", "new")])),
+        ingress("z-older", older, &rules(&[rule("h", "/api/", "Prefix", "old")])),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(route_of(&t, "h", "/api/x"), "old");
+    assert_eq!(warnings.len(), 1);
+    let w = &warnings[0];
+    assert_eq!(w.reason, WarningReason::ConflictingPath);
+    assert_eq!(w.object.name, "a-newer");
+    assert!(w.message.contains("default/z-older"), "{}", w.message);
+    assert!(w.message.contains("spec.rules[0].http.paths[0]"), "{}", w.message);
+}
+
+#[test]
+fn without_timestamps_namespace_then_name_decides() {
+    let yaml = [
+        service("first", 1),
+        service("second", 2),
+        ingress("b", "", &rules(&[rule("h", "/", "Prefix", "second")])),
+        ingress("a", "", &rules(&[rule("h", "/", "Prefix", "first")])),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(route_of(&t, "h", "/"), "first");
+    assert_eq!(warnings[0].object.name, "b");
+}
+
+#[test]
+fn unmatched_requests_go_to_default_backend_then_fallback_then_404() {
+    let default_backend =
+        "  defaultBackend: {service: {name: dflt, port: {name: http}}}\n".to_string();
+    let yaml = [
+        service("dflt", 1),
+        service("other-dflt", 2),
+        service("fb", 3),
+        service("web", 4),
+        ingress("a", "", &[default_backend.clone(), rules(&[rule("h", "/web", "Prefix", "web")])].concat()),
+        ingress("b", "", "  defaultBackend: {service: {name: other-dflt, port: {number: 80}}}\n"),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(route_of(&t, "h", "/web"), "web");
+    assert_eq!(route_of(&t, "h", "/other"), "dflt");
+    assert_eq!(route_of(&t, "unknown", "/"), "dflt");
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].reason, WarningReason::ConflictingDefaultBackend);
+    assert_eq!(warnings[0].object.name, "b");
+
+    let options = TranslateOptions {
+        fallback: Some("default/fb:80".parse().unwrap()),
+        ..Default::default()
+    };
+    let without_default = [service("fb", 3), service("web", 4), ingress("a", "", &rules(&[rule("h", "/web", "Prefix", "web")]))].concat();
+    let t = RouteTable::compile(translate(&snapshot(&without_default), &options).spec);
+    assert_eq!(route_of(&t, "h", "/nothing"), "fb");
+    let t = RouteTable::compile(translate(&snapshot(&without_default), &TranslateOptions::default()).spec);
+    assert_eq!(route_of(&t, "h", "/nothing"), "404");
+}
+
+#[test]
+fn a_host_with_rules_does_not_fall_through_to_hostless_rules() {
+    let yaml = [
+        service("api", 1),
+        service("any", 2),
+        ingress(
+            "a",
+            "",
+            &rules(&[rule("api.example.com", "/v1", "Prefix", "api"), rule("", "/", "Prefix", "any")]),
+        ),
+    ]
+    .concat();
+    let (t, _) = table(&yaml);
+    assert_eq!(route_of(&t, "api.example.com", "/v1/x"), "api");
+    assert_eq!(route_of(&t, "api.example.com", "/other"), "404");
+    assert_eq!(route_of(&t, "www.example.com", "/other"), "any");
+}
+
+#[test]
+fn ingress_class_selection() {
+    let class = |default: bool| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: switchyard\n  annotations: {{ingressclass.kubernetes.io/is-default-class: \"{default}\"}}\nspec: {{controller: switchyard.dev/ingress-controller}}\n"
+        )
+    };
+    let bare = |name: &str, metadata: &str, svc: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n{metadata}spec:\n{}",
+            rules(&[rule(name, "/", "Prefix", svc)])
+        )
+    };
+    let objects = [
+        service("s", 1),
+        bare("legacy", "  annotations: {kubernetes.io/ingress.class: switchyard}\n", "s"),
+        bare("legacy-other", "  annotations: {kubernetes.io/ingress.class: nginx}\n", "s"),
+        bare("classless", "", "s"),
+        ingress("named", "", &rules(&[rule("named", "/", "Prefix", "s")])),
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: other}\nspec:\n  ingressClassName: nginx\n".to_string()
+            + &rules(&[rule("other", "/", "Prefix", "s")]),
+    ]
+    .concat();
+    let served = |yaml: &str| {
+        let (t, _) = table(yaml);
+        ["legacy", "legacy-other", "classless", "named", "other"]
+            .into_iter()
+            .filter(|h| t.lookup(h, "/").is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(served(&(objects.clone() + &class(false))), vec!["legacy", "named"]);
+    assert_eq!(served(&(objects + &class(true))), vec!["legacy", "classless", "named"]);
+}
+
+#[test]
+fn backends_resolve_through_endpoint_slices_to_ready_endpoints_only() {
+    let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}, {name: admin, port: 9000}]\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-a\n  labels: {kubernetes.io/service-name: web}\n\
+addressType: IPv4\nports: [{name: http, port: 8080}, {name: admin, port: 9090}]\nendpoints:\n\
+- addresses: [10.0.0.2]\n- addresses: [10.0.0.1]\n  conditions: {ready: true}\n- addresses: [10.0.0.3]\n  conditions: {ready: false}\n\
+- addresses: [10.0.0.4]\n  conditions: {ready: false, serving: true, terminating: true}\n"
+        .to_string()
+        + &ingress(
+            "a",
+            "",
+            "  rules:\n  - http:\n      paths:\n      - {path: /admin, pathType: Prefix, backend: {service: {name: web, port: {name: admin}}}}\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+        );
+    let (t, warnings) = table(&yaml);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let endpoints = |path: &str| t.lookup("h", path).unwrap().backend.endpoints().to_vec();
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(endpoints("/"), vec![addr("10.0.0.1:8080"), addr("10.0.0.2:8080")]);
+    assert_eq!(endpoints("/admin"), vec![addr("10.0.0.1:9090"), addr("10.0.0.2:9090")]);
+    let route = t.lookup("h", "/").unwrap();
+    let picks: Vec<_> = (0..4).map(|_| route.backend.pick().unwrap()).collect();
+    assert_eq!(picks[0], picks[2], "round robin");
+    assert_ne!(picks[0], picks[1], "round robin");
+}
+
+#[test]
+fn broken_backends_give_a_503_route_and_a_warning_each() {
+    let yaml = [
+        service("ok", 1),
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec: {ports: [{port: 80}]}\n".to_string(),
+        ingress(
+            "a",
+            "",
+            &rules(&[
+                rule("h", "/missing", "Prefix", "nope"),
+                rule("h", "/empty", "Prefix", "empty"),
+                rule("h", "/ok", "Prefix", "ok"),
+                rule("h", "relative", "Prefix", "ok"),
+                rule("bad_host", "/", "Prefix", "ok"),
+            ]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    let reasons: Vec<_> = warnings.iter().map(|w| w.reason).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            WarningReason::InvalidPath,
+            WarningReason::InvalidHost,
+            WarningReason::BackendNotFound,
+            WarningReason::NoReadyEndpoints,
+        ]
+    );
+    assert!(t.lookup("h", "/missing").unwrap().backend.pick().is_none());
+    assert!(t.lookup("h", "/empty").unwrap().backend.pick().is_none());
+    assert!(t.lookup("h", "/ok").unwrap().backend.pick().is_some());
+    assert!(warnings[0].message.contains("\"relative\""));
+    assert!(warnings[2].message.contains("Service default/nope not found"));
+}
+
+#[test]
+fn upgrade_protocols_are_per_ingress() {
+    let yaml = [
+        service("s", 1),
+        ingress("ws", "", &rules(&[rule("ws", "/", "Prefix", "s")])),
+        ingress(
+            "h2c",
+            "  annotations: {switchyard.dev/upgrade-protocols: \"websocket,h2c\"}\n",
+            &rules(&[rule("h2c", "/", "Prefix", "s")]),
+        ),
+    ]
+    .concat();
+    let (t, _) = table(&yaml);
+    assert!(t.lookup("ws", "/").unwrap().allows_upgrade("WebSocket"));
+    assert!(!t.lookup("ws", "/").unwrap().allows_upgrade("h2c"));
+    assert!(t.lookup("h2c", "/").unwrap().allows_upgrade("h2c"));
+}
+
+#[test]
+fn translation_is_deterministic_whatever_the_object_order() {
+    let parts = [
+        service("a", 1),
+        service("b", 2),
+        ingress("x", "", &rules(&[rule("h", "/a", "Prefix", "a"), rule("*.h", "/", "Exact", "b")])),
+        ingress("y", "", &rules(&[rule("g", "/", "Prefix", "b")])),
+    ];
+    let forward = translate(&snapshot(&parts.concat()), &TranslateOptions::default());
+    let mut reversed = parts.to_vec();
+    reversed.reverse();
+    let backward = translate(&snapshot(&reversed.concat()), &TranslateOptions::default());
+    assert_eq!(forward.spec, backward.spec);
+    let json = serde_json::to_string(&forward.spec).unwrap();
+    assert!(json.starts_with("{\"hosts\":[{\"host\":\"g\""), "{json}");
+}
+
+#[test]
+fn fallback_references_parse() {
+    let r: ServiceBackendRef = "ns/svc:http".parse().unwrap();
+    assert_eq!((r.namespace.as_str(), r.name.as_str()), ("ns", "svc"));
+    assert!("svc:80".parse::<ServiceBackendRef>().is_err());
+    assert!("ns/svc".parse::<ServiceBackendRef>().is_err());
+}
+
+// ---- property tests: the compiled matcher against the specification ----
+
+/// The specification, written the obvious way: split on `/`, compare
+/// element by element, keep the longest, prefer Exact on a tie.
+fn reference_match<'a>(rules: &'a [(String, PathType)], request: &str) -> Option<&'a (String, PathType)> {
+    let elements = |p: &str| -> Vec<String> {
+        p.trim_end_matches('/').split('/').map(str::to_string).collect()
+    };
+    let request_elements = elements(request);
+    rules
+        .iter()
+        .filter(|(path, ty)| match ty {
+            PathType::Exact => path == request,
+            _ => {
+                let rule = elements(path);
+                rule.len() <= request_elements.len() && rule[..] == request_elements[..rule.len()]
+            }
+        })
+        .max_by_key(|(path, ty)| (path.trim_end_matches('/').len(), ty.is_exact()))
+}
+
+fn path_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop_oneof!["a", "b", "ab", ""], 0..4)
+        .prop_flat_map(|parts| (Just(parts), any::<bool>()))
+        .prop_map(|(parts, trailing)| {
+            let mut p = format!("/{}", parts.join("/"));
+            if trailing && !p.ends_with('/') {
+                p.push('/');
+            }
+            p
+        })
+}
+
+fn rules_strategy() -> impl Strategy<Value = Vec<(String, PathType)>> {
+    prop::collection::vec(
+        (
+            path_strategy(),
+            prop_oneof![Just(PathType::Exact), Just(PathType::Prefix), Just(PathType::ImplementationSpecific)],
+        ),
+        1..8,
+    )
+}
+
+fn spec_for(rules: &[(String, PathType)]) -> (RouteTableSpec, Vec<(String, PathType)>) {
+    // Build through translate so that conflicts resolve as in production;
+    // the surviving rules are the ones the reference may pick from.
+    let mut yaml = String::new();
+    for (i, (path, ty)) in rules.iter().enumerate() {
+        yaml += &service(&format!("s{i}"), 1);
+        yaml += &ingress(
+            &format!("i{i:02}"),
+            "",
+            &self::rules(&[rule("h", path, &format!("{ty:?}"), &format!("s{i}"))]),
+        );
+    }
+    let t = translate(&snapshot(&yaml), &TranslateOptions::default());
+    let surviving = t.spec.hosts[0]
+        .paths
+        .iter()
+        .map(|p| (p.path.clone(), p.path_type))
+        .collect();
+    (t.spec, surviving)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn path_lookup_agrees_with_the_specification(rules in rules_strategy(), request in path_strategy()) {
+        let (spec, surviving) = spec_for(&rules);
+        let table = RouteTable::compile(spec.clone());
+        let got = table.lookup("h", &request).map(|r| r.labels.service.clone());
+        let expected = reference_match(&surviving, &request).map(|(path, ty)| {
+            spec.hosts[0].paths.iter().find(|p| &p.path == path && p.path_type == *ty).unwrap().route.backend.service.clone()
+        });
+        prop_assert_eq!(got, expected, "rules {:?} request {:?}", surviving, request);
+    }
+
+    #[test]
+    fn host_lookup_agrees_with_the_specification(
+        labels in prop::collection::vec(prop_oneof!["a", "b", "example"], 1..4),
+        upper in any::<bool>(),
+        port in any::<bool>(),
+    ) {
+        let yaml = [
+            service("exact", 1),
+            service("wild", 2),
+            ingress("a", "", &rules(&[rule("a.example", "/", "Prefix", "exact"), rule("*.example", "/", "Prefix", "wild")])),
+        ].concat();
+        let (t, _) = table(&yaml);
+        let host = labels.join(".");
+        let mut request = if upper { host.to_uppercase() } else { host.clone() };
+        if port { request.push_str(":8443"); }
+        let expected = if host == "a.example" {
+            "exact"
+        } else if labels.len() == 2 && labels[1] == "example" {
+            "wild"
+        } else {
+            "404"
+        };
+        prop_assert_eq!(route_of(&t, &request, "/"), expected);
+    }
+}

@@ -1,0 +1,398 @@
+//! `ClusterSnapshot -> (RouteTableSpec, warnings)`: all Ingress semantics
+//! in one pure function, tested without sockets.
+//!
+//! Ingresses are visited oldest first (`creationTimestamp`, then
+//! namespace/name; a missing timestamp counts as oldest). The first
+//! Ingress to claim a host+path (same path key and match kind) or a
+//! `defaultBackend` keeps it; every later claim is a warning on the later
+//! Ingress naming the winner. Problems with one path never affect another.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+
+use super::annotations::{self, IngressPolicy};
+use super::backend::ServiceIndex;
+use super::class::ClassFilter;
+use super::host::HostPattern;
+use super::path::{PathType, rule_key};
+use super::spec::{BackendSpec, HostSpec, PathSpec, PortRef, RouteSpec, RouteTableSpec};
+use super::warning::{ObjectRef, Warning, WarningReason};
+use crate::snapshot::ClusterSnapshot;
+
+/// What translate needs besides the snapshot.
+#[derive(Debug, Clone)]
+pub struct TranslateOptions {
+    /// The IngressClass name we serve.
+    pub ingress_class: String,
+    /// The cluster-wide fallback for requests no Ingress matches.
+    pub fallback: Option<ServiceBackendRef>,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self {
+            ingress_class: super::class::DEFAULT_CLASS_NAME.into(),
+            fallback: None,
+        }
+    }
+}
+
+/// `namespace/name:port`, as `--default-backend-service` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBackendRef {
+    pub namespace: String,
+    pub name: String,
+    pub port: PortRef,
+}
+
+impl std::str::FromStr for ServiceBackendRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let error = || format!("{text:?} is not of the form NAMESPACE/NAME:PORT");
+        let (namespace, rest) = text.split_once('/').ok_or_else(error)?;
+        let (name, port) = rest.rsplit_once(':').ok_or_else(error)?;
+        if namespace.is_empty() || name.is_empty() || port.is_empty() {
+            return Err(error());
+        }
+        let port = match port.parse() {
+            Ok(n) => PortRef::Number(n),
+            Err(_) => PortRef::Name(port.to_string()),
+        };
+        Ok(Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            port,
+        })
+    }
+}
+
+/// The result of one translation.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    pub spec: RouteTableSpec,
+    pub warnings: Vec<Warning>,
+}
+
+/// Translates the Ingresses of our class into a route table.
+pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Translation {
+    let classes = ClassFilter::new(&options.ingress_class, &snapshot.ingress_classes);
+    let mut ours: Vec<&Ingress> = snapshot
+        .ingresses
+        .iter()
+        .filter(|i| classes.is_ours(i))
+        .collect();
+    ours.sort_by_cached_key(|i| {
+        (
+            i.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            i.metadata.namespace.clone(),
+            i.metadata.name.clone(),
+        )
+    });
+
+    let mut builder = Builder {
+        services: ServiceIndex::new(snapshot),
+        hosts: BTreeMap::new(),
+        default_backend: None,
+        warnings: Vec::new(),
+    };
+    for ingress in ours {
+        builder.add_ingress(ingress);
+    }
+    let fallback = options
+        .fallback
+        .as_ref()
+        .map(|f| builder.fallback_route(f));
+
+    let Builder {
+        hosts,
+        default_backend,
+        warnings,
+        ..
+    } = builder;
+    let hosts = hosts
+        .into_iter()
+        .map(|(host, paths)| HostSpec {
+            host,
+            paths: paths.into_values().map(|claim| claim.path).collect(),
+        })
+        .collect();
+    Translation {
+        spec: RouteTableSpec {
+            hosts,
+            default_backend: default_backend.map(|claim| claim.route),
+            fallback,
+        },
+        warnings,
+    }
+}
+
+/// A path or default backend and the Ingress that claimed it first.
+struct PathClaim {
+    path: PathSpec,
+    owner: String,
+}
+
+struct DefaultClaim {
+    route: RouteSpec,
+    owner: String,
+}
+
+/// Two paths collide when they have the same key and match the same way.
+type PathKey = (String, bool);
+
+struct Builder<'a> {
+    services: ServiceIndex<'a>,
+    hosts: BTreeMap<HostPattern, BTreeMap<PathKey, PathClaim>>,
+    default_backend: Option<DefaultClaim>,
+    warnings: Vec<Warning>,
+}
+
+impl Builder<'_> {
+    fn add_ingress(&mut self, ingress: &Ingress) {
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        let name = ingress.metadata.name.clone().unwrap_or_default();
+        let object = ObjectRef {
+            kind: "Ingress".into(),
+            namespace: Some(namespace.clone()),
+            name: name.clone(),
+        };
+        let owner = format!("{namespace}/{name}");
+        let mut warn = |reason, message: String| {
+            self.warnings.push(Warning {
+                object: object.clone(),
+                reason,
+                message,
+            })
+        };
+
+        let (policy, problems) = annotations::parse(ingress.metadata.annotations.as_ref());
+        for p in problems {
+            warn(p.reason, p.message);
+        }
+        let Some(spec) = &ingress.spec else {
+            return;
+        };
+        let mut claims = Vec::new();
+
+        if let Some(backend) = &spec.default_backend {
+            claims.push(Claim::Default(backend, "spec.defaultBackend".to_string()));
+        }
+        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = match HostPattern::parse(rule.host.as_deref()) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn(
+                        WarningReason::InvalidHost,
+                        format!("spec.rules[{ri}].host: {e}; this rule is ignored"),
+                    );
+                    continue;
+                }
+            };
+            for (pi, path) in rule.http.iter().flat_map(|h| &h.paths).enumerate() {
+                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+                let Some(path_type) = PathType::parse(&path.path_type) else {
+                    warn(
+                        WarningReason::InvalidPath,
+                        format!(
+                            "{field}.pathType {:?} is not Exact, Prefix or ImplementationSpecific; this path is ignored",
+                            path.path_type
+                        ),
+                    );
+                    continue;
+                };
+                let value = match (path.path.as_deref(), path_type) {
+                    (None | Some(""), PathType::ImplementationSpecific) => "/",
+                    (Some(p), _) if p.starts_with('/') => p,
+                    (p, _) => {
+                        warn(
+                            WarningReason::InvalidPath,
+                            format!(
+                                "{field}.path {:?} must start with \"/\"; this path is ignored",
+                                p.unwrap_or("")
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                claims.push(Claim::Path {
+                    host: host.clone(),
+                    path: value.to_string(),
+                    path_type,
+                    backend: &path.backend,
+                    field,
+                });
+            }
+        }
+
+        for claim in claims {
+            self.claim(claim, &namespace, &owner, &object, &policy);
+        }
+    }
+
+    fn claim(
+        &mut self,
+        claim: Claim<'_>,
+        namespace: &str,
+        owner: &str,
+        object: &ObjectRef,
+        policy: &IngressPolicy,
+    ) {
+        match claim {
+            Claim::Default(backend, field) => {
+                if let Some(winner) = &self.default_backend {
+                    let message = format!(
+                        "{field}: Ingress {} also has a defaultBackend and is older; this one is ignored",
+                        winner.owner
+                    );
+                    self.warn(object, WarningReason::ConflictingDefaultBackend, message);
+                    return;
+                }
+                if let Some(route) = self.route(backend, &field, namespace, owner, object, policy) {
+                    self.default_backend = Some(DefaultClaim {
+                        route,
+                        owner: owner.to_string(),
+                    });
+                }
+            }
+            Claim::Path {
+                host,
+                path,
+                path_type,
+                backend,
+                field,
+            } => {
+                let key = (rule_key(&path, path_type).to_string(), path_type.is_exact());
+                if let Some(winner) = self.hosts.get(&host).and_then(|paths| paths.get(&key)) {
+                    let message = if winner.owner == owner {
+                        format!(
+                            "{field}: host {host} path {path} ({}) is declared twice in this Ingress; the first is used",
+                            path_type.as_str()
+                        )
+                    } else {
+                        format!(
+                            "{field}: host {host} path {path} ({}) is already routed by Ingress {}, which is older; this path is ignored",
+                            path_type.as_str(),
+                            winner.owner
+                        )
+                    };
+                    self.warn(object, WarningReason::ConflictingPath, message);
+                    return;
+                }
+                let Some(route) = self.route(backend, &field, namespace, owner, object, policy)
+                else {
+                    return;
+                };
+                self.hosts.entry(host).or_default().insert(
+                    key,
+                    PathClaim {
+                        path: PathSpec {
+                            path,
+                            path_type,
+                            route,
+                        },
+                        owner: owner.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The route for one backend. A Service that cannot be resolved still
+    /// gives a route (it answers 503) plus a warning; only a backend that
+    /// names no Service at all gives none.
+    fn route(
+        &mut self,
+        backend: &IngressBackend,
+        field: &str,
+        namespace: &str,
+        owner: &str,
+        object: &ObjectRef,
+        policy: &IngressPolicy,
+    ) -> Option<RouteSpec> {
+        let Some(service) = &backend.service else {
+            let message = if backend.resource.is_some() {
+                format!("{field}.backend.resource: resource backends are not supported; this path is ignored")
+            } else {
+                format!("{field}.backend: no service is named; this path is ignored")
+            };
+            self.warn(object, WarningReason::UnsupportedBackend, message);
+            return None;
+        };
+        let port = match service.port.as_ref().map(|p| (&p.number, &p.name)) {
+            Some((Some(n), _)) => PortRef::Number(*n),
+            Some((None, Some(name))) => PortRef::Name(name.clone()),
+            _ => {
+                let message = format!(
+                    "{field}.backend.service.port: a port number or name is required; this path is ignored"
+                );
+                self.warn(object, WarningReason::ServicePortNotFound, message);
+                return None;
+            }
+        };
+        let endpoints = match self.services.resolve(namespace, &service.name, &port) {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                let message = format!("{field}.backend.service: {}; requests get 503", e.message);
+                self.warn(object, e.reason, message);
+                Vec::new()
+            }
+        };
+        Some(RouteSpec {
+            ingress: Some(owner.to_string()),
+            backend: BackendSpec {
+                namespace: namespace.to_string(),
+                service: service.name.clone(),
+                port,
+                endpoints,
+            },
+            upgrades: policy.upgrades.clone(),
+        })
+    }
+
+    fn fallback_route(&mut self, fallback: &ServiceBackendRef) -> RouteSpec {
+        let endpoints = self
+            .services
+            .resolve(&fallback.namespace, &fallback.name, &fallback.port)
+            .unwrap_or_else(|e| {
+                let object = ObjectRef {
+                    kind: "Service".into(),
+                    namespace: Some(fallback.namespace.clone()),
+                    name: fallback.name.clone(),
+                };
+                let message = format!("--default-backend-service: {}; requests get 503", e.message);
+                self.warn(&object, e.reason, message);
+                Vec::new()
+            });
+        RouteSpec {
+            ingress: None,
+            backend: BackendSpec {
+                namespace: fallback.namespace.clone(),
+                service: fallback.name.clone(),
+                port: fallback.port.clone(),
+                endpoints,
+            },
+            upgrades: IngressPolicy::default().upgrades,
+        }
+    }
+
+    fn warn(&mut self, object: &ObjectRef, reason: WarningReason, message: String) {
+        self.warnings.push(Warning {
+            object: object.clone(),
+            reason,
+            message,
+        });
+    }
+}
+
+enum Claim<'a> {
+    Default(&'a IngressBackend, String),
+    Path {
+        host: HostPattern,
+        path: String,
+        path_type: PathType,
+        backend: &'a IngressBackend,
+        field: String,
+    },
+}

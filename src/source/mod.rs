@@ -1,0 +1,6 @@
+//! Sources of cluster state. Each one produces complete
+//! [`ClusterSnapshot`](crate::snapshot::ClusterSnapshot)s; the rest of the
+//! program does not know which source is running.
+
+pub mod files;
+pub mod manifest;
