@@ -51,7 +51,9 @@ pub fn parse(
         }
         let result = match key.as_str() {
             UPGRADE_PROTOCOLS => parse_upgrades(value).map(|u| policy.upgrades = u),
-            _ => Err(format!("unknown annotation {key:?}; known: {UPGRADE_PROTOCOLS}")),
+            _ => Err(format!(
+                "unknown annotation {key:?}; known: {UPGRADE_PROTOCOLS}"
+            )),
         };
         if let Err(message) = result {
             problems.push(AnnotationProblem {
@@ -125,7 +127,15 @@ mod tests {
         let (policy, problems) = parse(Some(&a));
         assert_eq!(policy, IngressPolicy::default());
         assert_eq!(problems.len(), 2);
-        assert!(problems.iter().any(|p| p.message.contains("\"web socket\"")));
-        assert!(problems.iter().any(|p| p.message.contains("unknown annotation")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("\"web socket\""))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("unknown annotation"))
+        );
     }
 }

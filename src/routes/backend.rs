@@ -60,28 +60,40 @@ impl<'a> ServiceIndex<'a> {
         name: &str,
         port: &PortRef,
     ) -> Result<Vec<SocketAddr>, Unresolved> {
-        let service = self.services.get(&(namespace, name)).ok_or_else(|| Unresolved {
-            reason: WarningReason::BackendNotFound,
-            message: format!("Service {namespace}/{name} not found"),
-        })?;
+        let service = self
+            .services
+            .get(&(namespace, name))
+            .ok_or_else(|| Unresolved {
+                reason: WarningReason::BackendNotFound,
+                message: format!("Service {namespace}/{name} not found"),
+            })?;
         let spec = service.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return Err(Unresolved {
                 reason: WarningReason::UnsupportedBackend,
-                message: format!("Service {namespace}/{name} is of type ExternalName, which is not supported"),
+                message: format!(
+                    "Service {namespace}/{name} is of type ExternalName, which is not supported"
+                ),
             });
         }
         let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
-        let service_port = ports.iter().find(|p| port_matches(p, port)).ok_or_else(|| {
-            let known: Vec<_> = ports.iter().map(describe_port).collect();
-            Unresolved {
-                reason: WarningReason::ServicePortNotFound,
-                message: format!(
-                    "Service {namespace}/{name} has no port {port} (it has: {})",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
-                ),
-            }
-        })?;
+        let service_port = ports
+            .iter()
+            .find(|p| port_matches(p, port))
+            .ok_or_else(|| {
+                let known: Vec<_> = ports.iter().map(describe_port).collect();
+                Unresolved {
+                    reason: WarningReason::ServicePortNotFound,
+                    message: format!(
+                        "Service {namespace}/{name} has no port {port} (it has: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                }
+            })?;
         let port_name = service_port.name.as_deref().unwrap_or("");
 
         let mut endpoints = BTreeSet::new();

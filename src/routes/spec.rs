@@ -103,7 +103,12 @@ impl RouteTableSpec {
             let endpoints = if route.backend.endpoints.is_empty() {
                 "none (503)".to_string()
             } else {
-                let all: Vec<_> = route.backend.endpoints.iter().map(|e| e.to_string()).collect();
+                let all: Vec<_> = route
+                    .backend
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect();
                 all.join(",")
             };
             [

@@ -142,7 +142,10 @@ impl RouteTable {
                 HostPattern::Any => table.any_host = Some(routes),
             }
         }
-        table.default_backend = spec.default_backend.as_ref().map(|r| Arc::new(Route::compile(r)));
+        table.default_backend = spec
+            .default_backend
+            .as_ref()
+            .map(|r| Arc::new(Route::compile(r)));
         table.fallback = spec.fallback.as_ref().map(|r| Arc::new(Route::compile(r)));
         table.spec = spec;
         table

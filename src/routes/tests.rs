@@ -46,7 +46,11 @@ fn ingress(name: &str, extra_metadata: &str, spec: &str) -> String {
 }
 
 fn rule(host: &str, path: &str, path_type: &str, service: &str) -> String {
-    let host = if host.is_empty() { String::new() } else { format!("host: \"{host}\", ") };
+    let host = if host.is_empty() {
+        String::new()
+    } else {
+        format!("host: \"{host}\", ")
+    };
     format!(
         "  - {{{host}http: {{paths: [{{path: \"{path}\", pathType: {path_type}, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}]}}}}\n"
     )
@@ -114,12 +118,20 @@ fn prefix_matches_element_wise_and_longest_wins() {
     .concat();
     let (t, warnings) = table(&yaml);
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(route_of(&t, "h", "/foo"), "exact", "Exact beats Prefix on a tie");
+    assert_eq!(
+        route_of(&t, "h", "/foo"),
+        "exact",
+        "Exact beats Prefix on a tie"
+    );
     assert_eq!(route_of(&t, "h", "/foo/"), "foo");
     assert_eq!(route_of(&t, "h", "/foo/baz"), "foo");
     assert_eq!(route_of(&t, "h", "/foo/bar/baz"), "foobar");
     assert_eq!(route_of(&t, "h", "/foobar"), "root");
-    assert_eq!(route_of(&t, "h", "/FOO"), "root", "paths are case-sensitive");
+    assert_eq!(
+        route_of(&t, "h", "/FOO"),
+        "root",
+        "paths are case-sensitive"
+    );
 }
 
 #[test]
@@ -129,8 +141,16 @@ fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_warned() {
     let yaml = [
         service("old", 1),
         service("new", 2),
-        ingress("a-newer", newer, &rules(&[rule("h", "/api", "Prefix", "new")])),
-        ingress("z-older", older, &rules(&[rule("h", "/api/", "Prefix", "old")])),
+        ingress(
+            "a-newer",
+            newer,
+            &rules(&[rule("h", "/api", "Prefix", "new")]),
+        ),
+        ingress(
+            "z-older",
+            older,
+            &rules(&[rule("h", "/api/", "Prefix", "old")]),
+        ),
     ]
     .concat();
     let (t, warnings) = table(&yaml);
@@ -140,7 +160,11 @@ fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_warned() {
     assert_eq!(w.reason, WarningReason::ConflictingPath);
     assert_eq!(w.object.name, "a-newer");
     assert!(w.message.contains("default/z-older"), "{}", w.message);
-    assert!(w.message.contains("spec.rules[0].http.paths[0]"), "{}", w.message);
+    assert!(
+        w.message.contains("spec.rules[0].http.paths[0]"),
+        "{}",
+        w.message
+    );
 }
 
 #[test]
@@ -166,8 +190,20 @@ fn unmatched_requests_go_to_default_backend_then_fallback_then_404() {
         service("other-dflt", 2),
         service("fb", 3),
         service("web", 4),
-        ingress("a", "", &[default_backend.clone(), rules(&[rule("h", "/web", "Prefix", "web")])].concat()),
-        ingress("b", "", "  defaultBackend: {service: {name: other-dflt, port: {number: 80}}}\n"),
+        ingress(
+            "a",
+            "",
+            &[
+                default_backend.clone(),
+                rules(&[rule("h", "/web", "Prefix", "web")]),
+            ]
+            .concat(),
+        ),
+        ingress(
+            "b",
+            "",
+            "  defaultBackend: {service: {name: other-dflt, port: {number: 80}}}\n",
+        ),
     ]
     .concat();
     let (t, warnings) = table(&yaml);
@@ -182,10 +218,17 @@ fn unmatched_requests_go_to_default_backend_then_fallback_then_404() {
         fallback: Some("default/fb:80".parse().unwrap()),
         ..Default::default()
     };
-    let without_default = [service("fb", 3), service("web", 4), ingress("a", "", &rules(&[rule("h", "/web", "Prefix", "web")]))].concat();
+    let without_default = [
+        service("fb", 3),
+        service("web", 4),
+        ingress("a", "", &rules(&[rule("h", "/web", "Prefix", "web")])),
+    ]
+    .concat();
     let t = RouteTable::compile(translate(&snapshot(&without_default), &options).spec);
     assert_eq!(route_of(&t, "h", "/nothing"), "fb");
-    let t = RouteTable::compile(translate(&snapshot(&without_default), &TranslateOptions::default()).spec);
+    let t = RouteTable::compile(
+        translate(&snapshot(&without_default), &TranslateOptions::default()).spec,
+    );
     assert_eq!(route_of(&t, "h", "/nothing"), "404");
 }
 
@@ -197,7 +240,10 @@ fn a_host_with_rules_does_not_fall_through_to_hostless_rules() {
         ingress(
             "a",
             "",
-            &rules(&[rule("api.example.com", "/v1", "Prefix", "api"), rule("", "/", "Prefix", "any")]),
+            &rules(&[
+                rule("api.example.com", "/v1", "Prefix", "api"),
+                rule("", "/", "Prefix", "any"),
+            ]),
         ),
     ]
     .concat();
@@ -237,8 +283,14 @@ fn ingress_class_selection() {
             .filter(|h| t.lookup(h, "/").is_some())
             .collect::<Vec<_>>()
     };
-    assert_eq!(served(&(objects.clone() + &class(false))), vec!["legacy", "named"]);
-    assert_eq!(served(&(objects + &class(true))), vec!["legacy", "classless", "named"]);
+    assert_eq!(
+        served(&(objects.clone() + &class(false))),
+        vec!["legacy", "named"]
+    );
+    assert_eq!(
+        served(&(objects + &class(true))),
+        vec!["legacy", "classless", "named"]
+    );
 }
 
 #[test]
@@ -258,8 +310,14 @@ addressType: IPv4\nports: [{name: http, port: 8080}, {name: admin, port: 9090}]\
     assert!(warnings.is_empty(), "{warnings:?}");
     let endpoints = |path: &str| t.lookup("h", path).unwrap().backend.endpoints().to_vec();
     let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
-    assert_eq!(endpoints("/"), vec![addr("10.0.0.1:8080"), addr("10.0.0.2:8080")]);
-    assert_eq!(endpoints("/admin"), vec![addr("10.0.0.1:9090"), addr("10.0.0.2:9090")]);
+    assert_eq!(
+        endpoints("/"),
+        vec![addr("10.0.0.1:8080"), addr("10.0.0.2:8080")]
+    );
+    assert_eq!(
+        endpoints("/admin"),
+        vec![addr("10.0.0.1:9090"), addr("10.0.0.2:9090")]
+    );
     let route = t.lookup("h", "/").unwrap();
     let picks: Vec<_> = (0..4).map(|_| route.backend.pick().unwrap()).collect();
     assert_eq!(picks[0], picks[2], "round robin");
@@ -299,7 +357,11 @@ fn broken_backends_give_a_503_route_and_a_warning_each() {
     assert!(t.lookup("h", "/empty").unwrap().backend.pick().is_none());
     assert!(t.lookup("h", "/ok").unwrap().backend.pick().is_some());
     assert!(warnings[0].message.contains("\"relative\""));
-    assert!(warnings[2].message.contains("Service default/nope not found"));
+    assert!(
+        warnings[2]
+            .message
+            .contains("Service default/nope not found")
+    );
 }
 
 #[test]
@@ -325,7 +387,14 @@ fn translation_is_deterministic_whatever_the_object_order() {
     let parts = [
         service("a", 1),
         service("b", 2),
-        ingress("x", "", &rules(&[rule("h", "/a", "Prefix", "a"), rule("*.h", "/", "Exact", "b")])),
+        ingress(
+            "x",
+            "",
+            &rules(&[
+                rule("h", "/a", "Prefix", "a"),
+                rule("*.h", "/", "Exact", "b"),
+            ]),
+        ),
         ingress("y", "", &rules(&[rule("g", "/", "Prefix", "b")])),
     ];
     let forward = translate(&snapshot(&parts.concat()), &TranslateOptions::default());
@@ -349,9 +418,15 @@ fn fallback_references_parse() {
 
 /// The specification, written the obvious way: split on `/`, compare
 /// element by element, keep the longest, prefer Exact on a tie.
-fn reference_match<'a>(rules: &'a [(String, PathType)], request: &str) -> Option<&'a (String, PathType)> {
+fn reference_match<'a>(
+    rules: &'a [(String, PathType)],
+    request: &str,
+) -> Option<&'a (String, PathType)> {
     let elements = |p: &str| -> Vec<String> {
-        p.trim_end_matches('/').split('/').map(str::to_string).collect()
+        p.trim_end_matches('/')
+            .split('/')
+            .map(str::to_string)
+            .collect()
     };
     let request_elements = elements(request);
     rules
@@ -382,7 +457,11 @@ fn rules_strategy() -> impl Strategy<Value = Vec<(String, PathType)>> {
     prop::collection::vec(
         (
             path_strategy(),
-            prop_oneof![Just(PathType::Exact), Just(PathType::Prefix), Just(PathType::ImplementationSpecific)],
+            prop_oneof![
+                Just(PathType::Exact),
+                Just(PathType::Prefix),
+                Just(PathType::ImplementationSpecific)
+            ],
         ),
         1..8,
     )

@@ -100,10 +100,7 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
     for ingress in ours {
         builder.add_ingress(ingress);
     }
-    let fallback = options
-        .fallback
-        .as_ref()
-        .map(|f| builder.fallback_route(f));
+    let fallback = options.fallback.as_ref().map(|f| builder.fallback_route(f));
 
     let Builder {
         hosts,
@@ -313,7 +310,9 @@ impl Builder<'_> {
     ) -> Option<RouteSpec> {
         let Some(service) = &backend.service else {
             let message = if backend.resource.is_some() {
-                format!("{field}.backend.resource: resource backends are not supported; this path is ignored")
+                format!(
+                    "{field}.backend.resource: resource backends are not supported; this path is ignored"
+                )
             } else {
                 format!("{field}.backend: no service is named; this path is ignored")
             };

@@ -74,6 +74,12 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.reason.as_str(), self.message)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.object,
+            self.reason.as_str(),
+            self.message
+        )
     }
 }

@@ -170,10 +170,7 @@ fn collect_manifest_files(dir: &Path, files: &mut BTreeMap<PathBuf, ()>) -> std:
         };
         if metadata.is_dir() {
             collect_manifest_files(&path, files)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             files.insert(path, ());
         }
     }
@@ -265,6 +262,10 @@ mod tests {
     fn a_missing_directory_is_an_error() {
         let report = FileSource::new(vec![PathBuf::from("/nonexistent/switchyard")]).load();
         assert_eq!(report.errors.len(), 1);
-        assert!(report.errors[0].message.contains("cannot read manifest directory"));
+        assert!(
+            report.errors[0]
+                .message
+                .contains("cannot read manifest directory")
+        );
     }
 }

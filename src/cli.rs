@@ -1,0 +1,218 @@
+//! The command line: `run`, `check` and `routes`, as DESIGN.md specifies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::routes::class::DEFAULT_CLASS_NAME;
+use crate::routes::translate::ServiceBackendRef;
+use crate::units::{parse_duration, parse_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A Kubernetes Ingress controller and upgrade-aware reverse proxy",
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve traffic for the Ingresses of our class.
+    Run(Box<RunArgs>),
+    /// Validate manifests: print errors and warnings; exit 1 on errors.
+    Check(CheckArgs),
+    /// Print the route table the manifests translate to.
+    Routes(RoutesArgs),
+}
+
+/// Where objects come from and how they are translated.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// Directory (or file) of YAML manifests: Ingress, IngressClass,
+    /// Service, EndpointSlice and kubernetes.io/tls Secret. Repeatable.
+    /// Read recursively; changes are applied within about a second.
+    #[arg(long = "manifests", value_name = "DIR", required = true)]
+    pub manifests: Vec<PathBuf>,
+
+    /// The IngressClass name to serve; Ingresses of other classes are ignored.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CLASS_NAME)]
+    pub ingress_class: String,
+
+    /// Only read namespaced objects from this namespace. Repeatable; by
+    /// default every namespace is read.
+    #[arg(long = "watch-namespace", value_name = "NS")]
+    pub watch_namespaces: Vec<String>,
+
+    /// Cluster-wide fallback for requests that match no rule and no
+    /// Ingress defaultBackend, as NAMESPACE/SERVICE:PORT (port number or
+    /// name). Without it such requests get 404.
+    #[arg(long, value_name = "NS/NAME:PORT")]
+    pub default_backend_service: Option<ServiceBackendRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Address of the HTTP listener (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Address of the admin listener: /metrics, /healthz, /readyz, /routes.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+
+    /// YAML file of settings: keys are these flags' long names, e.g.
+    /// `http-addr: 0.0.0.0:80`. Flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// On SIGTERM or Ctrl-C: how long in-flight requests and open tunnels
+    /// get to finish before they are closed.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Longest time a client may take to send a request's headers (also
+    /// the keep-alive idle limit between requests).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest pause while a client sends a request body (answered 408).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Longest time to open a backend connection (answered 504).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// Longest wait for a backend's response headers (answered 504).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_response_timeout: Duration,
+
+    /// An upgraded connection (WebSocket) with no bytes either way for this
+    /// long is closed.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
+    /// Close upgraded connections after this long, busy or not. Default: no limit.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub tunnel_max_lifetime: Option<Duration>,
+
+    /// Most client connections open at once (upgraded ones included); a
+    /// connection over the limit is closed as soon as it is accepted.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers); larger gets 431.
+    /// At least 8k.
+    #[arg(long, value_name = "SIZE", default_value = "32k", value_parser = parse_header_size)]
+    pub max_header_bytes: usize,
+
+    /// Log format.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's syntax, e.g. `info` or
+    /// `info,switchyard::access=off`.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+
+    /// Write an access log line per request and per closed tunnel.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RoutesArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+fn parse_header_size(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size < 8192 {
+        return Err(format!("{text:?} is below the minimum of 8k"));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_need_only_manifests() {
+        let cli = Cli::try_parse_from(["switchyard", "run", "--manifests", "m"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.drain_timeout, Duration::from_secs(30));
+        assert_eq!(args.max_header_bytes, 32 * 1024);
+        assert!(args.access_log);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let error = Cli::try_parse_from([
+            "switchyard",
+            "run",
+            "--manifests",
+            "m",
+            "--drain-timeout",
+            "soon",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("--drain-timeout"), "{error}");
+        assert!(
+            Cli::try_parse_from([
+                "switchyard",
+                "run",
+                "--manifests",
+                "m",
+                "--max-header-bytes",
+                "1k"
+            ])
+            .is_err()
+        );
+    }
+}

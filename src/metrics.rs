@@ -1,0 +1,258 @@
+//! Every Prometheus family switchyard exports, registered once at start in
+//! one registry. Names are part of the interface: prefix `switchyard_`,
+//! units in names, counters end in `_total`, and labels are bounded
+//! (namespace, ingress, service, a code class or a fixed reason; never a
+//! raw path or a client address).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::routes::RouteLabels;
+
+const ROUTE: &[&str] = &["namespace", "ingress", "service"];
+
+/// Request latency buckets, in seconds: 1 ms to 60 s.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Tunnel lifetime buckets, in seconds: 100 ms to 1 day.
+const TUNNEL_BUCKETS: &[f64] = &[
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by route and status class (`2xx`, ...).
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub upstream_timeouts: IntCounterVec,
+    /// Upgrade handshakes by `result` (see [`crate::proxy::upgrade::UpgradeResult`]).
+    pub upgrades: IntCounterVec,
+    pub tunnels_active: IntGaugeVec,
+    /// Tunnel payload by `direction`: `client_to_backend`, `backend_to_client`.
+    pub tunnel_bytes: IntCounterVec,
+    pub tunnel_duration: HistogramVec,
+    /// Every tunnel close, by `reason`.
+    pub tunnel_closes: IntCounterVec,
+    /// Tunnel closes that were not a clean close by both ends, by `reason`.
+    pub tunnel_errors: IntCounterVec,
+    pub connections_active: IntGauge,
+    pub connections_rejected: IntCounter,
+    pub route_table_swaps: IntCounter,
+    pub route_table_unchanged: IntCounter,
+    pub route_table_last_swap: Gauge,
+    pub routes: IntGauge,
+    /// Warnings of the route table in force, by `reason`.
+    pub translate_warnings: IntGaugeVec,
+    /// Source failures (a manifest that does not load, ...), by `kind`.
+    pub source_errors: IntCounterVec,
+    pub ready: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, ROUTE).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let route_and = |extra: &'static str| [ROUTE, &[extra]].concat();
+        let last_swap = Gauge::new(
+            "switchyard_route_table_last_swap_timestamp_seconds",
+            "Unix time at which the route table in force was swapped in.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_swap.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+        Self {
+            requests: counter_vec(
+                &r,
+                "switchyard_requests_total",
+                "HTTP requests answered, by route and status class.",
+                &route_and("code_class"),
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "switchyard_request_duration_seconds",
+                "Time from request received to response body sent.",
+                REQUEST_BUCKETS,
+            ),
+            upstream_connect_errors: counter_vec(
+                &r,
+                "switchyard_upstream_connect_errors_total",
+                "Backend connections that could not be opened.",
+                ROUTE,
+            ),
+            upstream_timeouts: counter_vec(
+                &r,
+                "switchyard_upstream_timeouts_total",
+                "Backend connects or responses that timed out (answered 504).",
+                ROUTE,
+            ),
+            upgrades: counter_vec(
+                &r,
+                "switchyard_upgrades_total",
+                "Protocol upgrade handshakes, by result.",
+                &route_and("result"),
+            ),
+            tunnels_active: gauge_vec(
+                &r,
+                "switchyard_tunnels_active",
+                "Upgraded connections currently open.",
+                ROUTE,
+            ),
+            tunnel_bytes: counter_vec(
+                &r,
+                "switchyard_tunnel_bytes_total",
+                "Bytes carried through tunnels, by direction.",
+                &route_and("direction"),
+            ),
+            tunnel_duration: histogram_vec(
+                &r,
+                "switchyard_tunnel_duration_seconds",
+                "Lifetime of closed tunnels.",
+                TUNNEL_BUCKETS,
+            ),
+            tunnel_closes: counter_vec(
+                &r,
+                "switchyard_tunnel_closes_total",
+                "Tunnels closed, by reason.",
+                &route_and("reason"),
+            ),
+            tunnel_errors: counter_vec(
+                &r,
+                "switchyard_tunnel_errors_total",
+                "Tunnels closed by an error, a timeout or shutdown, by reason.",
+                &route_and("reason"),
+            ),
+            connections_active: gauge(
+                &r,
+                "switchyard_connections_active",
+                "Client connections currently open, upgraded ones included.",
+            ),
+            connections_rejected: counter(
+                &r,
+                "switchyard_connections_rejected_total",
+                "Client connections closed at once because --max-connections was reached.",
+            ),
+            route_table_swaps: counter(
+                &r,
+                "switchyard_route_table_swaps_total",
+                "New route tables put in force.",
+            ),
+            route_table_unchanged: counter(
+                &r,
+                "switchyard_route_table_unchanged_total",
+                "Translations that gave the table already in force (not swapped).",
+            ),
+            route_table_last_swap: last_swap,
+            routes: gauge(
+                &r,
+                "switchyard_routes",
+                "Host and path routes in the table in force.",
+            ),
+            translate_warnings: gauge_vec(
+                &r,
+                "switchyard_translate_warnings",
+                "Warnings of the route table in force, by reason.",
+                &["reason"],
+            ),
+            source_errors: counter_vec(
+                &r,
+                "switchyard_source_errors_total",
+                "Failures reading cluster state, by kind.",
+                &["kind"],
+            ),
+            ready: gauge(
+                &r,
+                "switchyard_ready",
+                "1 when a complete route table is in force and the process is not draining.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        out
+    }
+}
+
+/// The label values of a route, as metric families take them.
+pub fn route_values(labels: &RouteLabels) -> [&str; 3] {
+    [&labels.namespace, &labels.ingress, &labels.service]
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn code_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,111 @@
+//! The data plane: accepts client connections (HTTP/1.1, and HTTP/2 with
+//! prior knowledge), routes each request through the table in force, and
+//! forwards it or upgrades it into a tunnel.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod listener;
+pub mod observe;
+pub mod responses;
+pub mod service;
+pub mod tunnel;
+pub mod upgrade;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::routes::RouteStore;
+use crate::shutdown::Shutdown;
+use tunnel::TunnelLimits;
+use upstream::PooledClient;
+
+/// Limits and timeouts of the data plane.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyConfig {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_response_timeout: Duration,
+    pub tunnel: TunnelLimits,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub access_log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            tunnel: TunnelLimits {
+                idle_timeout: Duration::from_secs(3600),
+                max_lifetime: None,
+            },
+            max_connections: 10_000,
+            max_header_bytes: 32 * 1024,
+            access_log: true,
+        }
+    }
+}
+
+/// Everything a connection needs, shared by all of them.
+pub struct Proxy {
+    pub routes: Arc<RouteStore>,
+    pub metrics: Arc<Metrics>,
+    pub config: ProxyConfig,
+    pub shutdown: Shutdown,
+    client: PooledClient,
+    http: auto::Builder<TokioExecutor>,
+    connection_slots: Arc<Semaphore>,
+}
+
+impl Proxy {
+    pub fn new(
+        routes: Arc<RouteStore>,
+        metrics: Arc<Metrics>,
+        config: ProxyConfig,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        Arc::new(Self {
+            client: upstream::pooled_client(config.upstream_connect_timeout),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            routes,
+            metrics,
+            config,
+            shutdown,
+            http,
+        })
+    }
+}
+
+/// One client connection. It holds a connection slot until both the HTTP
+/// connection and any tunnel it became are gone.
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        self.metrics.connections_active.dec();
+    }
+}

@@ -1,0 +1,520 @@
+//! The tunnel: what an upgraded connection becomes after the 101.
+//!
+//! A [`Tunnel`] owns both connections. It copies bytes both ways,
+//! propagates a half-close in each direction while the other keeps flowing,
+//! and ends on a clean close by both ends, an I/O error on either side, the
+//! idle timeout, the maximum lifetime or forced shutdown. Its only result
+//! is a [`TunnelOutcome`], which can do nothing but be recorded in metrics
+//! and at debug level in the log: there is no way back to HTTP from here.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, route_values};
+use crate::routes::RouteLabels;
+
+/// Copy buffer per direction.
+const BUFFER_SIZE: usize = 8 * 1024;
+
+/// Why a tunnel closed. The label values are fixed, so the metric's
+/// cardinality is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both ends closed their side cleanly.
+    Completed,
+    /// Reading from or writing to the client failed (a reset, say).
+    ClientError,
+    /// Reading from or writing to the backend failed.
+    BackendError,
+    IdleTimeout,
+    MaxLifetime,
+    /// The drain period after SIGTERM ran out.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::ClientError => "client_error",
+            Self::BackendError => "backend_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxLifetime => "max_lifetime",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    fn is_error(self) -> bool {
+        self != Self::Completed
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLimits {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+}
+
+/// Byte counters the tunnel feeds as data moves, so long-lived tunnels show
+/// up in metrics before they close.
+pub struct TunnelCounters {
+    pub client_to_backend: IntCounter,
+    pub backend_to_client: IntCounter,
+}
+
+impl TunnelCounters {
+    pub fn for_route(metrics: &Metrics, labels: &RouteLabels) -> Self {
+        let [ns, ingress, service] = route_values(labels);
+        let counter = |direction| {
+            metrics
+                .tunnel_bytes
+                .with_label_values(&[ns, ingress, service, direction])
+        };
+        Self {
+            client_to_backend: counter("client_to_backend"),
+            backend_to_client: counter("backend_to_client"),
+        }
+    }
+}
+
+/// Both halves of an upgraded connection.
+pub struct Tunnel<C, B> {
+    client: C,
+    backend: B,
+    limits: TunnelLimits,
+    shutdown: CancellationToken,
+    counters: TunnelCounters,
+}
+
+/// How a tunnel ended. Private fields and a consuming [`record`] are the
+/// whole interface: an outcome cannot become an HTTP response.
+///
+/// [`record`]: TunnelOutcome::record
+#[must_use = "a tunnel outcome must be recorded"]
+pub struct TunnelOutcome {
+    reason: CloseReason,
+    error: Option<io::Error>,
+    client_to_backend: u64,
+    backend_to_client: u64,
+    duration: Duration,
+}
+
+impl TunnelOutcome {
+    /// The client connection was gone before its tunnel could start.
+    pub fn client_gone(error: hyper::Error) -> Self {
+        Self {
+            reason: CloseReason::ClientError,
+            error: Some(io::Error::other(error)),
+            client_to_backend: 0,
+            backend_to_client: 0,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+    }
+
+    /// Counts the close and writes the tunnel's log line. Ordinary ends,
+    /// abrupt ones included, are never logged above debug level; the access
+    /// log line (when enabled) carries the close reason.
+    pub fn record(self, metrics: &Metrics, labels: &RouteLabels, access_log: bool) {
+        let [ns, ingress, service] = route_values(labels);
+        let reason = self.reason.as_str();
+        metrics
+            .tunnel_closes
+            .with_label_values(&[ns, ingress, service, reason])
+            .inc();
+        if self.reason.is_error() {
+            metrics
+                .tunnel_errors
+                .with_label_values(&[ns, ingress, service, reason])
+                .inc();
+        }
+        metrics
+            .tunnel_duration
+            .with_label_values(&[ns, ingress, service])
+            .observe(self.duration.as_secs_f64());
+        tracing::debug!(
+            reason,
+            error = self
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            "tunnel closed"
+        );
+        if access_log {
+            tracing::info!(
+                target: super::observe::ACCESS_TARGET,
+                namespace = ns,
+                ingress,
+                service,
+                reason,
+                client_to_backend_bytes = self.client_to_backend,
+                backend_to_client_bytes = self.backend_to_client,
+                duration_ms = self.duration.as_secs_f64() * 1000.0,
+                "tunnel closed"
+            );
+        }
+    }
+}
+
+impl<C, B> Tunnel<C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn new(
+        client: C,
+        backend: B,
+        limits: TunnelLimits,
+        shutdown: CancellationToken,
+        counters: TunnelCounters,
+    ) -> Self {
+        Self {
+            client,
+            backend,
+            limits,
+            shutdown,
+            counters,
+        }
+    }
+
+    /// Copies until the tunnel ends, then reports how.
+    pub async fn run(mut self) -> TunnelOutcome {
+        let start = Instant::now();
+        let mut up = Pipe::new(self.counters.client_to_backend.clone());
+        let mut down = Pipe::new(self.counters.backend_to_client.clone());
+        let mut last_activity = start;
+        let mut idle = Box::pin(sleep(self.limits.idle_timeout));
+        let mut lifetime: Option<Pin<Box<Sleep>>> =
+            self.limits.max_lifetime.map(|d| Box::pin(sleep(d)));
+        let shutdown = self.shutdown.clone();
+        let mut forced = Box::pin(shutdown.cancelled());
+
+        let (reason, error) = poll_fn(|cx| {
+            if forced.as_mut().poll(cx).is_ready() {
+                return Poll::Ready((CloseReason::Shutdown, None));
+            }
+            if let Some(l) = lifetime.as_mut()
+                && l.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready((CloseReason::MaxLifetime, None));
+            }
+            let mut progress = false;
+            let up_done = match up.poll_copy(cx, &mut self.client, &mut self.backend, &mut progress)
+            {
+                Poll::Ready(Err(e)) => return Poll::Ready(e.into_close(Side::Client)),
+                done => done.is_ready(),
+            };
+            let down_done =
+                match down.poll_copy(cx, &mut self.backend, &mut self.client, &mut progress) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(e.into_close(Side::Backend)),
+                    done => done.is_ready(),
+                };
+            if up_done && down_done {
+                return Poll::Ready((CloseReason::Completed, None));
+            }
+            if progress {
+                last_activity = Instant::now();
+            }
+            // The idle timer is only re-armed when it fires, not on every
+            // byte: cheaper, and just as exact.
+            while idle.as_mut().poll(cx).is_ready() {
+                let deadline = last_activity + self.limits.idle_timeout;
+                if deadline <= Instant::now() {
+                    return Poll::Ready((CloseReason::IdleTimeout, None));
+                }
+                idle.set(sleep_until(deadline));
+            }
+            Poll::Pending
+        })
+        .await;
+
+        TunnelOutcome {
+            reason,
+            error,
+            client_to_backend: up.bytes,
+            backend_to_client: down.bytes,
+            duration: start.elapsed(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+/// A failed read (from `source`) or write (to the other side).
+enum PipeError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl PipeError {
+    /// Which end failed: a pipe reads from `source` and writes to the other.
+    fn into_close(self, source: Side) -> (CloseReason, Option<io::Error>) {
+        let (side, error) = match (self, source) {
+            (PipeError::Read(e), side) => (side, e),
+            (PipeError::Write(e), Side::Client) => (Side::Backend, e),
+            (PipeError::Write(e), Side::Backend) => (Side::Client, e),
+        };
+        let reason = match side {
+            Side::Client => CloseReason::ClientError,
+            Side::Backend => CloseReason::BackendError,
+        };
+        (reason, Some(error))
+    }
+}
+
+/// One direction of a tunnel: read into a buffer, write it all out, and on
+/// end-of-stream shut the writer's side down (a half-close).
+struct Pipe {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    needs_flush: bool,
+    done: bool,
+    bytes: u64,
+    counter: IntCounter,
+}
+
+impl Pipe {
+    fn new(counter: IntCounter) -> Self {
+        Self {
+            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            needs_flush: false,
+            done: false,
+            bytes: 0,
+            counter,
+        }
+    }
+
+    /// Moves data until the reader has nothing now (Pending) or has ended
+    /// and the writer has been shut down (Ready).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), PipeError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.start == self.end && !self.eof {
+                let mut read_buf = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                    Poll::Ready(Ok(())) => {
+                        let n = read_buf.filled().len();
+                        self.start = 0;
+                        self.end = n;
+                        self.eof = n == 0;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Read(e))),
+                    Poll::Pending => {
+                        if self.needs_flush {
+                            match Pin::new(&mut *writer).poll_flush(cx) {
+                                Poll::Ready(Ok(())) => self.needs_flush = false,
+                                Poll::Ready(Err(e)) => {
+                                    return Poll::Ready(Err(PipeError::Write(e)));
+                                }
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let chunk = &self.buf[self.start..self.end];
+                match Pin::new(&mut *writer).poll_write(cx, chunk) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(PipeError::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.start += n;
+                        self.bytes += n as u64;
+                        self.counter.inc_by(n as u64);
+                        self.needs_flush = true;
+                        *progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Write(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.eof {
+                match Pin::new(&mut *writer).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        *progress = true;
+                    }
+                    // The peer may already be fully gone; its other
+                    // direction will tell us if that matters.
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                        self.done = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Write(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn counters() -> TunnelCounters {
+        let metrics = Metrics::new();
+        TunnelCounters::for_route(&metrics, &RouteLabels::default())
+    }
+
+    fn limits(idle: Duration) -> TunnelLimits {
+        TunnelLimits {
+            idle_timeout: idle,
+            max_lifetime: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn half_close_each_way_keeps_the_other_direction_flowing() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(30)),
+            CancellationToken::new(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+
+        client_peer.write_all(b"ping").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping", "backend sees the data, then EOF");
+
+        backend_peer
+            .write_all(b"pong after half-close")
+            .await
+            .unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"pong after half-close");
+
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason(), CloseReason::Completed);
+        assert_eq!(
+            (outcome.client_to_backend, outcome.backend_to_client),
+            (4, 21)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_closes_after_the_idle_timeout_not_before() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(10)),
+            CancellationToken::new(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        client_peer.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        backend_peer.read_exact(&mut one).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(
+            !task.is_finished(),
+            "activity at 8s pushed the deadline to 18s"
+        );
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason(), CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn forced_shutdown_closes_with_reason_shutdown() {
+        let (client, _client_peer) = duplex(64);
+        let (backend, _backend_peer) = duplex(64);
+        let token = CancellationToken::new();
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(30)),
+            token.clone(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        token.cancel();
+        assert_eq!(task.await.unwrap().reason(), CloseReason::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_lifetime_closes_a_busy_tunnel() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, _backend_peer) = duplex(1 << 20);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            TunnelLimits {
+                idle_timeout: Duration::from_secs(30),
+                max_lifetime: Some(Duration::from_secs(5)),
+            },
+            CancellationToken::new(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        for _ in 0..10 {
+            let _ = client_peer.write_all(b"busy").await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(task.await.unwrap().reason(), CloseReason::MaxLifetime);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_backend_is_a_backend_error() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, backend_peer) = duplex(64);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(30)),
+            CancellationToken::new(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        drop(backend_peer);
+        client_peer.write_all(b"into the void").await.unwrap();
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.reason(), CloseReason::BackendError);
+    }
+}

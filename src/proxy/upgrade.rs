@@ -1,0 +1,284 @@
+//! The upgrade handshake (WebSocket and any protocol a route allows).
+//!
+//! Until the 101 is sent to the client the exchange is ordinary HTTP: a
+//! connect failure is a 502, a timeout a 504, and any answer other than 101
+//! is relayed as a normal response with the client connection staying
+//! HTTP. A 101 is only passed on when its `Upgrade` token is one the client
+//! asked for; then both connections are handed to a [`Tunnel`], whose
+//! outcome can only reach metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{ResponseBody, TimeoutBody};
+use super::forward::{Origin, path_and_query, prepare_headers, relay};
+use super::headers::{connection_has, strip_hop_by_hop, tokens};
+use super::tunnel::{Tunnel, TunnelCounters, TunnelOutcome};
+use super::upstream::{self, UpstreamError};
+use super::{ConnInfo, Proxy};
+use crate::metrics::route_values;
+use crate::routes::Route;
+
+/// What a request asks for in the way of an upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpgradeRequest {
+    None,
+    /// `Connection: upgrade` without `Upgrade`, or the reverse.
+    Invalid(&'static str),
+    /// The protocols asked for, lower-case, in the client's order.
+    Protocols(Vec<String>),
+}
+
+/// Reads a request's upgrade headers. Only HTTP/1.1 has upgrades; in
+/// HTTP/1.0 the headers are hop-by-hop noise and are dropped like any other.
+pub fn classify(version: Version, headers: &HeaderMap) -> UpgradeRequest {
+    if version != Version::HTTP_11 {
+        return UpgradeRequest::None;
+    }
+    let wants_upgrade = connection_has(headers, "upgrade");
+    let protocols: Vec<String> = tokens(headers, &header::UPGRADE)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match (wants_upgrade, protocols.is_empty()) {
+        (false, true) => UpgradeRequest::None,
+        (true, true) => UpgradeRequest::Invalid("Connection: upgrade without an Upgrade header"),
+        (false, false) => UpgradeRequest::Invalid("Upgrade header without Connection: upgrade"),
+        (true, false) => UpgradeRequest::Protocols(protocols),
+    }
+}
+
+/// How an upgrade handshake ended (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeResult {
+    /// 101 relayed; the connections are a tunnel now.
+    Switched,
+    /// The backend answered with something other than 101.
+    Declined,
+    /// The backend answered 101 with a protocol the client did not ask for.
+    ProtocolMismatch,
+    /// No protocol the client asked for is allowed on the route; the
+    /// request was forwarded without its upgrade headers.
+    NotAllowed,
+    ConnectError,
+    Timeout,
+    Failed,
+}
+
+impl UpgradeResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Switched => "switched",
+            Self::Declined => "declined",
+            Self::ProtocolMismatch => "protocol_mismatch",
+            Self::NotAllowed => "not_allowed",
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
+    let [ns, ingress, service] = route_values(&route.labels);
+    proxy
+        .metrics
+        .upgrades
+        .with_label_values(&[ns, ingress, service, result.as_str()])
+        .inc();
+}
+
+/// Performs the handshake with the backend over a fresh connection.
+/// `protocols` are the requested protocols the route allows (not empty).
+pub async fn upgrade(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    route: &Arc<Route>,
+    endpoint: SocketAddr,
+    request: Request<Incoming>,
+    protocols: Vec<String>,
+    origin: &Origin<'_>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    let result = handshake(proxy, conn, route, endpoint, request, &protocols, origin).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(e) if e.is_timeout() => UpgradeResult::Timeout,
+        Err(e) if e.is_connect() => UpgradeResult::ConnectError,
+        Err(_) => UpgradeResult::Failed,
+    };
+    count(proxy, route, outcome);
+    result.map(|(response, _)| response)
+}
+
+async fn handshake(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    route: &Arc<Route>,
+    endpoint: SocketAddr,
+    mut request: Request<Incoming>,
+    protocols: &[String],
+    origin: &Origin<'_>,
+) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {
+    // Taken before the request is consumed: resolves to the client's raw
+    // connection (with any bytes it sent behind the request) once our 101
+    // has been written.
+    let client_upgrade = hyper::upgrade::on(&mut request);
+
+    let io = upstream::connect(endpoint, proxy.config.upstream_connect_timeout).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(UpstreamError::from_hyper)?;
+    tokio::spawn(connection.with_upgrades());
+
+    let (mut parts, body) = request.into_parts();
+    prepare_headers(&mut parts, origin);
+    parts.uri = path_and_query(&parts.uri).into();
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(
+        header::UPGRADE,
+        HeaderValue::from_str(&protocols.join(", ")).expect("tokens are valid header text"),
+    );
+    let upstream_request = Request::from_parts(
+        parts,
+        TimeoutBody::new(body, proxy.config.body_read_timeout),
+    );
+
+    let response = tokio::time::timeout(
+        proxy.config.upstream_response_timeout,
+        sender.send_request(upstream_request),
+    )
+    .await
+    .map_err(|_| UpstreamError::ResponseTimeout)?
+    .map_err(UpstreamError::from_hyper)?;
+    // No second request will use this connection: once this exchange is
+    // over (a relayed refusal, a failed check) it closes.
+    drop(sender);
+
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((relay(response), UpgradeResult::Declined));
+    }
+    let Some(protocol) = switched_protocol(response.headers(), protocols) else {
+        return Ok((
+            super::responses::LocalReply::UpgradeMismatch.into_response(),
+            UpgradeResult::ProtocolMismatch,
+        ));
+    };
+
+    let mut response = response;
+    let backend = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(UpstreamError::from_hyper)?;
+
+    let (mut parts, _) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, protocol);
+
+    let tunnel_proxy = proxy.clone();
+    let tunnel_conn = conn.clone();
+    let tunnel_route = route.clone();
+    proxy.shutdown.tracker().spawn(async move {
+        let proxy = tunnel_proxy;
+        let route = tunnel_route;
+        let [ns, ingress, service] = route_values(&route.labels);
+        let active = proxy
+            .metrics
+            .tunnels_active
+            .with_label_values(&[ns, ingress, service]);
+        active.inc();
+        let outcome = match client_upgrade.await {
+            Ok(client) => {
+                Tunnel::new(
+                    TokioIo::new(client),
+                    TokioIo::new(backend),
+                    proxy.config.tunnel,
+                    proxy.shutdown.force_token(),
+                    TunnelCounters::for_route(&proxy.metrics, &route.labels),
+                )
+                .run()
+                .await
+            }
+            Err(e) => TunnelOutcome::client_gone(e),
+        };
+        active.dec();
+        outcome.record(&proxy.metrics, &route.labels, proxy.config.access_log);
+        // The client connection's slot is given back only now.
+        drop(tunnel_conn);
+    });
+    Ok((
+        Response::from_parts(parts, ResponseBody::empty()),
+        UpgradeResult::Switched,
+    ))
+}
+
+/// The backend's `Upgrade` token when it is one the client asked for.
+fn switched_protocol(headers: &HeaderMap, requested: &[String]) -> Option<HeaderValue> {
+    let mut offered = tokens(headers, &header::UPGRADE);
+    let protocol = offered.next()?;
+    if offered.next().is_some() {
+        return None; // a 101 switches to exactly one protocol
+    }
+    requested
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(protocol))
+        .then(|| HeaderValue::from_str(protocol).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn classify_needs_both_headers_on_http11() {
+        let both = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert_eq!(
+            classify(Version::HTTP_11, &both),
+            UpgradeRequest::Protocols(vec!["websocket".into()])
+        );
+        assert_eq!(classify(Version::HTTP_10, &both), UpgradeRequest::None);
+        assert!(matches!(
+            classify(Version::HTTP_11, &headers(&[("connection", "upgrade")])),
+            UpgradeRequest::Invalid(_)
+        ));
+        assert!(matches!(
+            classify(Version::HTTP_11, &headers(&[("upgrade", "websocket")])),
+            UpgradeRequest::Invalid(_)
+        ));
+        assert_eq!(
+            classify(Version::HTTP_11, &HeaderMap::new()),
+            UpgradeRequest::None
+        );
+    }
+
+    #[test]
+    fn a_101_must_switch_to_one_requested_protocol() {
+        let requested = vec!["websocket".to_string()];
+        let ok = switched_protocol(&headers(&[("upgrade", "WebSocket")]), &requested);
+        assert_eq!(ok.unwrap(), "WebSocket");
+        assert!(switched_protocol(&headers(&[("upgrade", "h2c")]), &requested).is_none());
+        assert!(switched_protocol(&HeaderMap::new(), &requested).is_none());
+        assert!(
+            switched_protocol(&headers(&[("upgrade", "websocket, h2c")]), &requested).is_none()
+        );
+    }
+}
