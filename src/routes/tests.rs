@@ -10,22 +10,10 @@ use super::spec::RouteTableSpec;
 use super::translate::{ServiceBackendRef, TranslateOptions, translate};
 use super::{RouteTable, WarningReason};
 use crate::snapshot::ClusterSnapshot;
-use crate::source::manifest::{self, Object};
+use crate::source::manifest;
 
 fn snapshot(yaml: &str) -> ClusterSnapshot {
-    let parsed = manifest::parse(yaml, Path::new("test.yaml"));
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let mut s = ClusterSnapshot::default();
-    for (_, object) in parsed.objects {
-        match object {
-            Object::Ingress(o) => s.ingresses.push(o),
-            Object::IngressClass(o) => s.ingress_classes.push(o),
-            Object::Service(o) => s.services.push(o),
-            Object::EndpointSlice(o) => s.endpoint_slices.push(o),
-            Object::TlsSecret(o) => s.tls_secrets.push(o),
-        }
-    }
-    s
+    manifest::parse_snapshot(yaml, Path::new("test.yaml")).expect("test manifests parse")
 }
 
 /// A Service `name` with port 80 (named `http`) backed by one ready

@@ -138,13 +138,7 @@ fn assemble(
             continue;
         }
         seen.insert(key, location);
-        match object.clone() {
-            Object::Ingress(o) => snapshot.ingresses.push(o),
-            Object::IngressClass(o) => snapshot.ingress_classes.push(o),
-            Object::Service(o) => snapshot.services.push(o),
-            Object::EndpointSlice(o) => snapshot.endpoint_slices.push(o),
-            Object::TlsSecret(o) => snapshot.tls_secrets.push(o),
-        }
+        object.clone().add_to(&mut snapshot);
     }
     snapshot
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_yaml::Value;
 
+use crate::snapshot::ClusterSnapshot;
 use crate::yaml;
 
 /// The namespace an object without one is placed in, as kubectl does.
@@ -58,6 +59,17 @@ impl Object {
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::TlsSecret(o) => &mut o.metadata,
+        }
+    }
+
+    /// Moves the object into the snapshot's list for its kind.
+    pub fn add_to(self, snapshot: &mut ClusterSnapshot) {
+        match self {
+            Object::Ingress(o) => snapshot.ingresses.push(o),
+            Object::IngressClass(o) => snapshot.ingress_classes.push(o),
+            Object::Service(o) => snapshot.services.push(o),
+            Object::EndpointSlice(o) => snapshot.endpoint_slices.push(o),
+            Object::TlsSecret(o) => snapshot.tls_secrets.push(o),
         }
     }
 
@@ -125,6 +137,19 @@ pub struct ParsedFile {
     pub objects: Vec<(Location, Object)>,
     pub errors: Vec<LoadError>,
     pub skipped: Vec<Skipped>,
+}
+
+/// Decodes a text of manifests into a snapshot, or the errors that stop it.
+pub fn parse_snapshot(text: &str, file: &Path) -> Result<ClusterSnapshot, Vec<LoadError>> {
+    let parsed = parse(text, file);
+    if !parsed.errors.is_empty() {
+        return Err(parsed.errors);
+    }
+    let mut snapshot = ClusterSnapshot::default();
+    for (_, object) in parsed.objects {
+        object.add_to(&mut snapshot);
+    }
+    Ok(snapshot)
 }
 
 /// Decodes every document of one file. `file` is only used in messages.

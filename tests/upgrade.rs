@@ -1,0 +1,636 @@
+//! DESIGN.md's upgrade rules, each proved over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestProxy;
+use common::backends::{self, read_exactly, read_head, reset, write_head};
+use common::client::{get, raw_exchange, upgrade_request};
+use common::manifests::{ingress, route, service};
+use futures_util::{SinkExt, StreamExt};
+use switchyard::proxy::ProxyConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SWITCH: &str = "HTTP/1.1 101 Switching Protocols";
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .expect("content-length")
+        .parse()
+        .unwrap()
+}
+
+/// Reads until EOF or an error; returns what arrived.
+async fn read_rest(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no EOF within 10s; got {:?}", String::from_utf8_lossy(&all)),
+        }
+    }
+}
+
+async fn websocket(
+    proxy: &TestProxy,
+    host: &str,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let mut request = format!("ws://{}{path}", proxy.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert("host", host.parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn a_real_websocket_client_talks_to_a_real_websocket_server() {
+    let echo = backends::echo("ws").await;
+    let proxy = TestProxy::start(&route("ws", "chat.test", "/", &[echo.addr])).await;
+    let mut ws = websocket(&proxy, "chat.test", "/socket").await;
+    for text in ["hello", "through", "switchyard"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {} // the server's close reply, then EOF
+    drop(ws);
+    let ns = [
+        ("namespace", "default"),
+        ("ingress", "ws"),
+        ("service", "ws"),
+    ];
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_closes_total",
+            &[ns[0], ns[1], ns[2], ("reason", "completed")],
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        proxy.metric("switchyard_upgrades_total", &[("result", "switched")]),
+        1.0
+    );
+    assert_eq!(proxy.metric("switchyard_tunnels_active", &ns), 0.0);
+    assert!(
+        proxy.metric(
+            "switchyard_tunnel_bytes_total",
+            &[("direction", "client_to_backend")]
+        ) > 0.0
+    );
+    assert!(
+        proxy.metric(
+            "switchyard_tunnel_bytes_total",
+            &[("direction", "backend_to_client")]
+        ) > 0.0
+    );
+}
+
+#[tokio::test]
+async fn a_backend_reset_mid_tunnel_reaches_metrics_never_the_client() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(
+            &mut s,
+            SWITCH,
+            &["Upgrade: websocket", "Connection: Upgrade"],
+        )
+        .await;
+        s.write_all(b"tunnel bytes").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reset(s);
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (mut client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    let mut after = rest;
+    after.extend(read_rest(&mut client).await);
+    assert_eq!(
+        after, b"tunnel bytes",
+        "nothing but tunnel bytes after the 101"
+    );
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_errors_total",
+            &[("reason", "backend_error")],
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_reset_mid_tunnel_leaves_the_proxy_healthy() {
+    let echo = backends::echo("echo").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let (client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    reset(client);
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_errors_total",
+            &[("reason", "client_error")],
+            1.0,
+        )
+        .await;
+    let answer = get(proxy.addr, "h", "/after", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("GET /after"));
+}
+
+/// A backend that upgrades, reads to EOF, then answers with what it read.
+async fn half_close_backend() -> std::net::SocketAddr {
+    backends::scripted(|mut s| async move {
+        let (_, early) = read_head(&mut s).await;
+        write_head(
+            &mut s,
+            SWITCH,
+            &["Upgrade: websocket", "Connection: Upgrade"],
+        )
+        .await;
+        let mut got = early;
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(b"backend got: ").await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.shutdown().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
+    let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
+    let (mut client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    client.write_all(b"request-data").await.unwrap();
+    client.shutdown().await.unwrap(); // half-close: we still read
+    assert_eq!(read_rest(&mut client).await, b"backend got: request-data");
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_closes_total",
+            &[("reason", "completed")],
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(
+            &mut s,
+            SWITCH,
+            &["Upgrade: websocket", "Connection: Upgrade"],
+        )
+        .await;
+        s.write_all(b"bye").await.unwrap();
+        let (mut read, mut write) = s.into_split();
+        write.shutdown().await.unwrap(); // half-close towards the client
+        let mut got = Vec::new();
+        read.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"still talking");
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (mut client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    let mut got = rest;
+    // The backend's FIN arrives as EOF while our direction stays open.
+    got.extend(read_rest(&mut client).await);
+    assert_eq!(got, b"bye");
+    client.write_all(b"still talking").await.unwrap();
+    client.shutdown().await.unwrap();
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_closes_total",
+            &[("reason", "completed")],
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
+    let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
+    let (mut client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"EARLY-BYTES",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    client.shutdown().await.unwrap();
+    assert_eq!(read_rest(&mut client).await, b"backend got: EARLY-BYTES");
+}
+
+#[tokio::test]
+async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
+    for (status, body) in [
+        ("426 Upgrade Required", "upgrade refused"),
+        ("200 OK", "plain answer"),
+    ] {
+        let refusing = backends::scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            let length = format!("Content-Length: {}", body.len());
+            write_head(
+                &mut s,
+                &format!("HTTP/1.1 {status}"),
+                &[&length, "Connection: keep-alive"],
+            )
+            .await;
+            s.write_all(body.as_bytes()).await.unwrap();
+            // Anything else the proxy sends here would be a smuggled request.
+            let mut extra = Vec::new();
+            let _ = s.read_to_end(&mut extra).await;
+            assert!(
+                extra.is_empty(),
+                "proxy reused a refused upgrade connection: {extra:?}"
+            );
+        })
+        .await;
+        let echo = backends::echo("next").await;
+        let yaml = route("ws", "h", "/ws", &[refusing]) + &route("web", "h", "/", &[echo.addr]);
+        let proxy = TestProxy::start(&yaml).await;
+        let (mut client, head, rest) = raw_exchange(
+            proxy.addr,
+            &upgrade_request("h", "/ws", "websocket", &[]),
+            b"",
+        )
+        .await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+        assert_eq!(
+            read_exactly(&mut client, rest, body.len()).await,
+            body.as_bytes()
+        );
+
+        client
+            .write_all(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, rest) = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let body = read_exactly(&mut client, rest, content_length(&head)).await;
+        assert!(String::from_utf8_lossy(&body).starts_with("next\nGET /next"));
+        assert_eq!(
+            proxy.metric("switchyard_upgrades_total", &[("result", "declined")]),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_101_with_a_protocol_the_client_did_not_ask_for_is_a_502() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(&mut s, SWITCH, &["Upgrade: h2c", "Connection: Upgrade"]).await;
+        s.write_all(b"h2c bytes that must not reach the client")
+            .await
+            .unwrap();
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (mut client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let mut body = rest;
+    body.extend(read_rest_or_keepalive(&mut client).await);
+    assert!(!String::from_utf8_lossy(&body).contains("h2c bytes"));
+    assert_eq!(
+        proxy.metric(
+            "switchyard_upgrades_total",
+            &[("result", "protocol_mismatch")]
+        ),
+        1.0
+    );
+}
+
+/// Reads whatever is buffered for a moment (the connection may stay open).
+async fn read_rest_or_keepalive(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&chunk[..n]);
+    }
+    all
+}
+
+/// A backend that answers every request with the request head it saw.
+async fn head_reporting_backend() -> std::net::SocketAddr {
+    backends::scripted(|mut s| async move {
+        let (head, _) = read_head(&mut s).await;
+        let length = format!("Content-Length: {}", head.len());
+        write_head(&mut s, "HTTP/1.1 200 OK", &[&length, "Connection: close"]).await;
+        s.write_all(head.as_bytes()).await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn h2c_upgrades_are_not_forwarded_unless_the_route_allows_them() {
+    let backend = head_reporting_backend().await;
+    let yaml = service("b", &[backend])
+        + &ingress("plain", "plain.test", "/", "b", &[])
+        + &ingress(
+            "h2c",
+            "h2c.test",
+            "/",
+            "b",
+            &[("switchyard.dev/upgrade-protocols", "websocket, h2c")],
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    let h2c = |host: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+    };
+
+    let (mut client, head, rest) = raw_exchange(proxy.addr, &h2c("plain.test"), b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = read_exactly(&mut client, rest, content_length(&head)).await;
+    let seen = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(!seen.contains("upgrade"), "backend saw an upgrade: {seen}");
+    assert!(!seen.contains("http2-settings"), "{seen}");
+    assert_eq!(
+        proxy.metric("switchyard_upgrades_total", &[("result", "not_allowed")]),
+        1.0
+    );
+
+    let (mut client, head, rest) = raw_exchange(proxy.addr, &h2c("h2c.test"), b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = read_exactly(&mut client, rest, content_length(&head)).await;
+    let seen = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(
+        seen.contains("upgrade: h2c"),
+        "allowed h2c is forwarded: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_from_the_101() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(
+            &mut s,
+            SWITCH,
+            &[
+                "Upgrade: websocket",
+                "Connection: Upgrade, X-Hop-Secret",
+                "X-Hop-Secret: 1",
+                "Keep-Alive: timeout=5",
+                "Proxy-Connection: keep-alive",
+                "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            ],
+        )
+        .await;
+        let _ = read_rest(&mut s).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (_client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for gone in ["x-hop-secret", "keep-alive", "proxy-connection"] {
+        assert!(!head.contains(gone), "{gone} leaked: {head}");
+    }
+    assert!(head.contains("connection: upgrade"));
+    assert!(head.contains("upgrade: websocket"));
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
+    let backend = backends::scripted(|mut s| async move {
+        let (head, _) = read_head(&mut s).await;
+        let head = head.to_ascii_lowercase();
+        let ok = !head.contains("x-hop-secret")
+            && !head.contains("keep-alive")
+            && head.contains("upgrade: websocket");
+        let status = if ok {
+            "101 Switching Protocols"
+        } else {
+            "400 Bad Request"
+        };
+        write_head(
+            &mut s,
+            &format!("HTTP/1.1 {status}"),
+            &[
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                "Content-Length: 0",
+            ],
+        )
+        .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let extra = [
+        "Connection: X-Hop-Secret",
+        "X-Hop-Secret: 1",
+        "Keep-Alive: 300",
+    ];
+    let (_client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &extra),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+}
+
+#[tokio::test]
+async fn upgrade_failures_before_the_101_are_ordinary_http_errors() {
+    let refused = backends::refused().await;
+    let silent = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let config = ProxyConfig {
+        upstream_response_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let yaml = route("down", "down", "/", &[refused]) + &route("slow", "slow", "/", &[silent]);
+    let proxy = TestProxy::start_with(config, &yaml).await;
+    let (_c, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("down", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let (_c, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("slow", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert_eq!(
+        proxy.metric("switchyard_upgrades_total", &[("result", "connect_error")]),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("switchyard_upgrades_total", &[("result", "timeout")]),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "switchyard_upstream_connect_errors_total",
+            &[("service", "down")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_route_table_swap_never_touches_an_open_tunnel_or_an_in_flight_request() {
+    let echo = backends::echo("v1").await;
+    let proxy = TestProxy::start(&route("app", "h", "/", &[echo.addr])).await;
+    let mut ws = websocket(&proxy, "h", "/").await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let slow = tokio::spawn(get(proxy.addr, "h", "/slow", &[]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The route disappears entirely while both are open.
+    let other = backends::echo("other").await;
+    proxy.set_routes(&route("other", "elsewhere", "/", &[other.addr]));
+    assert_eq!(
+        get(proxy.addr, "h", "/", &[]).await.status,
+        404,
+        "new requests see the new table"
+    );
+
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.starts_with("v1\nGET /slow"));
+}
+
+#[tokio::test]
+async fn idle_tunnels_close_with_reason_idle_timeout() {
+    let echo = backends::echo("echo").await;
+    let mut config = ProxyConfig::default();
+    config.tunnel.idle_timeout = Duration::from_millis(200);
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let mut ws = websocket(&proxy, "h", "/").await;
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_closes_total",
+            &[("reason", "idle_timeout")],
+            1.0,
+        )
+        .await;
+    assert!(
+        ws.next()
+            .await
+            .is_none_or(|m| m.is_err() || m.unwrap().is_close())
+    );
+}
+
+#[tokio::test]
+async fn on_shutdown_tunnels_get_the_drain_period_then_close_with_reason_shutdown() {
+    let echo = backends::echo("echo").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let mut ws = websocket(&proxy, "h", "/").await;
+    let shutdown = proxy.shutdown.clone();
+    let drain = tokio::spawn(async move { shutdown.run(Duration::from_millis(400)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Still inside the drain period: the tunnel works.
+    ws.send(Message::text("draining")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));
+    drain.await.unwrap();
+    proxy
+        .wait_metric(
+            "switchyard_tunnel_closes_total",
+            &[("reason", "shutdown")],
+            1.0,
+        )
+        .await;
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err() || get_fails(proxy.addr).await,
+        "listener closed"
+    );
+}
+
+async fn get_fails(addr: std::net::SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn inconsistent_upgrade_headers_are_refused_with_400() {
+    let backend = head_reporting_backend().await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    for request in [
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        let (_c, head, _) = raw_exchange(proxy.addr, request, b"").await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{request:?}: {head}");
+    }
+}
