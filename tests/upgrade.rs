@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::TestProxy;
-use common::backends::{self, read_exactly, read_head, reset, write_head};
+use common::backends::{
+    self, read_body, read_exactly, read_head, read_until_closed, reset, write_head,
+};
 use common::client::{get, raw_exchange, upgrade_request};
 use common::manifests::{ingress, route, service};
 use futures_util::{SinkExt, StreamExt};
@@ -16,31 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SWITCH: &str = "HTTP/1.1 101 Switching Protocols";
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_string)
-        })
-        .expect("content-length")
-        .parse()
-        .unwrap()
-}
-
-/// Reads until EOF or an error; returns what arrived.
-async fn read_rest(stream: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return all,
-            Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no EOF within 10s; got {:?}", String::from_utf8_lossy(&all)),
-        }
-    }
-}
 
 async fn websocket(
     proxy: &TestProxy,
@@ -130,7 +107,7 @@ async fn a_backend_reset_mid_tunnel_reaches_metrics_never_the_client() {
     .await;
     assert!(head.starts_with(SWITCH), "{head}");
     let mut after = rest;
-    after.extend(read_rest(&mut client).await);
+    after.extend(read_until_closed(&mut client).await);
     assert_eq!(
         after, b"tunnel bytes",
         "nothing but tunnel bytes after the 101"
@@ -199,7 +176,10 @@ async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
     assert!(head.starts_with(SWITCH), "{head}");
     client.write_all(b"request-data").await.unwrap();
     client.shutdown().await.unwrap(); // half-close: we still read
-    assert_eq!(read_rest(&mut client).await, b"backend got: request-data");
+    assert_eq!(
+        read_until_closed(&mut client).await,
+        b"backend got: request-data"
+    );
     proxy
         .wait_metric(
             "switchyard_tunnel_closes_total",
@@ -237,7 +217,7 @@ async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
     assert!(head.starts_with(SWITCH), "{head}");
     let mut got = rest;
     // The backend's FIN arrives as EOF while our direction stays open.
-    got.extend(read_rest(&mut client).await);
+    got.extend(read_until_closed(&mut client).await);
     assert_eq!(got, b"bye");
     client.write_all(b"still talking").await.unwrap();
     client.shutdown().await.unwrap();
@@ -261,7 +241,10 @@ async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
     .await;
     assert!(head.starts_with(SWITCH), "{head}");
     client.shutdown().await.unwrap();
-    assert_eq!(read_rest(&mut client).await, b"backend got: EARLY-BYTES");
+    assert_eq!(
+        read_until_closed(&mut client).await,
+        b"backend got: EARLY-BYTES"
+    );
 }
 
 #[tokio::test]
@@ -310,8 +293,8 @@ async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
             .unwrap();
         let (head, rest) = read_head(&mut client).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let body = read_exactly(&mut client, rest, content_length(&head)).await;
-        assert!(String::from_utf8_lossy(&body).starts_with("next\nGET /next"));
+        let body = read_body(&mut client, &head, rest).await;
+        assert!(body.starts_with("next\nGET /next"), "{body}");
         assert_eq!(
             proxy.metric("switchyard_upgrades_total", &[("result", "declined")]),
             1.0
@@ -396,8 +379,8 @@ async fn h2c_upgrades_are_not_forwarded_unless_the_route_allows_them() {
 
     let (mut client, head, rest) = raw_exchange(proxy.addr, &h2c("plain.test"), b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen = read_exactly(&mut client, rest, content_length(&head)).await;
-    let seen = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let seen = read_body(&mut client, &head, rest).await;
+    let seen = seen.to_ascii_lowercase();
     assert!(!seen.contains("upgrade"), "backend saw an upgrade: {seen}");
     assert!(!seen.contains("http2-settings"), "{seen}");
     assert_eq!(
@@ -407,8 +390,8 @@ async fn h2c_upgrades_are_not_forwarded_unless_the_route_allows_them() {
 
     let (mut client, head, rest) = raw_exchange(proxy.addr, &h2c("h2c.test"), b"").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen = read_exactly(&mut client, rest, content_length(&head)).await;
-    let seen = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let seen = read_body(&mut client, &head, rest).await;
+    let seen = seen.to_ascii_lowercase();
     assert!(
         seen.contains("upgrade: h2c"),
         "allowed h2c is forwarded: {seen}"
@@ -432,7 +415,7 @@ async fn hop_by_hop_headers_are_stripped_from_the_101() {
             ],
         )
         .await;
-        let _ = read_rest(&mut s).await;
+        let _ = read_until_closed(&mut s).await;
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;

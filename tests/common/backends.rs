@@ -149,6 +149,42 @@ pub async fn read_exactly(stream: &mut TcpStream, mut already: Vec<u8>, n: usize
     already
 }
 
+/// The value of `name` in a raw response head (case-insensitive name).
+pub fn head_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Reads a body framed by `Content-Length`, starting with `rest`.
+pub async fn read_body(stream: &mut TcpStream, head: &str, rest: Vec<u8>) -> String {
+    let length: usize = head_value(head, "content-length")
+        .expect("content-length")
+        .parse()
+        .unwrap();
+    String::from_utf8_lossy(&read_exactly(stream, rest, length).await).into_owned()
+}
+
+/// Reads until EOF or an error (both count as closed); returns what
+/// arrived. Panics if the connection is still open after 10 s.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "connection still open after 10s; got {:?}",
+                String::from_utf8_lossy(&all)
+            ),
+        }
+    }
+}
+
 /// Writes a response head (`status line`, then headers) with no body.
 pub async fn write_head(stream: &mut TcpStream, status_line: &str, headers: &[&str]) {
     let mut text = format!("{status_line}\r\n");

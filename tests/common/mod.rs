@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod client;
 pub mod manifests;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,404 @@
+//! The binary as users run it: `check`, `routes`, and `run` with its file
+//! watcher, admin endpoints, logs and graceful shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::backends;
+use common::client::get;
+use common::manifests::route;
+use common::process::{BIN, Switchyard};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn switchyard(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Waits (up to 10 s) until `check` holds for the admin endpoint `path`.
+async fn wait_admin(
+    admin: std::net::SocketAddr,
+    path: &str,
+    check: impl Fn(u16, &str) -> bool,
+) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let answer = get(admin, "admin", path, &[]).await;
+        if check(answer.status.as_u16(), &answer.body) {
+            return answer.body;
+        }
+        last = format!("{} {}", answer.status, answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never satisfied the check; last answer: {last}");
+}
+
+#[test]
+fn help_documents_every_flag_of_the_contract() {
+    let (code, help, _) = switchyard(&["run", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--manifests",
+        "--http-addr",
+        "--admin-addr",
+        "--ingress-class",
+        "--config",
+        "--drain-timeout",
+        "--watch-namespace",
+        "--header-read-timeout",
+        "--body-read-timeout",
+        "--upstream-connect-timeout",
+        "--upstream-response-timeout",
+        "--tunnel-idle-timeout",
+        "--max-connections",
+        "--max-header-bytes",
+        "--log-format",
+        "--log-level",
+        "--access-log",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}");
+    }
+    for unbuilt in [
+        "--https-addr",
+        "--nginx-annotations",
+        "--default-certificate",
+    ] {
+        assert!(
+            !help.contains(unbuilt),
+            "{unbuilt} is listed before it is built"
+        );
+    }
+    for command in ["check", "routes"] {
+        let (code, help, _) = switchyard(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(help.contains("--manifests") && help.contains("--output"));
+    }
+}
+
+#[test]
+fn check_passes_on_the_bundled_examples() {
+    let (code, out, _) = switchyard(&["check", "--manifests", "examples/manifests"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 errors, 0 warnings, 2 routes"), "{out}");
+}
+
+#[test]
+fn check_names_the_file_document_and_line_of_an_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  ports:\n  - port: eighty\n",
+    )
+    .unwrap();
+    let manifests = dir.path().to_str().unwrap();
+    let (code, out, _) = switchyard(&["check", "--manifests", manifests]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("bad.yaml: document 2 (line 5): Service: spec.ports[0].port"),
+        "{out}"
+    );
+
+    let (code, json, _) = switchyard(&["check", "--manifests", manifests, "--output", "json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["errors"][0]["document"], 2);
+    assert_eq!(report["errors"][0]["line"], 5);
+}
+
+#[test]
+fn check_reports_warnings_but_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\nspec:\n  ingressClassName: switchyard\n  rules:\n  - http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}\n",
+    )
+    .unwrap();
+    let (code, out, _) = switchyard(&["check", "--manifests", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: Ingress shop/web: BackendNotFound: spec.rules[0].http.paths[0].backend.service: Service shop/missing not found"), "{out}");
+}
+
+#[test]
+fn routes_prints_the_table_as_text_and_json() {
+    let (code, text, _) = switchyard(&["routes", "--manifests", "examples/manifests"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("HOST"), "{text}");
+    assert!(
+        text.contains("echo.localhost")
+            && text.contains("demo/echo:80")
+            && text.contains("127.0.0.1:9000"),
+        "{text}"
+    );
+    let (code, json, _) = switchyard(&[
+        "routes",
+        "--manifests",
+        "examples/manifests",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let table: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(table["hosts"][0]["host"], "echo.localhost");
+    assert_eq!(table["hosts"][0]["paths"][1]["pathType"], "Exact");
+    assert_eq!(table["defaultBackend"]["backend"]["service"], "echo");
+}
+
+#[tokio::test]
+async fn run_serves_watches_files_and_keeps_the_last_good_state() {
+    let first = backends::echo("first").await;
+    let second = backends::echo("second").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("first.yaml"),
+        route("first", "first.test", "/", &[first.addr]),
+    )
+    .unwrap();
+    let proxy = Switchyard::start(dir.path(), &[]);
+
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+    assert_eq!(get(proxy.admin, "a", "/healthz", &[]).await.status, 200);
+    assert_eq!(get(proxy.http, "first.test", "/", &[]).await.status, 200);
+
+    // A new file is picked up without a restart.
+    let second_file = dir.path().join("second.yaml");
+    std::fs::write(
+        &second_file,
+        route("second", "second.test", "/", &[second.addr]),
+    )
+    .unwrap();
+    wait_admin(proxy.admin, "/routes", |_, body| {
+        body.contains("second.test")
+    })
+    .await;
+    let answer = get(proxy.http, "second.test", "/x", &[]).await;
+    assert!(answer.body.starts_with("second\n"), "{}", answer.body);
+
+    // A broken edit is reported and loses nothing.
+    std::fs::write(&second_file, "apiVersion: v1\nkind: [broken\n").unwrap();
+    wait_admin(proxy.admin, "/metrics", |_, body| {
+        common::sample(
+            body,
+            "switchyard_source_errors_total",
+            &[("kind", "manifest")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        get(proxy.http, "second.test", "/", &[]).await.status,
+        200,
+        "last good state stays in force"
+    );
+    assert!(
+        proxy.log_text().contains("second.yaml: document 1"),
+        "{}",
+        proxy.log_text()
+    );
+
+    // Removing the file removes its routes.
+    std::fs::remove_file(&second_file).unwrap();
+    wait_admin(proxy.admin, "/routes", |_, body| {
+        !body.contains("second.test")
+    })
+    .await;
+    assert_eq!(get(proxy.http, "second.test", "/", &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_output_passes_promtool() {
+    let echo = backends::echo("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        route("r", "h", "/", &[echo.addr]),
+    )
+    .unwrap();
+    let proxy = Switchyard::start(dir.path(), &[]);
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+    // Exercise request, upgrade and tunnel families so they have samples.
+    assert_eq!(get(proxy.http, "h", "/", &[]).await.status, 200);
+    assert_eq!(get(proxy.http, "nowhere", "/", &[]).await.status, 404);
+    let mut request = format!("ws://{}/ws", proxy.http)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert("host", "h".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+
+    let metrics = wait_admin(proxy.admin, "/metrics", |_, body| {
+        body.contains("switchyard_tunnel_closes_total{")
+    })
+    .await;
+    for family in [
+        "switchyard_requests_total",
+        "switchyard_request_duration_seconds_bucket",
+        "switchyard_upgrades_total",
+        "switchyard_tunnels_active",
+        "switchyard_tunnel_bytes_total",
+        "switchyard_tunnel_duration_seconds_bucket",
+        "switchyard_route_table_swaps_total",
+        "switchyard_route_table_last_swap_timestamp_seconds",
+        "switchyard_translate_warnings",
+        "switchyard_ready 1",
+    ] {
+        assert!(metrics.contains(family), "missing {family}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
+    let echo = backends::echo("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        route("r", "h", "/", &[echo.addr]),
+    )
+    .unwrap();
+    let mut proxy = Switchyard::start(
+        dir.path(),
+        &["--drain-timeout", "1500ms", "--log-level", "debug"],
+    );
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+
+    let mut request = format!("ws://{}/ws", proxy.http)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert("host", "h".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let slow = tokio::spawn(get(proxy.http, "h", "/slow", &[]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    proxy.terminate();
+    wait_admin(proxy.admin, "/readyz", |s, body| {
+        s == 503 && body.contains("draining")
+    })
+    .await;
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request finished");
+    ws.send(Message::text("during drain")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during drain")
+    );
+
+    let code = tokio::task::spawn_blocking(move || {
+        let code = proxy.wait_exit(Duration::from_secs(15));
+        (code, proxy.log_text())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+    assert!(
+        code.1.contains("reason=\"shutdown\"") || code.1.contains("reason=shutdown"),
+        "{}",
+        code.1
+    );
+    // After the drain period the tunnel was closed.
+    assert!(
+        ws.next()
+            .await
+            .is_none_or(|m| m.is_err() || m.unwrap().is_close())
+    );
+}
+
+#[tokio::test]
+async fn access_log_lines_are_json_when_asked_and_can_be_turned_off() {
+    let echo = backends::echo("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        route("r", "h", "/", &[echo.addr]),
+    )
+    .unwrap();
+
+    let proxy = Switchyard::start(dir.path(), &["--log-format", "json"]);
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+    get(
+        proxy.http,
+        "h",
+        "/logged?q=1",
+        &[("x-request-id", "req-42")],
+    )
+    .await;
+    let line = wait_for_log(&proxy, "req-42").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["target"], "switchyard::access");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["path"], "/logged");
+    assert_eq!(entry["service"], "r");
+    assert_eq!(entry["upstream"], echo.addr.to_string());
+
+    let quiet = Switchyard::start(dir.path(), &["--access-log", "false"]);
+    wait_admin(quiet.admin, "/readyz", |s, _| s == 200).await;
+    get(quiet.http, "h", "/not-logged", &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!quiet.log_text().contains("/not-logged"));
+}
+
+async fn wait_for_log(proxy: &Switchyard, needle: &str) -> String {
+    for _ in 0..100 {
+        if let Some(line) = proxy
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
+            return line.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no log line with {needle}: {}", proxy.log_text());
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = switchyard(&[
+        "run",
+        "--manifests",
+        "examples/manifests",
+        "--http-addr",
+        &addr,
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("cannot listen on --http-addr {addr}")),
+        "{err}"
+    );
+}

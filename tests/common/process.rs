@@ -1,0 +1,103 @@
+//! The real `switchyard` binary, started by a test on OS-chosen ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub struct Switchyard {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// Every line the process wrote to stderr (its log), as it arrives.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Switchyard {
+    /// `switchyard run --manifests DIR` plus `extra` flags, on port 0.
+    pub fn start(manifests: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["run", "--manifests"])
+            .arg(manifests)
+            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("switchyard starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addrs = line
+            .trim()
+            .strip_prefix("switchyard listening: ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {:?}",
+                    log.lock().unwrap()
+                )
+            });
+        let (http, admin) = addrs.split_once(' ').unwrap();
+        Self {
+            http: http.trim_start_matches("http=").parse().unwrap(),
+            admin: admin.trim_start_matches("admin=").parse().unwrap(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (up to `limit`) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("switchyard did not exit within {limit:?}");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,452 @@
+//! Ordinary (non-upgrade) HTTP through the proxy, over real sockets:
+//! local error answers, forwarding headers, hop-by-hop rules, load
+//! balancing, pooling, HTTP/2, and the limits that protect the proxy.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestProxy;
+use common::backends::{self, head_value, read_body, read_head, read_until_closed, write_head};
+use common::client::{Answer, get, raw_exchange};
+use common::manifests::{ingress, route, service};
+use http::{Request, StatusCode, Version, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchyard::proxy::ProxyConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every value the echo backend reports for request header `name`.
+fn echoed<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}: ");
+    body.lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+fn assert_plain_text(answer: &Answer) {
+    let content_type = answer.headers[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type}"
+    );
+    assert!(
+        !answer.body.is_empty() && answer.body.len() < 200,
+        "{:?}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn a_request_no_route_matches_gets_a_plain_text_404_counted_as_4xx() {
+    let echo = backends::echo("known").await;
+    let proxy = TestProxy::start(&route("r", "known.test", "/", &[echo.addr])).await;
+    let answer = get(proxy.addr, "unknown.test", "/", &[]).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_plain_text(&answer);
+    assert!(answer.body.starts_with("404"), "{}", answer.body);
+    proxy
+        .wait_metric("switchyard_requests_total", &[("code_class", "4xx")], 1.0)
+        .await;
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_refused_backend_connection_is_a_plain_text_502_and_a_connect_error() {
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backends::refused().await])).await;
+    let labels = [("ingress", "r"), ("service", "r")];
+    assert_eq!(
+        proxy.metric("switchyard_upstream_connect_errors_total", &labels),
+        0.0
+    );
+    let answer = get(proxy.addr, "h", "/", &[]).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_plain_text(&answer);
+    assert_eq!(
+        proxy.metric("switchyard_upstream_connect_errors_total", &labels),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_gets_a_504_after_the_response_timeout() {
+    let silent = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        // Hold the connection open and say nothing.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    })
+    .await;
+    let config = ProxyConfig {
+        upstream_response_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[silent])).await;
+    let labels = [("ingress", "r"), ("service", "r")];
+    let answer = get(proxy.addr, "h", "/", &[]).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_plain_text(&answer);
+    assert_eq!(
+        proxy.metric("switchyard_upstream_timeouts_total", &labels),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("switchyard_upstream_connect_errors_total", &labels),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_route_whose_service_has_no_endpoints_answers_503() {
+    let yaml = service("x", &[]) + &ingress("x", "h", "/", "x", &[]);
+    let proxy = TestProxy::start(&yaml).await;
+    let answer = get(proxy.addr, "h", "/", &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_plain_text(&answer);
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_by_the_proxy_and_host_is_preserved() {
+    let echo = backends::echo("fwd").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+
+    // A Host with a port still routes to host `h`; a client-sent
+    // X-Forwarded-For is replaced, not appended to.
+    let answer = get(
+        proxy.addr,
+        "h:8080",
+        "/headers",
+        &[("X-Forwarded-For", "6.6.6.6")],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.headers["x-backend"], "fwd");
+    let body = &answer.body;
+    assert_eq!(echoed(body, "host"), ["h:8080"], "{body}");
+    assert_eq!(echoed(body, "x-forwarded-for"), ["127.0.0.1"], "{body}");
+    assert_eq!(echoed(body, "x-forwarded-proto"), ["http"], "{body}");
+    assert_eq!(echoed(body, "x-forwarded-host"), ["h:8080"], "{body}");
+    assert!(!body.contains("6.6.6.6"), "{body}");
+
+    // A request id is generated when absent, and the client gets the
+    // same value the backend saw.
+    let ids = echoed(body, "x-request-id");
+    assert_eq!(ids.len(), 1, "{body}");
+    assert!(!ids[0].is_empty());
+    assert_eq!(answer.headers["x-request-id"], ids[0]);
+
+    // ... and kept when the client sent one.
+    let answer = get(proxy.addr, "h", "/", &[("X-Request-Id", "client-id-42")]).await;
+    assert_eq!(echoed(&answer.body, "x-request-id"), ["client-id-42"]);
+    assert_eq!(answer.headers["x-request-id"], "client-id-42");
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
+    let echo = backends::echo("hop").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let request = "GET /hop HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Custom\r\n\
+                   X-Custom: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                   Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n";
+    let (mut client, head, rest) = raw_exchange(proxy.addr, request, b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = read_body(&mut client, &head, rest).await;
+    assert!(body.starts_with("hop\nGET /hop\n"), "{body}");
+    assert_eq!(echoed(&body, "x-kept"), ["yes"], "{body}");
+    for name in [
+        "x-custom",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "connection",
+    ] {
+        assert_eq!(echoed(&body, name), Vec::<&str>::new(), "{name}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_do_not_reach_the_client() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(
+            &mut s,
+            "HTTP/1.1 200 OK",
+            &[
+                "Connection: X-Internal",
+                "X-Internal: 1",
+                "Keep-Alive: timeout=5",
+                "X-Public: 1",
+                "Content-Length: 2",
+            ],
+        )
+        .await;
+        s.write_all(b"ok").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (mut client, head, rest) =
+        raw_exchange(proxy.addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        head_value(&head, "x-public").as_deref(),
+        Some("1"),
+        "{head}"
+    );
+    assert_eq!(head_value(&head, "x-internal"), None, "{head}");
+    assert_eq!(head_value(&head, "keep-alive"), None, "{head}");
+    // hyper may add its own `Connection` header, but never the backend's.
+    if let Some(connection) = head_value(&head, "connection") {
+        assert!(
+            !connection.to_ascii_lowercase().contains("x-internal"),
+            "{head}"
+        );
+    }
+    assert_eq!(read_body(&mut client, &head, rest).await, "ok");
+}
+
+#[tokio::test]
+async fn requests_alternate_between_endpoints_round_robin() {
+    let a = backends::echo("a").await;
+    let b = backends::echo("b").await;
+    let proxy = TestProxy::start(&route("rr", "h", "/", &[a.addr, b.addr])).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let answer = get(proxy.addr, "h", "/", &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        seen.push(answer.headers["x-backend"].to_str().unwrap().to_string());
+    }
+    assert!(seen[0] == "a" || seen[0] == "b", "{seen:?}");
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "not alternating: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_pooled_backend_connection() {
+    let echo = backends::echo("pool").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    for i in 0..5 {
+        // Each `get` is a new client connection to the proxy; only the
+        // proxy's upstream pool can make the backend connection shared.
+        let answer = get(proxy.addr, "h", &format!("/{i}"), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        // Let the pool take the idle connection back before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_requests_are_routed_by_authority() {
+    let echo = backends::echo("h2").await;
+    let other = backends::echo("other").await;
+    let yaml = route("r", "h", "/", &[echo.addr]) + &route("o", "other.test", "/", &[other.addr]);
+    let proxy = TestProxy::start(&yaml).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // h2 has no Host header: the host is the URI's authority (`:authority`).
+    let request = Request::get("http://h/over-h2?q=1")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.headers()["x-backend"], "h2");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert!(body.starts_with("h2\nGET /over-h2?q=1\n"), "{body}");
+    assert_eq!(echoed(&body, "host"), ["h"], "{body}");
+    assert_eq!(echoed(&body, "x-forwarded-host"), ["h"], "{body}");
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
+    let echo = backends::echo("big").await;
+    let config = ProxyConfig {
+        max_header_bytes: 8192,
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let big = "a".repeat(20 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: {big}\r\n\r\n");
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // The proxy may close before reading everything; a failed write is fine.
+    let _ = client.write_all(request.as_bytes()).await;
+    let answer = read_until_closed(&mut client).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
+
+    let answer = get(proxy.addr, "h", "/after", &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.contains("GET /after"), "{}", answer.body);
+}
+
+/// Sends one keep-alive `GET` on `stream` and reads the whole answer.
+async fn keep_alive_get(stream: &mut TcpStream, host: &str) -> (String, String) {
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, rest) = read_head(stream).await;
+    let body = read_body(stream, &head, rest).await;
+    (head, body)
+}
+
+/// Whether a new connection to `addr` gets a `GET` answered.
+async fn served(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut stream).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_without_a_response() {
+    let echo = backends::echo("cap").await;
+    let config = ProxyConfig {
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(60),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+
+    // The first connection is served and stays open (keep-alive).
+    let mut first = TcpStream::connect(proxy.addr).await.unwrap();
+    let (head, _) = keep_alive_get(&mut first, "h").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A second one is closed at once, its request unanswered.
+    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let answer = read_until_closed(&mut second).await;
+    assert!(
+        answer.is_empty(),
+        "over-cap connection got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        proxy.metric("switchyard_connections_rejected_total", &[]),
+        1.0
+    );
+
+    // The first connection is still served.
+    let (head, _) = keep_alive_get(&mut first, "h").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Once it closes, its slot frees up (as soon as the proxy notices).
+    drop(first);
+    let mut ok = false;
+    for _ in 0..100 {
+        if served(proxy.addr).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no connection served after the first one closed");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_mid_head_is_disconnected() {
+    let echo = backends::echo("slow").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n")
+        .await
+        .unwrap();
+    // Panics if the proxy is still holding the connection after 10 s.
+    let answer = read_until_closed(&mut client).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_mid_body_gets_408() {
+    let echo = backends::echo("body").await;
+    let config = ProxyConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    // The echo backend reads the whole body before answering, so nothing
+    // has been answered when the body stalls.
+    let exchange = raw_exchange(
+        proxy.addr,
+        "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n",
+        b"0123456789",
+    );
+    let (mut client, head, rest) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("an answer within 10s");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert_eq!(
+        head_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    let body = read_body(&mut client, &head, rest).await;
+    assert!(body.starts_with("408"), "{body}");
+    // The unread rest of the body makes the stream unusable: it closes.
+    read_until_closed(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_large_request_body_is_forwarded_intact() {
+    let echo = backends::echo("post").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let payload = vec![b'x'; 1024 * 1024];
+    let request = Request::post(format!("http://{}/upload", proxy.addr))
+        .header(header::HOST, "h")
+        .body(Full::from(payload))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert!(body.starts_with("post\nPOST /upload\n"), "{body}");
+    assert_eq!(echoed(&body, "body-bytes"), ["1048576"], "{body}");
+}
+
+#[tokio::test]
+async fn a_prefix_path_matches_whole_segments_only() {
+    let echo = backends::echo("api").await;
+    let proxy = TestProxy::start(&route("api", "h", "/api", &[echo.addr])).await;
+    for path in ["/api", "/api/", "/api/x"] {
+        let answer = get(proxy.addr, "h", path, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert!(
+            answer.body.starts_with(&format!("api\nGET {path}\n")),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    for path in ["/apix", "/ap", "/"] {
+        let answer = get(proxy.addr, "h", path, &[]).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
