@@ -38,7 +38,9 @@ pub struct SourceArgs {
     /// Directory (or file) of YAML manifests: Ingress, IngressClass,
     /// Service, EndpointSlice and kubernetes.io/tls Secret. Repeatable.
     /// Read recursively; changes are applied within about a second.
-    #[arg(long = "manifests", value_name = "DIR", required = true)]
+    /// Without it, objects come from the cluster (in-cluster config or
+    /// KUBECONFIG).
+    #[arg(long = "manifests", value_name = "DIR")]
     pub manifests: Vec<PathBuf>,
 
     /// The IngressClass name to serve; Ingresses of other classes are ignored.
@@ -140,6 +142,51 @@ pub struct RunArgs {
     /// Write an access log line per request and per closed tunnel.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Settings that only apply when objects come from the cluster.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Cluster mode (without --manifests)")]
+pub struct ClusterArgs {
+    /// Copy this Service's load-balancer addresses into the status of every
+    /// Ingress we serve (NAMESPACE/NAME).
+    #[arg(
+        long,
+        value_name = "NS/NAME",
+        conflicts_with = "publish_status_address"
+    )]
+    pub publish_service: Option<String>,
+
+    /// Publish these fixed addresses (IPs or host names, comma-separated)
+    /// in Ingress status instead of a Service's.
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub publish_status_address: Vec<String>,
+
+    /// How long to wait for a burst of cluster changes to settle before
+    /// translating (changes are coalesced into one table swap).
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration)]
+    pub sync_debounce: Duration,
+
+    /// Name of the Lease replicas elect a leader on; only the leader writes
+    /// Ingress status and Events.
+    #[arg(long, value_name = "NAME", default_value = "switchyard-leader")]
+    pub election_id: String,
+
+    /// This replica's identity in the election (from the downward API).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of the leader Lease (from the downward API).
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    pub pod_namespace: String,
 }
 
 #[derive(Debug, Args)]

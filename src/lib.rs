@@ -8,6 +8,7 @@
 //! [`metrics`] and [`admin`] observe all of it.
 
 pub mod admin;
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod logging;

@@ -9,7 +9,14 @@ use crate::cli::LogFormat;
 /// Installs the global subscriber. Logs go to stderr; stdout is kept for
 /// what the commands print (addresses, reports).
 pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
+    let mut directives = filter.to_string();
+    if !filter.contains("kube_client") {
+        // kube's client logs every failed request at error level; the
+        // source reports those once per kind of failure instead.
+        directives.push_str(",kube_client=off");
+    }
+    let filter =
+        EnvFilter::try_new(&directives).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::cli::{Cli, Command};
+use switchyard::cli::{Cli, Command, LogFormat};
 use switchyard::{config, logging, runtime};
 
 fn main() -> ExitCode {
@@ -15,30 +15,32 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Cli::parse_from(args).command {
-        Command::Run(args) => {
-            if let Err(e) = logging::init(args.log_format, &args.log_level) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match runtime.block_on(runtime::run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Check(args) => exit(runtime::check(args)),
-        Command::Routes(args) => exit(runtime::routes(args)),
+    let command = Cli::parse_from(args).command;
+    let (format, filter) = match &command {
+        Command::Run(run) => (run.log_format, run.log_level.as_str()),
+        // check and routes print reports; keep the log to warnings.
+        Command::Check(_) | Command::Routes(_) => (LogFormat::Text, "warn"),
+    };
+    if let Err(e) = logging::init(format, filter) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
-}
-
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Run(args) => runtime::run(*args).await.map(|()| 0),
+            Command::Check(args) => runtime::check(args).await,
+            Command::Routes(args) => runtime::routes(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -5,8 +5,8 @@
 //! raw path or a client address).
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::routes::RouteLabels;
@@ -57,7 +57,17 @@ pub struct Metrics {
     pub translate_warnings: IntGaugeVec,
     /// Source failures (a manifest that does not load, ...), by `kind`.
     pub source_errors: IntCounterVec,
+    /// Unix time of the last successful watch event, by `kind` (kube mode).
+    pub source_last_sync: GaugeVec,
+    /// Seconds since the last good contact for a kind whose watch is failing.
+    pub source_staleness: GaugeVec,
     pub ready: IntGauge,
+    /// 1 while this replica holds the leader Lease (kube mode).
+    pub leader: IntGauge,
+    /// Ingress status writes, by `result` (`updated`, `cleared`, `failed`).
+    pub status_updates: IntCounterVec,
+    /// Kubernetes Events published for translate warnings, by `reason`.
+    pub events: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,6 +89,14 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, ROUTE).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric");
@@ -222,10 +240,39 @@ impl Metrics {
                 "Failures reading cluster state, by kind.",
                 &["kind"],
             ),
+            source_last_sync: float_gauge_vec(
+                &r,
+                "switchyard_source_last_sync_timestamp_seconds",
+                "Unix time of the last successful watch event, by kind.",
+                &["kind"],
+            ),
+            source_staleness: float_gauge_vec(
+                &r,
+                "switchyard_source_staleness_seconds",
+                "Seconds since the last good contact, for kinds whose watch is failing (0 when healthy).",
+                &["kind"],
+            ),
             ready: gauge(
                 &r,
                 "switchyard_ready",
                 "1 when a complete route table is in force and the process is not draining.",
+            ),
+            leader: gauge(
+                &r,
+                "switchyard_leader",
+                "1 while this replica holds the leader Lease and writes status and Events.",
+            ),
+            status_updates: counter_vec(
+                &r,
+                "switchyard_ingress_status_updates_total",
+                "Ingress status writes, by result.",
+                &["result"],
+            ),
+            events: counter_vec(
+                &r,
+                "switchyard_events_total",
+                "Kubernetes Events published for translate warnings, by reason.",
+                &["reason"],
             ),
             registry: r,
         }

@@ -1,85 +1,37 @@
-//! Wiring for the three commands. `run` connects source → translate →
-//! swap → proxy and handles shutdown; `check` and `routes` run the same
-//! source and translation once and report.
+//! Wiring for the three commands. `run` connects a source (files or the
+//! cluster) → translate → swap → proxy and handles shutdown; `check` and
+//! `routes` read the same source once, translate and report.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use futures_util::FutureExt;
+use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::admin::{self, AdminState};
-use crate::cli::{CheckArgs, OutputFormat, RoutesArgs, RunArgs, SourceArgs};
+use crate::apply::Applier;
+use crate::cli::{CheckArgs, ClusterArgs, OutputFormat, RoutesArgs, RunArgs, SourceArgs};
 use crate::metrics::Metrics;
 use crate::proxy::tunnel::TunnelLimits;
 use crate::proxy::{Proxy, ProxyConfig};
-use crate::routes::{RouteStore, TranslateOptions, Translation, WarningReason, translate};
+use crate::routes::{RouteStore, TranslateOptions, Translation, translate};
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::ClusterSnapshot;
 use crate::source::files::{self, FileSource, LoadReport};
+use crate::source::kube::events::EventPublisher;
+use crate::source::kube::health::SourceHealth;
+use crate::source::kube::leader::{self, LeaderSettings};
+use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
+use crate::source::kube::{Stores, reflect};
+use crate::source::manifest::LoadError;
 
-/// Turns snapshots into the route table in force, with the bookkeeping
-/// every source shares: metrics, and warnings logged once when they appear.
-pub struct Applier {
-    options: TranslateOptions,
-    namespaces: Vec<String>,
-    routes: Arc<RouteStore>,
-    metrics: Arc<Metrics>,
-    current_warnings: BTreeSet<String>,
-}
-
-impl Applier {
-    pub fn new(source: &SourceArgs, routes: Arc<RouteStore>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            options: translate_options(source),
-            namespaces: source.watch_namespaces.clone(),
-            routes,
-            metrics,
-            current_warnings: BTreeSet::new(),
-        }
-    }
-
-    /// Translates `snapshot` and swaps the result in unless it is the table
-    /// already in force.
-    pub fn apply(&mut self, mut snapshot: ClusterSnapshot) {
-        snapshot.retain_namespaces(&self.namespaces);
-        let Translation { spec, warnings } = translate(&snapshot, &self.options);
-
-        for reason in WarningReason::ALL {
-            let count = warnings.iter().filter(|w| w.reason == reason).count();
-            self.metrics
-                .translate_warnings
-                .with_label_values(&[reason.as_str()])
-                .set(count as i64);
-        }
-        let now: BTreeSet<String> = warnings.iter().map(|w| w.to_string()).collect();
-        for new in now.difference(&self.current_warnings) {
-            tracing::warn!(target: "switchyard::translate", "{new}");
-        }
-        for gone in self.current_warnings.difference(&now) {
-            tracing::info!(target: "switchyard::translate", "resolved: {gone}");
-        }
-        self.current_warnings = now;
-
-        let routes = spec.hosts.iter().map(|h| h.paths.len()).sum::<usize>();
-        if self.routes.swap_if_changed(spec) {
-            self.metrics.route_table_swaps.inc();
-            self.metrics.routes.set(routes as i64);
-            let unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            self.metrics.route_table_last_swap.set(unix);
-            tracing::info!(routes, warnings = warnings.len(), "route table swapped");
-        } else {
-            self.metrics.route_table_unchanged.inc();
-            tracing::debug!("route table unchanged");
-        }
-    }
-}
+/// How long `check` and `routes` wait for the cluster's initial lists.
+const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn translate_options(source: &SourceArgs) -> TranslateOptions {
     TranslateOptions {
@@ -88,34 +40,14 @@ fn translate_options(source: &SourceArgs) -> TranslateOptions {
     }
 }
 
-fn report_load_errors(report: &LoadReport, metrics: &Metrics) {
-    for error in &report.errors {
+fn report_load_errors(errors: &[LoadError], metrics: &Metrics) {
+    for error in errors {
         tracing::warn!(target: "switchyard::source", "{error}; the last good version stays in force");
     }
     metrics
         .source_errors
         .with_label_values(&["manifest"])
-        .inc_by(report.errors.len() as u64);
-}
-
-/// The listeners `run` serves on, bound before anything else so that a
-/// busy port fails fast.
-pub struct Listeners {
-    pub http: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    pub async fn bind(http: SocketAddr, admin: SocketAddr) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: TcpListener::bind(http)
-                .await
-                .with_context(|| format!("cannot listen on --http-addr {http}"))?,
-            admin: TcpListener::bind(admin)
-                .await
-                .with_context(|| format!("cannot listen on --admin-addr {admin}"))?,
-        })
-    }
+        .inc_by(errors.len() as u64);
 }
 
 pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
@@ -134,11 +66,25 @@ pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
     }
 }
 
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {flag} {addr}"))
+}
+
 /// `switchyard run`: serves until SIGTERM or Ctrl-C, then drains.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(args.http_addr, args.admin_addr).await?;
-    let http_addr = listeners.http.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
+    let cluster_mode = args.source.manifests.is_empty();
+    if !cluster_mode
+        && (args.cluster.publish_service.is_some()
+            || !args.cluster.publish_status_address.is_empty())
+    {
+        bail!("--publish-service and --publish-status-address need cluster mode (no --manifests)");
+    }
+    let http = bind(args.http_addr, "--http-addr").await?;
+    let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
+    let http_addr = http.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new());
     let routes = Arc::new(RouteStore::default());
@@ -149,22 +95,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         synced: Default::default(),
     });
-    tokio::spawn(admin::serve(listeners.admin, admin.clone()));
-
-    // Watch before the first read, so that no change slips in between.
-    let (watcher, mut changes) =
-        files::watch(&args.source.manifests).context("cannot watch the manifest directories")?;
-    let mut source = FileSource::new(args.source.manifests.clone());
-    let mut applier = Applier::new(&args.source, routes.clone(), metrics.clone());
-    let report = source.load();
-    report_load_errors(&report, &metrics);
-    tracing::info!(
-        files = report.files,
-        "loaded manifests: {}",
-        report.snapshot.summary()
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+    let applier = Applier::new(
+        translate_options(&args.source),
+        routes.clone(),
+        metrics.clone(),
     );
-    applier.apply(report.snapshot);
-    admin.mark_synced();
+
+    if cluster_mode {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        tokio::spawn(run_cluster(
+            client,
+            args.source.watch_namespaces.clone(),
+            args.cluster.clone(),
+            applier,
+            admin.clone(),
+            metrics.clone(),
+        ));
+    } else {
+        start_file_source(&args.source, applier, &admin, &metrics)?;
+    }
 
     let proxy = Proxy::new(
         routes,
@@ -172,27 +124,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy_config(&args),
         shutdown.clone(),
     );
-    tokio::spawn(proxy.serve(listeners.http));
+    tokio::spawn(proxy.serve(http));
     tracing::info!(%http_addr, %admin_addr, "switchyard is serving");
     // Tests and scripts read the bound addresses from this line.
     println!("switchyard listening: http={http_addr} admin={admin_addr}");
     let _ = std::io::stdout().flush();
-
-    let reload_metrics = metrics.clone();
-    tokio::spawn(async move {
-        let _watcher = watcher;
-        while changes.recv().await.is_some() {
-            let (returned, report) = tokio::task::spawn_blocking(move || {
-                let report = source.load();
-                (source, report)
-            })
-            .await
-            .expect("manifest loading does not panic");
-            source = returned;
-            report_load_errors(&report, &reload_metrics);
-            applier.apply(report.snapshot);
-        }
-    });
 
     shutdown::signal().await;
     tracing::info!(drain_timeout = %crate::units::format_duration(args.drain_timeout), "shutting down: draining");
@@ -203,24 +139,186 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_once(source: &SourceArgs) -> (LoadReport, Translation) {
-    let mut report = FileSource::new(source.manifests.clone()).load();
-    report.snapshot.retain_namespaces(&source.watch_namespaces);
-    let translation = translate(&report.snapshot, &translate_options(source));
-    (report, translation)
+/// Loads the manifests once (ready at once), then applies every change the
+/// watcher reports.
+fn start_file_source(
+    source: &SourceArgs,
+    mut applier: Applier,
+    admin: &Arc<AdminState>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    // Watch before the first read, so that no change slips in between.
+    let (watcher, mut changes) =
+        files::watch(&source.manifests).context("cannot watch the manifest directories")?;
+    let mut files = FileSource::new(source.manifests.clone());
+    let namespaces = source.watch_namespaces.clone();
+    let metrics = metrics.clone();
+    let mut load_and_apply = move || {
+        let mut report = files.load();
+        report_load_errors(&report.errors, &metrics);
+        report.snapshot.retain_namespaces(&namespaces);
+        applier.apply(&report.snapshot);
+        report.files
+    };
+    let loaded = load_and_apply();
+    tracing::info!(files = loaded, "manifests loaded");
+    admin.mark_synced();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while changes.recv().await.is_some() {
+            tokio::task::block_in_place(&mut load_and_apply);
+        }
+    });
+    Ok(())
+}
+
+/// The cluster loop: waits for every reflector's initial list, then on
+/// each settled burst of changes translates a fresh snapshot and, while
+/// leader, writes Ingress status and Events.
+async fn run_cluster(
+    client: kube::Client,
+    namespaces: Vec<String>,
+    cluster: ClusterArgs,
+    mut applier: Applier,
+    admin: Arc<AdminState>,
+    metrics: Arc<Metrics>,
+) {
+    let changed = Arc::new(Notify::new());
+    let health = SourceHealth::new(metrics.clone());
+    let refresher = health.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            refresher.refresh();
+        }
+    });
+    let stores = Stores::start(&client, &namespaces, &health, &changed);
+    let publish = publish_addresses(&client, &cluster, &health, &changed);
+    let identity = cluster.pod_name.clone().unwrap_or_else(default_identity);
+    let mut leading = leader::elect(
+        client.clone(),
+        LeaderSettings {
+            lease_name: cluster.election_id.clone(),
+            namespace: cluster.pod_namespace.clone(),
+            identity: identity.clone(),
+        },
+        metrics.clone(),
+    );
+    let status = publish.map(|p| StatusWriter::new(client.clone(), p, metrics.clone()));
+    let mut events = EventPublisher::new(client, Some(identity), metrics);
+
+    tracing::info!("waiting for the initial list of every watched kind");
+    stores.wait_until_ready().await;
+    loop {
+        // Changes that arrived while we waited are in this snapshot.
+        let _ = changed.notified().now_or_never();
+        let snapshot = stores.snapshot();
+        let warnings = tokio::task::block_in_place(|| applier.apply(&snapshot));
+        if !admin.synced.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("initial sync complete: {}", snapshot.summary());
+            admin.mark_synced();
+        }
+        if *leading.borrow_and_update() {
+            if let Some(status) = &status {
+                let classes = applier.class_filter(&snapshot);
+                status.sync(&snapshot, |i| classes.is_ours(i)).await;
+            }
+            events.publish(&warnings, &snapshot).await;
+        }
+        tokio::select! {
+            _ = changed.notified() => tokio::time::sleep(cluster.sync_debounce).await,
+            _ = leading.changed() => {}
+        }
+    }
+}
+
+fn publish_addresses(
+    client: &kube::Client,
+    cluster: &ClusterArgs,
+    health: &Arc<SourceHealth>,
+    changed: &Arc<Notify>,
+) -> Option<PublishAddresses> {
+    if !cluster.publish_status_address.is_empty() {
+        let fixed = cluster
+            .publish_status_address
+            .iter()
+            .map(|a| Address::parse(a.trim()))
+            .collect();
+        return Some(PublishAddresses::Fixed(fixed));
+    }
+    let (namespace, name) = cluster.publish_service.as_deref()?.split_once('/')?;
+    let store: Store<_> = reflect::spawn(
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace),
+        reflect::config().fields(&format!("metadata.name={name}")),
+        "PublishService",
+        health.clone(),
+        changed.clone(),
+    );
+    Some(PublishAddresses::Service(store))
+}
+
+/// Outside a pod (no POD_NAME): the host name and process id.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "switchyard".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Reads the source once: manifests, or the cluster's current state.
+async fn load_once(
+    source: &SourceArgs,
+) -> anyhow::Result<(
+    Vec<LoadError>,
+    Vec<crate::source::manifest::Skipped>,
+    usize,
+    ClusterSnapshot,
+)> {
+    if source.manifests.is_empty() {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        let metrics = Arc::new(Metrics::new());
+        let stores = Stores::start(
+            &client,
+            &source.watch_namespaces,
+            &SourceHealth::new(metrics),
+            &Arc::new(Notify::new()),
+        );
+        tokio::time::timeout(CLUSTER_READ_TIMEOUT, stores.wait_until_ready())
+            .await
+            .context("the cluster's objects could not be listed within 30s")?;
+        return Ok((Vec::new(), Vec::new(), 0, stores.snapshot()));
+    }
+    let LoadReport {
+        mut snapshot,
+        errors,
+        skipped,
+        files,
+    } = FileSource::new(source.manifests.clone()).load();
+    snapshot.retain_namespaces(&source.watch_namespaces);
+    Ok((errors, skipped, files, snapshot))
 }
 
 /// `switchyard check`: returns the process exit code (1 on errors).
-pub fn check(args: CheckArgs) -> i32 {
-    let (report, translation) = load_once(&args.source);
+pub async fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let (errors, skipped, files, snapshot) = load_once(&args.source).await?;
+    let translation = translate(&snapshot, &translate_options(&args.source));
+    let routes = translation
+        .spec
+        .hosts
+        .iter()
+        .map(|h| h.paths.len())
+        .sum::<usize>();
     match args.output {
         OutputFormat::Json => {
             let json = serde_json::json!({
-                "errors": report.errors,
+                "errors": errors,
                 "warnings": translation.warnings,
-                "skipped": report.skipped,
-                "files": report.files,
-                "routes": translation.spec.hosts.iter().map(|h| h.paths.len()).sum::<usize>(),
+                "skipped": skipped,
+                "files": files,
+                "routes": routes,
             });
             println!(
                 "{}",
@@ -228,44 +326,38 @@ pub fn check(args: CheckArgs) -> i32 {
             );
         }
         OutputFormat::Text => {
-            for e in &report.errors {
+            for e in &errors {
                 println!("error: {e}");
             }
             for w in &translation.warnings {
                 println!("warning: {w}");
             }
-            for s in &report.skipped {
+            for s in &skipped {
                 println!("skipped: {}: {}", s.location, s.what);
             }
             println!(
-                "{} files, {} errors, {} warnings, {} routes",
-                report.files,
-                report.errors.len(),
+                "{files} files, {} errors, {} warnings, {routes} routes",
+                errors.len(),
                 translation.warnings.len(),
-                translation
-                    .spec
-                    .hosts
-                    .iter()
-                    .map(|h| h.paths.len())
-                    .sum::<usize>()
             );
         }
     }
-    i32::from(!report.errors.is_empty())
+    Ok(i32::from(!errors.is_empty()))
 }
 
 /// `switchyard routes`: prints the table; returns 1 if a manifest failed.
-pub fn routes(args: RoutesArgs) -> i32 {
-    let (report, translation) = load_once(&args.source);
-    for e in &report.errors {
+pub async fn routes(args: RoutesArgs) -> anyhow::Result<i32> {
+    let (errors, _, _, snapshot) = load_once(&args.source).await?;
+    let Translation { spec, .. } = translate(&snapshot, &translate_options(&args.source));
+    for e in &errors {
         eprintln!("error: {e}");
     }
     match args.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&translation.spec).expect("route table serializes")
+            serde_json::to_string_pretty(&spec).expect("route table serializes")
         ),
-        OutputFormat::Text => print!("{}", translation.spec.to_text()),
+        OutputFormat::Text => print!("{}", spec.to_text()),
     }
-    i32::from(!report.errors.is_empty())
+    Ok(i32::from(!errors.is_empty()))
 }

@@ -3,4 +3,5 @@
 //! program does not know which source is running.
 
 pub mod files;
+pub mod kube;
 pub mod manifest;

@@ -1,0 +1,106 @@
+//! How the watches are doing, per kind: errors are counted, logged once per
+//! class of failure (not once per retry), and turned into a last-sync time
+//! and a staleness gauge, so a table kept in force while the API server is
+//! unreachable is visible as such.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use kube::runtime::watcher;
+
+use crate::metrics::Metrics;
+
+#[derive(Default)]
+struct KindHealth {
+    last_ok: Option<(Instant, f64)>,
+    /// The class of the failure in progress, if any.
+    failing: Option<String>,
+    failing_since: Option<Instant>,
+}
+
+pub struct SourceHealth {
+    metrics: Arc<Metrics>,
+    kinds: Mutex<HashMap<&'static str, KindHealth>>,
+    started: Instant,
+}
+
+impl SourceHealth {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            kinds: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })
+    }
+
+    /// A watch for `kind` delivered an event: the source is current.
+    pub fn ok(&self, kind: &'static str) {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let mut kinds = self.kinds.lock().expect("health lock");
+        let health = kinds.entry(kind).or_default();
+        health.last_ok = Some((Instant::now(), unix));
+        if let Some(class) = health.failing.take() {
+            tracing::info!(kind, after = %class, "watch recovered");
+        }
+        health.failing_since = None;
+        self.metrics
+            .source_last_sync
+            .with_label_values(&[kind])
+            .set(unix);
+    }
+
+    /// A watch for `kind` failed; it is retried with back-off by the watcher.
+    pub fn error(&self, kind: &'static str, error: &watcher::Error) {
+        self.metrics.source_errors.with_label_values(&[kind]).inc();
+        let class = classify(error);
+        let mut kinds = self.kinds.lock().expect("health lock");
+        let health = kinds.entry(kind).or_default();
+        if health.failing.as_deref() == Some(class.as_str()) {
+            tracing::debug!(kind, %error, "watch still failing; retrying with back-off");
+        } else {
+            tracing::warn!(kind, %error, "watch failed ({class}); retrying with back-off, the route table in force is kept");
+            health.failing = Some(class);
+        }
+        health.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Updates the staleness gauges: seconds since the last good contact
+    /// for a kind whose watch is failing, 0 for a healthy one.
+    pub fn refresh(&self) {
+        let kinds = self.kinds.lock().expect("health lock");
+        for (kind, health) in kinds.iter() {
+            let stale = match (&health.failing, health.last_ok) {
+                (None, _) => 0.0,
+                (Some(_), Some((at, _))) => at.elapsed().as_secs_f64(),
+                (Some(_), None) => self.started.elapsed().as_secs_f64(),
+            };
+            self.metrics
+                .source_staleness
+                .with_label_values(&[kind])
+                .set(stale);
+        }
+    }
+}
+
+/// A short, stable name for a kind of failure, so that a retry loop
+/// against an unreachable API server logs once, not once per attempt.
+fn classify(error: &watcher::Error) -> String {
+    let client = |stage: &str, e: &kube::Error| match e {
+        kube::Error::Api(status) => format!("{stage}: {} {}", status.code, status.reason),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            format!("{stage}: API server unreachable")
+        }
+        _ => format!("{stage}: client error"),
+    };
+    match error {
+        watcher::Error::InitialListFailed(e) => client("list", e),
+        watcher::Error::WatchStartFailed(e) => client("watch", e),
+        watcher::Error::WatchFailed(e) => client("watch stream", e),
+        watcher::Error::WatchError(status) => format!("watch: {} {}", status.code, status.reason),
+        watcher::Error::NoResourceVersion => "list without resourceVersion".into(),
+    }
+}

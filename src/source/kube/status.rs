@@ -1,0 +1,241 @@
+//! Ingress status: the leader copies the addresses of `--publish-service`
+//! (or the fixed `--publish-status-address` list) into
+//! `status.loadBalancer.ingress` of every Ingress we serve, writes only when
+//! the value differs (no write storm on resync), and clears it on Ingresses
+//! that stopped being ours.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
+
+use crate::metrics::Metrics;
+use crate::snapshot::ClusterSnapshot;
+
+/// An address as Ingress status holds it: an IP or a host name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Address {
+    Ip(String),
+    Hostname(String),
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<IpAddr>() {
+            Ok(ip) => Self::Ip(ip.to_string()),
+            Err(_) => Self::Hostname(text.to_string()),
+        }
+    }
+
+    fn to_status(&self) -> IngressLoadBalancerIngress {
+        match self {
+            Self::Ip(ip) => IngressLoadBalancerIngress {
+                ip: Some(ip.clone()),
+                ..Default::default()
+            },
+            Self::Hostname(h) => IngressLoadBalancerIngress {
+                hostname: Some(h.clone()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Where the published addresses come from.
+pub enum PublishAddresses {
+    Fixed(BTreeSet<Address>),
+    /// The reflector store of the one `--publish-service` Service.
+    Service(Store<Service>),
+}
+
+impl PublishAddresses {
+    /// The addresses to publish now; `None` while the Service is unknown.
+    pub fn current(&self) -> Option<BTreeSet<Address>> {
+        match self {
+            Self::Fixed(addresses) => Some(addresses.clone()),
+            Self::Service(store) => {
+                let service = store.state().into_iter().next()?;
+                let ingress = service
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref());
+                let mut addresses = BTreeSet::new();
+                for entry in ingress.into_iter().flatten() {
+                    if let Some(ip) = &entry.ip {
+                        addresses.insert(Address::Ip(ip.clone()));
+                    } else if let Some(h) = &entry.hostname {
+                        addresses.insert(Address::Hostname(h.clone()));
+                    }
+                }
+                Some(addresses)
+            }
+        }
+    }
+}
+
+/// One status write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub namespace: String,
+    pub name: String,
+    /// Empty means clear.
+    pub addresses: BTreeSet<Address>,
+}
+
+/// The status writes that bring the Ingresses in line (pure). Ours get
+/// `addresses`; others that carry exactly our addresses are cleared.
+pub fn changes(
+    ingresses: &[Ingress],
+    is_ours: impl Fn(&Ingress) -> bool,
+    addresses: &BTreeSet<Address>,
+) -> Vec<StatusChange> {
+    let mut changes = Vec::new();
+    for ingress in ingresses {
+        let current = current_addresses(ingress);
+        let desired = if is_ours(ingress) {
+            addresses.clone()
+        } else if !current.is_empty() && current == *addresses {
+            BTreeSet::new()
+        } else {
+            continue;
+        };
+        if current != desired {
+            changes.push(StatusChange {
+                namespace: ingress.metadata.namespace.clone().unwrap_or_default(),
+                name: ingress.metadata.name.clone().unwrap_or_default(),
+                addresses: desired,
+            });
+        }
+    }
+    changes
+}
+
+fn current_addresses(ingress: &Ingress) -> BTreeSet<Address> {
+    ingress
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match (&e.ip, &e.hostname) {
+            (Some(ip), _) => Some(Address::Ip(ip.clone())),
+            (None, Some(h)) => Some(Address::Hostname(h.clone())),
+            (None, None) => None,
+        })
+        .collect()
+}
+
+/// Applies status changes through the API.
+pub struct StatusWriter {
+    client: Client,
+    publish: PublishAddresses,
+    metrics: Arc<Metrics>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, publish: PublishAddresses, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            publish,
+            metrics,
+        }
+    }
+
+    /// Writes what differs. Failures are logged and retried on the next sync.
+    pub async fn sync(&self, snapshot: &ClusterSnapshot, is_ours: impl Fn(&Ingress) -> bool) {
+        let Some(addresses) = self.publish.current() else {
+            return;
+        };
+        for change in changes(&snapshot.ingresses, is_ours, &addresses) {
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
+            let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
+            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
+            let result = api
+                .patch_status(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            let outcome = match (&result, change.addresses.is_empty()) {
+                (Ok(_), false) => "updated",
+                (Ok(_), true) => "cleared",
+                (Err(_), _) => "failed",
+            };
+            self.metrics
+                .status_updates
+                .with_label_values(&[outcome])
+                .inc();
+            match result {
+                Ok(_) => {
+                    tracing::debug!(ingress = %format!("{}/{}", change.namespace, change.name), outcome, "ingress status written")
+                }
+                Err(e) => {
+                    tracing::warn!(ingress = %format!("{}/{}", change.namespace, change.name), error = %e, "cannot write ingress status; will retry")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::networking::v1::{IngressLoadBalancerStatus, IngressStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ingress(name: &str, status: &[&str]) -> Ingress {
+        Ingress {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            status: Some(IngressStatus {
+                load_balancer: Some(IngressLoadBalancerStatus {
+                    ingress: Some(
+                        status
+                            .iter()
+                            .map(|a| Address::parse(a).to_status())
+                            .collect(),
+                    ),
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn addresses(list: &[&str]) -> BTreeSet<Address> {
+        list.iter().map(|a| Address::parse(a)).collect()
+    }
+
+    #[test]
+    fn only_differing_statuses_are_written() {
+        let ours = addresses(&["10.0.0.1", "lb.example.com"]);
+        let ingresses = [
+            ingress("current", &["lb.example.com", "10.0.0.1"]),
+            ingress("stale", &["10.9.9.9"]),
+            ingress("empty", &[]),
+        ];
+        let changes = changes(&ingresses, |_| true, &ours);
+        let names: Vec<_> = changes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["stale", "empty"]);
+        assert!(changes.iter().all(|c| c.addresses == ours));
+    }
+
+    #[test]
+    fn ingresses_no_longer_ours_are_cleared_only_if_they_carry_our_addresses() {
+        let ours = addresses(&["10.0.0.1"]);
+        let ingresses = [
+            ingress("was-ours", &["10.0.0.1"]),
+            ingress("someone-elses", &["192.0.2.7"]),
+        ];
+        let changes = changes(&ingresses, |_| false, &ours);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].name, "was-ours");
+        assert!(changes[0].addresses.is_empty());
+    }
+}
