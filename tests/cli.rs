@@ -64,6 +64,10 @@ fn help_documents_every_flag_of_the_contract() {
         "--log-format",
         "--log-level",
         "--access-log",
+        "--publish-service",
+        "--publish-status-address",
+        "--sync-debounce",
+        "--election-id",
     ] {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }

@@ -49,3 +49,13 @@ pub fn ingress(
 pub fn route(name: &str, host: &str, path: &str, backends: &[SocketAddr]) -> String {
     service(name, backends) + &ingress(name, host, path, name, &[])
 }
+
+/// The objects of a manifest text as JSON, as an API server holds them.
+pub fn objects(yaml: &str) -> Vec<serde_json::Value> {
+    let (documents, error) = switchyard::yaml::documents(yaml);
+    assert!(error.is_none(), "{error:?}");
+    documents
+        .into_iter()
+        .map(|d| serde_json::to_value(d.value).unwrap())
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! backends on real sockets, manifest builders and metric readers.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod apiserver;
 pub mod backends;
 pub mod client;
 pub mod manifests;

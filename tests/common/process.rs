@@ -20,11 +20,30 @@ pub struct Switchyard {
 impl Switchyard {
     /// `switchyard run --manifests DIR` plus `extra` flags, on port 0.
     pub fn start(manifests: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["run", "--manifests"])
             .arg(manifests)
-            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// `switchyard run` in cluster mode against the API server that
+    /// `kubeconfig` names, as pod `pod` of namespace `ingress`.
+    pub fn start_cluster(kubeconfig: &Path, pod: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .arg("run")
             .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", pod)
+            .env("POD_NAMESPACE", "ingress");
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
