@@ -37,6 +37,10 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_connect_errors: IntCounterVec,
     pub upstream_timeouts: IntCounterVec,
+    /// Endpoints taken out of rotation by passive health checking.
+    pub upstream_ejections: IntCounterVec,
+    /// Endpoints out of rotation now, by the route whose request ejected them.
+    pub upstream_ejected_endpoints: IntGaugeVec,
     /// Upgrade handshakes by `result` (see [`crate::proxy::upgrade::UpgradeResult`]).
     pub upgrades: IntCounterVec,
     pub tunnels_active: IntGaugeVec,
@@ -163,7 +167,19 @@ impl Metrics {
             upstream_timeouts: counter_vec(
                 &r,
                 "switchyard_upstream_timeouts_total",
-                "Backend connects or responses that timed out (answered 504).",
+                "Backend connects or responses that timed out.",
+                ROUTE,
+            ),
+            upstream_ejections: counter_vec(
+                &r,
+                "switchyard_upstream_ejections_total",
+                "Endpoints taken out of rotation after failing repeatedly.",
+                ROUTE,
+            ),
+            upstream_ejected_endpoints: gauge_vec(
+                &r,
+                "switchyard_upstream_ejected_endpoints",
+                "Endpoints out of rotation now, by the route whose requests ejected them.",
                 ROUTE,
             ),
             upgrades: counter_vec(

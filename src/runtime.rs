@@ -63,6 +63,8 @@ pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
         max_connections: args.max_connections,
         max_header_bytes: args.max_header_bytes,
         access_log: args.access_log,
+        // No flags yet: the defaults (3 failures, 10s doubling up to 5m).
+        passive_health: Default::default(),
     }
 }
 

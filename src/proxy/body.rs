@@ -1,11 +1,14 @@
-//! Bodies on the way through: request bodies with a read timeout, and the
+//! Bodies on the way through: request bodies with a read timeout (and a
+//! record of whether the backend or the client holds them up), and the
 //! response body that records the exchange (metrics and access log) when
 //! it has been sent or abandoned.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -26,12 +29,92 @@ impl std::fmt::Display for BodyReadTimeout {
 
 impl std::error::Error for BodyReadTimeout {}
 
+/// The client's request body failed: malformed chunked framing (an invalid
+/// chunk size, a bare LF, ...) or a client gone mid-body. Marked so that
+/// the answer blames the client (400), not the backend (502).
+#[derive(Debug)]
+pub struct ClientBodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body could not be read: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Whether `error` was caused by the client's request body failing.
+pub fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Who a request body on its way to a backend is waiting for, so that the
+/// wait for the response only counts the time the *backend* holds things
+/// up: a backend that stops taking the body times out like one that never
+/// answers, while a large upload that the client sends slowly does not.
+///
+/// The body marks every frame it hands on (the backend took the previous
+/// one) and every time it waits for the client. This relies on hyper's
+/// HTTP/1 client polling the body again as soon as the client's data is
+/// there, which it does as long as its write buffer has room: the buffer
+/// only shrinks between two polls.
+#[derive(Debug)]
+pub struct BodyProgress {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last frame handed on, with
+    /// [`WAITING_ON_CLIENT`] set while the client is the one waited for.
+    state: AtomicU64,
+}
+
+const WAITING_ON_CLIENT: u64 = 1 << 63;
+
+impl Default for BodyProgress {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            state: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BodyProgress {
+    fn frame_handed_on(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(WAITING_ON_CLIENT - 1);
+        self.state.store(ms, Ordering::Relaxed);
+    }
+
+    fn waiting_on_client(&self) {
+        self.state.fetch_or(WAITING_ON_CLIENT, Ordering::Relaxed);
+    }
+
+    /// When a backend that has held things up since the last frame would
+    /// time out; `None` while the body is waiting for the client (which
+    /// the body read timeout governs).
+    pub fn backend_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let state = self.state.load(Ordering::Relaxed);
+        (state & WAITING_ON_CLIENT == 0)
+            .then(|| self.epoch + Duration::from_millis(state) + timeout)
+    }
+}
+
 /// A request body that fails with [`BodyReadTimeout`] when no frame arrives
-/// for `timeout`.
+/// for `timeout`, and with [`ClientBodyError`] when the body itself fails.
 pub struct TimeoutBody<B> {
     inner: B,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    progress: Option<Arc<BodyProgress>>,
 }
 
 impl<B> TimeoutBody<B> {
@@ -40,7 +123,14 @@ impl<B> TimeoutBody<B> {
             inner,
             timeout,
             sleep: None,
+            progress: None,
         }
+    }
+
+    /// Reports to `progress` who the body is waiting for.
+    pub fn with_progress(mut self, progress: Arc<BodyProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -59,7 +149,15 @@ where
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.sleep = None;
-            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+            if let Some(progress) = &this.progress {
+                progress.frame_handed_on();
+            }
+            return Poll::Ready(
+                frame.map(|r| r.map_err(|e| Box::new(ClientBodyError(e.into())) as Self::Error)),
+            );
+        }
+        if let Some(progress) = &this.progress {
+            progress.waiting_on_client();
         }
         let timeout = this.timeout;
         let sleep = this
@@ -75,6 +173,42 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The body of a request sent through the backend pool: none (a request
+/// without a body, which can be sent again), or the client's, streamed.
+pub enum UpstreamBody {
+    Empty,
+    Streamed(TimeoutBody<Incoming>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Streamed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Streamed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Streamed(body) => body.size_hint(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::observe::record_parser_refusal;
 use super::{ConnInfo, Proxy, service};
 
 impl Proxy {
@@ -68,6 +69,16 @@ impl Proxy {
             }
         };
         if let Err(e) = result {
+            // A head hyper could not parse was answered by hyper itself
+            // (400, 414 or 431, then close) without reaching the pipeline:
+            // count it here. An HTTP/2 preface on an HTTP/1 connection is
+            // a parse error too, but hyper closes without answering it.
+            if let Some(e) = e.downcast_ref::<hyper::Error>()
+                && e.is_parse()
+                && !e.is_parse_version_h2()
+            {
+                record_parser_refusal(&self.metrics);
+            }
             // Clients reset and time out all the time: not an error for us.
             tracing::debug!(remote = %conn.remote, error = %e, "client connection ended");
         }

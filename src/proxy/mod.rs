@@ -22,7 +22,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
-use crate::routes::RouteStore;
+use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
 use tunnel::TunnelLimits;
 use upstream::PooledClient;
@@ -38,6 +38,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub access_log: bool,
+    /// When endpoints that keep failing are taken out of rotation.
+    pub passive_health: PassiveHealthConfig,
 }
 
 impl Default for ProxyConfig {
@@ -54,6 +56,7 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             access_log: true,
+            passive_health: PassiveHealthConfig::default(),
         }
     }
 }
@@ -85,7 +88,7 @@ impl Proxy {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         Arc::new(Self {
-            client: upstream::pooled_client(config.upstream_connect_timeout),
+            client: upstream::pooled_client(&config),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             routes,
             metrics,

@@ -21,6 +21,17 @@ static NO_ROUTE: RouteLabels = RouteLabels {
     service: String::new(),
 };
 
+/// Counts a request hyper refused while parsing its head: hyper wrote the
+/// 400, 414 or 431 itself and the pipeline never saw a request, so there is
+/// no route, no duration and no access log line, only the status class.
+pub fn record_parser_refusal(metrics: &Metrics) {
+    let [ns, ingress, service] = route_values(&NO_ROUTE);
+    metrics
+        .requests
+        .with_label_values(&[ns, ingress, service, "4xx"])
+        .inc();
+}
+
 /// What the access log says about a request besides status and timing.
 pub struct AccessFields {
     pub method: Method,

@@ -1,6 +1,9 @@
 //! The per-request pipeline, in phases:
 //!
-//! 1. validate: reject what no correct proxy should forward (400);
+//! 1. validate: reject what no correct proxy should forward (400). hyper's
+//!    parser has refused most malformed heads before this point, answering
+//!    400 (or 431 for an oversized head) and closing; this phase refuses
+//!    what it lets through;
 //! 2. route: look the host and path up in the table in force (404);
 //! 3. policy: per-route policy applies here, before anything is sent
 //!    (today: which upgrade protocols the route allows);
@@ -14,17 +17,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::body::ResponseBody;
+use super::body::{ResponseBody, client_body_failed};
 use super::forward::{Origin, forward};
-use super::headers::{X_REQUEST_ID, ensure_request_id};
+use super::headers::{X_REQUEST_ID, ensure_request_id, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest, UpgradeResult};
+use super::upstream::UpstreamError;
 use super::{ConnInfo, Proxy};
-use crate::metrics::route_values;
 use crate::routes::Route;
 
 pub async fn handle(
@@ -55,8 +59,8 @@ pub async fn handle(
     if let UpgradeRequest::Invalid(why) = upgrade {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
-    if request.method() == Method::CONNECT {
-        return Ok(exchange.local(&proxy, LocalReply::BadRequest("CONNECT is not supported")));
+    if let Err(why) = validate(&request, authority.as_deref()) {
+        return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
     let Some(authority) = authority else {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
@@ -91,53 +95,111 @@ pub async fn handle(
         _ => Vec::new(),
     };
 
-    // 4. endpoint
+    // 4. endpoint: round-robin, skipping endpoints passive health ejected
     let Some(endpoint) = route.backend.pick() else {
         return Ok(exchange.local(&proxy, LocalReply::NoEndpoints));
     };
-    if let Some(access) = exchange.access.as_mut() {
-        access.upstream = Some(endpoint);
-    }
     exchange.request_id = Some(ensure_request_id(request.headers_mut()));
 
-    // 5. forward or upgrade
+    // 5. forward or upgrade; a failed attempt may go to another endpoint
+    // (upstream::Attempts), and each one is counted as it ends
     let origin = Origin {
         client: conn.remote.ip(),
         authority: &authority,
     };
-    let result = if protocols.is_empty() {
-        forward(&proxy, endpoint, request, &origin).await
+    let upgrading = !protocols.is_empty();
+    let (endpoint, result) = if !upgrading {
+        forward(&proxy, &route, endpoint, request, &origin).await
     } else {
         upgrade::upgrade(&proxy, &conn, &route, endpoint, request, protocols, &origin).await
     };
+    if let Some(access) = exchange.access.as_mut() {
+        access.upstream = Some(endpoint);
+    }
 
     // 6. respond
     match result {
+        // forward() never asks for an upgrade, so a 101 here is a backend
+        // switching protocols on its own (say to an h2c the route does not
+        // allow, from the headers we stripped). Relayed, it would be a 101
+        // with no tunnel behind it; refuse it as any unrequested switch.
+        Ok(response) if !upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(exchange.local(&proxy, LocalReply::UpgradeMismatch))
+        }
         Ok(response) => Ok(exchange.respond(&proxy, response)),
+        // The client's body broke (an invalid chunk size, a bare LF in the
+        // chunked framing, a client gone mid-body): the client's fault, and
+        // the connection cannot be trusted further. The backend connection
+        // was aborted before the request completed, so the backend never
+        // saw a complete request.
+        Err(error) if client_body_broke(&error) => {
+            tracing::debug!(%endpoint, %error, "request body failed");
+            Ok(exchange.local(
+                &proxy,
+                LocalReply::BadRequest("malformed or incomplete request body"),
+            ))
+        }
         Err(error) => {
-            let [ns, ingress, service] = route_values(&route.labels);
-            if error.is_connect() {
-                proxy
-                    .metrics
-                    .upstream_connect_errors
-                    .with_label_values(&[ns, ingress, service])
-                    .inc();
-            }
-            if error.is_timeout() {
-                proxy
-                    .metrics
-                    .upstream_timeouts
-                    .with_label_values(&[ns, ingress, service])
-                    .inc();
-            }
             tracing::debug!(%endpoint, %error, "upstream request failed");
             Ok(exchange.local(&proxy, error.reply()))
         }
     }
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
-/// or the `Host` header.
+/// Whether an exchange failed because the client's request body did.
+fn client_body_broke(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Local(e) | UpstreamError::Other(e) => client_body_failed(e.as_ref()),
+        _ => false,
+    }
+}
+
+/// What hyper lets through that no careful proxy forwards (RFC 9112).
+/// Every refusal is a 400 that closes the connection.
+fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), &'static str> {
+    if request.method() == Method::CONNECT {
+        return Err("CONNECT is not supported");
+    }
+    let http1 = matches!(
+        request.version(),
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
+    // Absolute-form (`GET http://host/ HTTP/1.1`) and authority-form
+    // targets are for forward proxies. A request naming a host in its
+    // target and another in `Host` must not be routed by either.
+    if http1 && request.uri().authority().is_some() {
+        return Err("absolute-form request targets are not accepted");
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(authority) = authority
+        && (authority.contains('@') || authority.parse::<Authority>().is_err())
+    {
+        return Err("invalid Host header");
+    }
+    // hyper refuses a Transfer-Encoding whose last coding is not chunked
+    // (`chunked, identity`, `xchunked`). The body is re-framed for the
+    // backend, so any other coding listed before `chunked` would be dropped
+    // silently on the way: only `chunked` alone is accepted. (RFC 9112
+    // suggests 501 for a coding it does not know; these lists are framing
+    // obfuscation far more often than real codings, so 400, and close.)
+    if request.headers().contains_key(header::TRANSFER_ENCODING) {
+        let mut codings = tokens(request.headers(), &header::TRANSFER_ENCODING);
+        let chunked_alone = matches!(
+            (codings.next(), codings.next()),
+            (Some(coding), None) if coding.eq_ignore_ascii_case("chunked")
+        );
+        if !chunked_alone {
+            return Err("unsupported Transfer-Encoding");
+        }
+    }
+    Ok(())
+}
+
+/// The host a request is for: the URI's authority (HTTP/2) or the `Host`
+/// header.
 fn request_authority(request: &Request<Incoming>) -> Option<String> {
     if let Some(authority) = request.uri().authority() {
         return Some(authority.as_str().to_string());

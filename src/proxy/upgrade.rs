@@ -12,17 +12,18 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody};
 use super::forward::{Origin, path_and_query, prepare_headers, relay};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelCounters, TunnelOutcome};
-use super::upstream::{self, UpstreamError};
+use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{ConnInfo, Proxy};
 use crate::metrics::route_values;
-use crate::routes::Route;
+use crate::routes::{Pick, Route};
 
 /// What a request asks for in the way of an upgrade.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,18 +93,43 @@ pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
         .inc();
 }
 
-/// Performs the handshake with the backend over a fresh connection.
-/// `protocols` are the requested protocols the route allows (not empty).
+/// Performs the handshake with the backend over a fresh connection to
+/// `first`, or to other endpoints of the route when connecting fails and
+/// the request allows it (see [`Attempts`]; once connected, the request is
+/// spent). `protocols` are the requested protocols the route allows (not
+/// empty). Returns the endpoint of the last attempt with its result.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
-    endpoint: SocketAddr,
+    first: Pick,
     request: Request<Incoming>,
     protocols: Vec<String>,
     origin: &Origin<'_>,
-) -> Result<Response<ResponseBody>, UpstreamError> {
-    let result = handshake(proxy, conn, route, endpoint, request, &protocols, origin).await;
+) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
+    let retryable = may_retry(request.method(), request.body().is_end_stream());
+    let mut attempts = Attempts::new(&route.backend, first, retryable);
+    let mut endpoint = first;
+    let connected = loop {
+        match upstream::connect(endpoint.addr, proxy.config.upstream_connect_timeout).await {
+            Ok(io) => break Ok(io),
+            Err(error) => {
+                record_attempt(proxy, route, endpoint, Err(&error));
+                match attempts.retry(&route.backend, &error) {
+                    Some(next) => endpoint = next,
+                    None => break Err(error),
+                }
+            }
+        }
+    };
+    let result = match connected {
+        Ok(io) => {
+            let result = handshake(proxy, conn, route, io, request, &protocols, origin).await;
+            record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
+            result
+        }
+        Err(error) => Err(error),
+    };
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) if e.is_timeout() => UpgradeResult::Timeout,
@@ -111,14 +137,14 @@ pub async fn upgrade(
         Err(_) => UpgradeResult::Failed,
     };
     count(proxy, route, outcome);
-    result.map(|(response, _)| response)
+    (endpoint.addr, result.map(|(response, _)| response))
 }
 
 async fn handshake(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
-    endpoint: SocketAddr,
+    io: TokioIo<TcpStream>,
     mut request: Request<Incoming>,
     protocols: &[String],
     origin: &Origin<'_>,
@@ -128,7 +154,6 @@ async fn handshake(
     // has been written.
     let client_upgrade = hyper::upgrade::on(&mut request);
 
-    let io = upstream::connect(endpoint, proxy.config.upstream_connect_timeout).await?;
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await
@@ -150,12 +175,13 @@ async fn handshake(
         TimeoutBody::new(body, proxy.config.body_read_timeout),
     );
 
-    let response = tokio::time::timeout(
-        proxy.config.upstream_response_timeout,
+    let response = upstream::within_response_timeout(
         sender.send_request(upstream_request),
+        proxy.config.upstream_response_timeout,
+        None,
     )
     .await
-    .map_err(|_| UpstreamError::ResponseTimeout)?
+    .ok_or(UpstreamError::ResponseTimeout)?
     .map_err(UpstreamError::from_hyper)?;
     // No second request will use this connection: once this exchange is
     // over (a relayed refusal, a failed check) it closes.

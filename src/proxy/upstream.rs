@@ -1,35 +1,186 @@
 //! Talking to backends: a pooled keep-alive client for ordinary requests,
-//! dedicated connections for upgrades, and the classification of failures
-//! into the answer the client gets.
+//! dedicated connections for upgrades, the classification of failures
+//! into the answer the client gets, when a failed attempt is tried again on
+//! another endpoint, and what each attempt tells passive health.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use http::{Method, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use super::body::{BodyReadTimeout, TimeoutBody};
+use super::Proxy;
+use super::body::{BodyProgress, BodyReadTimeout, UpstreamBody};
 use super::responses::LocalReply;
+use crate::metrics::route_values;
+use crate::routes::passive_health::{Ejection, EndpointHealth};
+use crate::routes::{Backend, Pick, Route};
 
 /// How long an idle pooled backend connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub type RequestBody = TimeoutBody<Incoming>;
-pub type PooledClient = Client<HttpConnector, RequestBody>;
+pub type RequestBody = UpstreamBody;
+pub type PooledClient = Client<Connector, RequestBody>;
 
-pub fn pooled_client(connect_timeout: Duration) -> PooledClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
+/// The keep-alive pool. Its connections give up on a backend that takes
+/// no bytes for `upstream_response_timeout` (see [`StallGuard`]).
+pub fn pooled_client(config: &super::ProxyConfig) -> PooledClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.upstream_connect_timeout));
+    http.set_nodelay(true);
+    let connector = Connector {
+        http,
+        write_stall: config.upstream_response_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// Opens pooled backend connections: TCP, wrapped in a [`StallGuard`].
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    write_stall: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = StallGuard<TokioIo<TcpStream>>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let limit = self.write_stall;
+        Box::pin(async move { Ok(StallGuard::new(connecting.await?, limit)) })
+    }
+}
+
+/// A backend connection that fails its writes once the backend has taken
+/// no bytes for `limit`. Without it, a backend that stops reading a
+/// request body would keep the connection, and the client's body behind
+/// it, forever: hyper flushes what it buffered before it closes a
+/// connection, and that flush never ends. The failed write ends the
+/// connection, which lets go of the client's body, which lets the
+/// client's connection close.
+pub struct StallGuard<T> {
+    inner: T,
+    limit: Duration,
+    /// Armed while a write is pending; allocated on the first stall only.
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<T> StallGuard<T> {
+    fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stall: None,
+            armed: false,
+        }
+    }
+
+    /// Called when a write made progress, or `Pending`: in the latter case
+    /// arms the stall timer (once) and fails when it has run out.
+    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            stall.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        ready!(stall.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, BackendStalled)))
+    }
+}
+
+/// A backend took no bytes of a request for `upstream_response_timeout`:
+/// a response timeout (504) like a backend that never answers.
+#[derive(Debug)]
+pub struct BackendStalled;
+
+impl std::fmt::Display for BackendStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend took no request bytes in time")
+    }
+}
+
+impl StdError for BackendStalled {}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallGuard<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, poll)
+    }
+}
+
+impl<T: Connection> Connection for StallGuard<T> {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
 }
 
 /// Opens a fresh connection for an upgrade; it is never pooled, so it is
@@ -48,6 +199,172 @@ pub async fn connect(
     }
 }
 
+/// Waits for `response` (a backend's response head) as long as the backend
+/// is what holds it up: `timeout` from the start, or from the last frame of
+/// the request body the backend took (`progress`), not counting the time
+/// the body waits for the client. `None` when that time ran out.
+pub async fn within_response_timeout<F: Future>(
+    response: F,
+    timeout: Duration,
+    progress: Option<&BodyProgress>,
+) -> Option<F::Output> {
+    tokio::pin!(response);
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut response => return Some(output),
+            () = &mut sleep => {
+                let now = std::time::Instant::now();
+                let next = match progress.map(|p| p.backend_deadline(timeout)) {
+                    // No body: the time is up.
+                    None => return None,
+                    // The client's body read timeout applies meanwhile.
+                    Some(None) => now + timeout,
+                    Some(Some(deadline)) if deadline > now => deadline,
+                    Some(Some(_)) => return None,
+                };
+                sleep.as_mut().reset(next.into());
+            }
+        }
+    }
+}
+
+/// At most this many attempts per request, whatever the number of
+/// endpoints: with every endpoint down, a request costs at most three
+/// connects (and three connect timeouts at worst) before it is answered.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Whether a request may be sent again after a failed attempt: its method
+/// is idempotent (RFC 9110: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+/// `DELETE`) and it has no body (or an empty one), so nothing is lost by
+/// sending it twice and there is nothing to replay. Never a `POST`.
+pub fn may_retry(method: &Method, bodiless: bool) -> bool {
+    bodiless && method.is_idempotent()
+}
+
+/// The endpoints one request has tried, and whether it may try another:
+/// at most [`MAX_ATTEMPTS`] attempts, never more than the route has
+/// endpoints, each on a different endpoint, and only for a request
+/// [`may_retry`] allows after a failure [`UpstreamError::is_retryable`].
+pub struct Attempts {
+    tried: [usize; MAX_ATTEMPTS],
+    count: usize,
+    limit: usize,
+}
+
+impl Attempts {
+    pub fn new(backend: &Backend, first: Pick, retryable: bool) -> Self {
+        let mut tried = [0; MAX_ATTEMPTS];
+        tried[0] = first.index;
+        let limit = if retryable {
+            backend.endpoints().len().clamp(1, MAX_ATTEMPTS)
+        } else {
+            1
+        };
+        Self {
+            tried,
+            count: 1,
+            limit,
+        }
+    }
+
+    /// Whether the attempt under way is the last one allowed.
+    pub fn is_last(&self) -> bool {
+        self.count >= self.limit
+    }
+
+    /// The endpoint of the next attempt after one failed with `error`,
+    /// or `None` when the request is answered with that error.
+    pub fn retry(&mut self, backend: &Backend, error: &UpstreamError) -> Option<Pick> {
+        if self.is_last() || !error.is_retryable() {
+            return None;
+        }
+        let next = backend.pick_retry(&self.tried[..self.count])?;
+        self.tried[self.count] = next.index;
+        self.count += 1;
+        Some(next)
+    }
+}
+
+/// Books one attempt on `endpoint`: the failure metrics, and the
+/// endpoint's passive health (which may eject it; see
+/// [`crate::routes::passive_health`]).
+pub fn record_attempt(
+    proxy: &Proxy,
+    route: &Route,
+    endpoint: Pick,
+    outcome: Result<(), &UpstreamError>,
+) {
+    let health = route.backend.health(endpoint);
+    let Err(error) = outcome else {
+        health.record_success();
+        return;
+    };
+    let labels = route_values(&route.labels);
+    if error.is_connect() {
+        proxy
+            .metrics
+            .upstream_connect_errors
+            .with_label_values(&labels)
+            .inc();
+    }
+    if error.is_timeout() {
+        proxy
+            .metrics
+            .upstream_timeouts
+            .with_label_values(&labels)
+            .inc();
+    }
+    tracing::debug!(endpoint = %endpoint.addr, %error, "upstream attempt failed");
+    if !error.is_endpoint_failure() {
+        return;
+    }
+    if let Some(ejection) = health.record_failure(&proxy.config.passive_health) {
+        eject(proxy, route, endpoint.addr, health.clone(), ejection);
+    }
+}
+
+/// Counts an ejection, and ends it when its time is up. The gauge is
+/// raised and lowered with the labels of the route whose request caused
+/// the ejection, even if other routes share the endpoint.
+fn eject(
+    proxy: &Proxy,
+    route: &Route,
+    endpoint: SocketAddr,
+    health: Arc<EndpointHealth>,
+    ejection: Ejection,
+) {
+    let labels = route_values(&route.labels);
+    proxy
+        .metrics
+        .upstream_ejections
+        .with_label_values(&labels)
+        .inc();
+    let ejected = proxy
+        .metrics
+        .upstream_ejected_endpoints
+        .with_label_values(&labels);
+    ejected.inc();
+    tracing::warn!(
+        %endpoint,
+        namespace = labels[0],
+        ingress = labels[1],
+        service = labels[2],
+        seconds = ejection.duration.as_secs_f64(),
+        "endpoint keeps failing: out of rotation for a while"
+    );
+    // Not a shutdown-tracked task: draining must not wait for a back-off.
+    tokio::spawn(async move {
+        tokio::time::sleep(ejection.duration).await;
+        if health.end_ejection(ejection) {
+            ejected.dec();
+            tracing::info!(%endpoint, "endpoint back in rotation, on probation");
+        }
+    });
+}
+
 /// Why a backend exchange failed before a response head arrived.
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -55,6 +372,11 @@ pub enum UpstreamError {
     ConnectTimeout,
     ResponseTimeout,
     ClientBodyTimeout,
+    /// The request could not be sent for a reason on this side: the
+    /// client's body failed (the client went away mid-upload), ...
+    Local(Box<dyn StdError + Send + Sync>),
+    /// The backend closed or reset the connection, or sent something that
+    /// is not HTTP, before its response head.
     Other(Box<dyn StdError + Send + Sync>),
 }
 
@@ -63,6 +385,12 @@ impl UpstreamError {
     pub fn from_client(error: hyper_util::client::legacy::Error) -> Self {
         if caused_by::<BodyReadTimeout>(&error) {
             return Self::ClientBodyTimeout;
+        }
+        if stalled(&error) {
+            return Self::ResponseTimeout;
+        }
+        if is_user_error(&error) {
+            return Self::Local(Box::new(error));
         }
         if error.is_connect() {
             let timed_out = source_chain(&error)
@@ -80,6 +408,10 @@ impl UpstreamError {
     pub fn from_hyper(error: hyper::Error) -> Self {
         if caused_by::<BodyReadTimeout>(&error) {
             Self::ClientBodyTimeout
+        } else if stalled(&error) {
+            Self::ResponseTimeout
+        } else if is_user_error(&error) {
+            Self::Local(Box::new(error))
         } else {
             Self::Other(Box::new(error))
         }
@@ -90,8 +422,26 @@ impl UpstreamError {
             Self::Connect(_) => LocalReply::UpstreamConnect,
             Self::ConnectTimeout | Self::ResponseTimeout => LocalReply::UpstreamTimeout,
             Self::ClientBodyTimeout => LocalReply::BodyTimeout,
-            Self::Other(_) => LocalReply::UpstreamFailed,
+            Self::Local(_) | Self::Other(_) => LocalReply::UpstreamFailed,
         }
+    }
+
+    /// Whether the endpoint is to blame (for passive health): not when the
+    /// client or this side made the exchange fail.
+    pub fn is_endpoint_failure(&self) -> bool {
+        !matches!(self, Self::ClientBodyTimeout | Self::Local(_))
+    }
+
+    /// Whether another endpoint may be tried (for a request that
+    /// [`may_retry`]): after a failed connect (nothing was sent), or a
+    /// close or reset before the response head. Not after a response
+    /// timeout: the backend may still be working on it, and trying again
+    /// would add load to a slow service and make the client wait twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::ConnectTimeout | Self::Other(_)
+        )
     }
 
     pub fn is_connect(&self) -> bool {
@@ -110,7 +460,7 @@ impl std::fmt::Display for UpstreamError {
             Self::ConnectTimeout => f.write_str("connect timed out"),
             Self::ResponseTimeout => f.write_str("response timed out"),
             Self::ClientBodyTimeout => f.write_str("client request body timed out"),
-            Self::Other(e) => write!(f, "{e}"),
+            Self::Local(e) | Self::Other(e) => write!(f, "{e}"),
         }
     }
 }
@@ -128,4 +478,24 @@ fn source_chain<'a>(
 
 fn caused_by<T: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     source_chain(error).any(|e| e.is::<T>())
+}
+
+/// A [`StallGuard`] gave up on the backend. (An `io::Error`'s `source` is
+/// the source of the error it wraps, not that error: look inside.)
+fn stalled(error: &(dyn StdError + 'static)) -> bool {
+    source_chain(error)
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| {
+            e.get_ref()
+                .is_some_and(|inner| inner.is::<BackendStalled>())
+        })
+}
+
+/// hyper blames its user: the request body failed, or the request could
+/// not be sent as it was.
+fn is_user_error(error: &(dyn StdError + 'static)) -> bool {
+    source_chain(error)
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .next()
+        .is_some_and(hyper::Error::is_user)
 }

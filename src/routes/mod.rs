@@ -1,11 +1,12 @@
 //! Routes: the pure translation from cluster objects to a route table, the
 //! compiled table the proxy looks requests up in, and the store that swaps
-//! tables atomically.
+//! tables atomically (and keeps endpoint health across swaps).
 
 pub mod annotations;
 pub mod backend;
 pub mod class;
 pub mod host;
+pub mod passive_health;
 pub mod path;
 pub mod spec;
 pub mod table;
@@ -19,21 +20,26 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use passive_health::{HealthRegistry, PassiveHealthConfig};
 pub use spec::RouteTableSpec;
-pub use table::{Route, RouteLabels, RouteTable};
+pub use table::{Backend, Pick, Route, RouteLabels, RouteTable};
 pub use translate::{TranslateOptions, Translation, translate};
 pub use warning::{Warning, WarningReason};
 
 /// The route table in force. Readers take an `Arc` and keep it for the
 /// whole request or tunnel, so a swap never changes anything under them.
+/// Endpoint health outlives tables: a new table's endpoints take over the
+/// state of the same addresses in the table before.
 pub struct RouteStore {
     current: ArcSwap<RouteTable>,
+    health: HealthRegistry,
 }
 
 impl Default for RouteStore {
     fn default() -> Self {
         Self {
             current: ArcSwap::from_pointee(RouteTable::default()),
+            health: HealthRegistry::default(),
         }
     }
 }
@@ -49,7 +55,8 @@ impl RouteStore {
         if *self.current.load().spec() == spec {
             return false;
         }
-        self.current.store(Arc::new(RouteTable::compile(spec)));
+        let table = RouteTable::compile_with_health(spec, &self.health);
+        self.current.store(Arc::new(table));
         true
     }
 }

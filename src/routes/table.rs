@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::host::{HostPattern, normalize_request_host, wildcard_suffix};
+use super::passive_health::{EndpointHealth, HealthGeneration, HealthRegistry, LazyNow};
 use super::path::{prefix_candidates, rule_key};
 use super::spec::{RouteSpec, RouteTableSpec};
 
@@ -27,7 +28,7 @@ pub struct Route {
 }
 
 impl Route {
-    fn compile(spec: &RouteSpec) -> Self {
+    fn compile(spec: &RouteSpec, health: &mut HealthGeneration<'_>) -> Self {
         Self {
             labels: RouteLabels {
                 namespace: spec.backend.namespace.clone(),
@@ -39,7 +40,7 @@ impl Route {
                     .unwrap_or_default(),
                 service: spec.backend.service.clone(),
             },
-            backend: Backend::new(spec.backend.endpoints.clone()),
+            backend: Backend::new(&spec.backend.endpoints, health),
             upgrades: spec.upgrades.iter().map(|u| u.as_str().into()).collect(),
         }
     }
@@ -60,28 +61,80 @@ pub struct RouteLabels {
     pub service: String,
 }
 
-/// A route's endpoints, chosen round-robin.
+/// A route's endpoints, chosen round-robin, skipping those that passive
+/// health checking ejected (see [`super::passive_health`]).
 #[derive(Debug)]
 pub struct Backend {
     endpoints: Box<[SocketAddr]>,
+    /// The health of `endpoints[i]`, shared with every route that lists the
+    /// same address.
+    health: Box<[Arc<EndpointHealth>]>,
     next: AtomicUsize,
 }
 
+/// An endpoint chosen for one attempt of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// Its position in the backend's endpoints.
+    pub index: usize,
+    pub addr: SocketAddr,
+}
+
 impl Backend {
-    fn new(endpoints: Vec<SocketAddr>) -> Self {
+    fn new(endpoints: &[SocketAddr], health: &mut HealthGeneration<'_>) -> Self {
         Self {
             endpoints: endpoints.into(),
+            health: endpoints.iter().map(|addr| health.get(*addr)).collect(),
             next: AtomicUsize::new(0),
         }
     }
 
-    /// The next endpoint in turn, or `None` when there is none (503).
-    pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
+    /// The next endpoint in turn that is not ejected, or `None` when there
+    /// is no endpoint at all (503). An ejected endpoint's turn goes to the
+    /// next one; when every endpoint is ejected, the one whose turn it is
+    /// is picked anyway: an attempt that may fail beats failing them all.
+    pub fn pick(&self) -> Option<Pick> {
+        let n = self.endpoints.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i])
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut now = LazyNow::default();
+        let index = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !self.health[i].is_ejected(&mut now))
+            .unwrap_or(start);
+        Some(self.at(index))
+    }
+
+    /// The endpoint for another attempt of a request that tried `tried`
+    /// (in order, not empty): the next one after the last tried that has
+    /// not been tried and is not ejected, else the next untried one, else
+    /// `None`.
+    pub fn pick_retry(&self, tried: &[usize]) -> Option<Pick> {
+        let n = self.endpoints.len();
+        let after = tried.last().map_or(0, |last| last + 1);
+        let mut untried = (0..n)
+            .map(|k| (after + k) % n)
+            .filter(|i| !tried.contains(i));
+        let first_untried = untried.clone().next()?;
+        let mut now = LazyNow::default();
+        let index = untried
+            .find(|&i| !self.health[i].is_ejected(&mut now))
+            .unwrap_or(first_untried);
+        Some(self.at(index))
+    }
+
+    fn at(&self, index: usize) -> Pick {
+        Pick {
+            index,
+            addr: self.endpoints[index],
+        }
+    }
+
+    /// The health of a picked endpoint.
+    pub fn health(&self, pick: Pick) -> &Arc<EndpointHealth> {
+        &self.health[pick.index]
     }
 
     pub fn endpoints(&self) -> &[SocketAddr] {
@@ -118,12 +171,21 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Compiles `spec` with endpoint health of its own (for `check`,
+    /// `routes` and tests: nothing is shared with another table).
     pub fn compile(spec: RouteTableSpec) -> Self {
+        Self::compile_with_health(spec, &HealthRegistry::default())
+    }
+
+    /// Compiles `spec`; endpoints share their health state with earlier
+    /// tables compiled with the same `registry`.
+    pub fn compile_with_health(spec: RouteTableSpec, registry: &HealthRegistry) -> Self {
+        let mut health = registry.generation();
         let mut table = RouteTable::default();
         for host in &spec.hosts {
             let mut routes = HostRoutes::default();
             for path in &host.paths {
-                let route = Arc::new(Route::compile(&path.route));
+                let route = Arc::new(Route::compile(&path.route, &mut health));
                 let key: Box<str> = rule_key(&path.path, path.path_type).into();
                 let map = if path.path_type.is_exact() {
                     &mut routes.exact
@@ -145,8 +207,11 @@ impl RouteTable {
         table.default_backend = spec
             .default_backend
             .as_ref()
-            .map(|r| Arc::new(Route::compile(r)));
-        table.fallback = spec.fallback.as_ref().map(|r| Arc::new(Route::compile(r)));
+            .map(|r| Arc::new(Route::compile(r, &mut health)));
+        table.fallback = spec
+            .fallback
+            .as_ref()
+            .map(|r| Arc::new(Route::compile(r, &mut health)));
         table.spec = spec;
         table
     }
@@ -173,5 +238,61 @@ impl RouteTable {
             .and_then(|r| r.find(path))
             .or(self.default_backend.as_ref())
             .or(self.fallback.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::routes::PassiveHealthConfig;
+
+    fn backend(n: u16) -> Backend {
+        let addrs: Vec<SocketAddr> = (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, 1], i)))
+            .collect();
+        Backend::new(&addrs, &mut HealthRegistry::default().generation())
+    }
+
+    fn eject(backend: &Backend, index: usize) {
+        let config = PassiveHealthConfig {
+            failures: 1,
+            backoff: Duration::from_secs(600),
+            max_backoff: Duration::from_secs(600),
+        };
+        let pick = backend.at(index);
+        assert!(backend.health(pick).record_failure(&config).is_some());
+    }
+
+    fn picks(backend: &Backend, n: usize) -> Vec<usize> {
+        (0..n).map(|_| backend.pick().unwrap().index).collect()
+    }
+
+    #[test]
+    fn pick_skips_ejected_endpoints_unless_all_are() {
+        let b = backend(3);
+        assert_eq!(picks(&b, 4), [0, 1, 2, 0]);
+        eject(&b, 1);
+        // Endpoint 1's turn goes to endpoint 2.
+        assert_eq!(picks(&b, 3), [2, 2, 0]);
+        eject(&b, 0);
+        eject(&b, 2);
+        // All ejected: round-robin as if none were.
+        assert_eq!(picks(&b, 3), [1, 2, 0]);
+    }
+
+    #[test]
+    fn a_retry_goes_to_the_next_untried_endpoint_preferring_healthy_ones() {
+        let b = backend(4);
+        let retry = |tried: &[usize]| b.pick_retry(tried).map(|p| p.index);
+        assert_eq!(retry(&[1]), Some(2));
+        assert_eq!(retry(&[3]), Some(0));
+        assert_eq!(retry(&[3, 0]), Some(1));
+        eject(&b, 2);
+        assert_eq!(retry(&[1]), Some(3));
+        assert_eq!(retry(&[1, 3, 0]), Some(2), "only an ejected one is left");
+        assert_eq!(retry(&[0, 1, 2, 3]), None);
+        assert_eq!(backend(1).pick_retry(&[0]), None);
     }
 }
