@@ -1,0 +1,382 @@
+//! The load generator's clients: keep-alive HTTP load with latency
+//! histograms, WebSocket handshakes, tunnel throughput and round trips,
+//! and idle tunnels. Raw sockets and pre-built requests, so the generator
+//! costs the shared core as little as possible; the same code drives every
+//! proxy and the backend itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::{discard, read_head};
+
+/// Where to send load: an address and the Host header routes expect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpResult {
+    pub concurrency: usize,
+    pub body_bytes: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    /// Request payload throughput, MB/s (bodies only).
+    pub mb_per_s: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// When a load stops: after a fixed time, or when a flag is raised.
+#[derive(Clone)]
+pub enum Until {
+    Elapsed(Duration),
+    Stopped(Arc<AtomicBool>),
+}
+
+impl Until {
+    fn done(&self, start: Instant) -> bool {
+        match self {
+            Until::Elapsed(d) => start.elapsed() >= *d,
+            Until::Stopped(flag) => flag.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Keep-alive requests from `concurrency` connections for `duration`:
+/// `GET /small`, or `POST /upload` with a `body_bytes` body.
+pub async fn http_load(
+    target: &Target,
+    concurrency: usize,
+    duration: Duration,
+    body_bytes: usize,
+) -> HttpResult {
+    http_load_until(target, concurrency, Until::Elapsed(duration), body_bytes).await
+}
+
+/// As [`http_load`], for as long as `until` says. A failed exchange counts
+/// as an error and the connection is opened again; requests are not
+/// retried.
+pub async fn http_load_until(
+    target: &Target,
+    concurrency: usize,
+    until: Until,
+    body_bytes: usize,
+) -> HttpResult {
+    let request: Arc<Vec<u8>> = Arc::new(if body_bytes == 0 {
+        format!("GET /small HTTP/1.1\r\nHost: {}\r\n\r\n", target.host).into_bytes()
+    } else {
+        let mut r = format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {body_bytes}\r\n\r\n",
+            target.host
+        )
+        .into_bytes();
+        r.resize(r.len() + body_bytes, b'b');
+        r
+    });
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let request = request.clone();
+        let addr = target.addr;
+        let until = until.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = histogram();
+            let mut errors = 0u64;
+            let mut buf = Vec::with_capacity(4096);
+            let mut stream: Option<TcpStream> = None;
+            while !until.done(start) {
+                let conn = match stream.as_mut() {
+                    Some(s) => s,
+                    None => match TcpStream::connect(addr).await {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            stream.insert(s)
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let t0 = Instant::now();
+                let ok = exchange(conn, &request, &mut buf).await;
+                if ok {
+                    latencies.saturating_record(t0.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                    stream = None;
+                    buf.clear();
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = histogram();
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await.expect("load worker");
+        all.add(&h).expect("same histogram bounds");
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let requests = all.len();
+    HttpResult {
+        concurrency,
+        body_bytes,
+        requests,
+        errors,
+        rps: requests as f64 / elapsed,
+        p50_us: all.value_at_quantile(0.50),
+        p99_us: all.value_at_quantile(0.99),
+        p999_us: all.value_at_quantile(0.999),
+        mb_per_s: (requests as f64 * body_bytes as f64) / elapsed / 1e6,
+    }
+}
+
+/// One request and its 200 response on a keep-alive connection.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> bool {
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    match read_head(stream, buf).await {
+        // A status line parses as method "HTTP/1.1", path "200".
+        Ok(Some(head)) if head.method == "HTTP/1.1" && head.path == "200" => {
+            match discard(stream, &head.rest, head.content_length).await {
+                Ok(rest) => {
+                    buf.extend_from_slice(&rest);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Opens a connection and upgrades it on `path`; returns the raw stream
+/// and any tunnel bytes that arrived with the 101.
+pub async fn upgrade_with_rest(
+    target: &Target,
+    path: &str,
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let mut stream = TcpStream::connect(target.addr).await?;
+    let _ = stream.set_nodelay(true);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        target.host
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    match read_head(&mut stream, &mut buf).await? {
+        Some(head) if head.path == "101" => Ok((stream, head.rest)),
+        Some(head) => Err(std::io::Error::other(format!(
+            "upgrade answered {}",
+            head.path
+        ))),
+        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+    }
+}
+
+/// As [`upgrade_with_rest`], for tunnels where the backend speaks second.
+pub async fn upgrade(target: &Target, path: &str) -> std::io::Result<TcpStream> {
+    let (stream, rest) = upgrade_with_rest(target, path).await?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::other(
+            "unexpected bytes right after the 101",
+        ));
+    }
+    Ok(stream)
+}
+
+/// A masked WebSocket text frame ("hello") and a masked close frame.
+const FRAME: &[u8] = &[
+    0x81,
+    0x85,
+    1,
+    2,
+    3,
+    4,
+    b'h' ^ 1,
+    b'e' ^ 2,
+    b'l' ^ 3,
+    b'l' ^ 4,
+    b'o' ^ 1,
+];
+const CLOSE: &[u8] = &[0x88, 0x80, 1, 2, 3, 4];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RateResult {
+    pub concurrency: usize,
+    pub completed: u64,
+    pub errors: u64,
+    pub per_second: f64,
+}
+
+/// New WebSocket sessions per second: connect, 101, one message echoed,
+/// close.
+pub async fn ws_handshakes(target: &Target, concurrency: usize, duration: Duration) -> RateResult {
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let target = target.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                match ws_session(&target).await {
+                    Ok(()) => done += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut completed, mut errors) = (0, 0);
+    for w in workers {
+        let (d, e) = w.await.expect("handshake worker");
+        completed += d;
+        errors += e;
+    }
+    RateResult {
+        concurrency,
+        completed,
+        errors,
+        per_second: completed as f64 / start.elapsed().as_secs_f64(),
+    }
+}
+
+async fn ws_session(target: &Target) -> std::io::Result<()> {
+    let mut stream = upgrade(target, "/echo").await?;
+    let mut back = [0u8; 16];
+    stream.write_all(FRAME).await?;
+    stream.read_exact(&mut back[..FRAME.len()]).await?;
+    stream.write_all(CLOSE).await?;
+    stream.read_exact(&mut back[..CLOSE.len()]).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Bytes moved through one tunnel in each direction.
+pub const TUNNEL_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Client-to-backend tunnel throughput, MB/s.
+pub async fn tunnel_upload(target: &Target) -> std::io::Result<f64> {
+    let mut stream = upgrade(target, &format!("/sink?bytes={TUNNEL_BYTES}")).await?;
+    let chunk = vec![b'u'; 64 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < TUNNEL_BYTES {
+        stream.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+    }
+    let mut count = [0u8; 8];
+    stream.read_exact(&mut count).await?;
+    let received = u64::from_be_bytes(count);
+    if received != sent {
+        return Err(std::io::Error::other(format!(
+            "backend got {received} of {sent} bytes"
+        )));
+    }
+    Ok(received as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Backend-to-client tunnel throughput, MB/s.
+pub async fn tunnel_download(target: &Target) -> std::io::Result<f64> {
+    let start = Instant::now();
+    let (mut stream, rest) =
+        upgrade_with_rest(target, &format!("/source?bytes={TUNNEL_BYTES}")).await?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut received = rest.len() as u64;
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        received += n as u64;
+    }
+    if received != TUNNEL_BYTES {
+        return Err(std::io::Error::other(format!(
+            "got {received} of {TUNNEL_BYTES} bytes"
+        )));
+    }
+    Ok(received as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RttResult {
+    pub round_trips: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+/// Round trips of 64-byte messages through one tunnel.
+pub async fn tunnel_rtt(target: &Target, round_trips: u64) -> std::io::Result<RttResult> {
+    let mut stream = upgrade(target, "/echo").await?;
+    let message = [b'r'; 64];
+    let mut back = [0u8; 64];
+    let mut latencies = histogram();
+    for _ in 0..round_trips {
+        let t0 = Instant::now();
+        stream.write_all(&message).await?;
+        stream.read_exact(&mut back).await?;
+        latencies.saturating_record(t0.elapsed().as_micros() as u64);
+    }
+    Ok(RttResult {
+        round_trips,
+        p50_us: latencies.value_at_quantile(0.5),
+        p99_us: latencies.value_at_quantile(0.99),
+    })
+}
+
+/// Opens `count` idle tunnels (64 at a time) and returns them open.
+pub async fn open_idle_tunnels(target: &Target, count: usize) -> std::io::Result<Vec<TcpStream>> {
+    let mut open = Vec::with_capacity(count);
+    while open.len() < count {
+        let batch = (count - open.len()).min(64);
+        let mut tasks = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move { upgrade(&target, "/idle").await }));
+        }
+        for t in tasks {
+            open.push(t.await.expect("upgrade task")?);
+        }
+    }
+    Ok(open)
+}
+
+/// Waits until a plain request to `target` answers 200 (or `limit` passes).
+pub async fn wait_serving(target: &Target, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let request = format!(
+        "GET /small HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        target.host
+    );
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(target.addr).await {
+            let mut buf = Vec::new();
+            if exchange(&mut s, request.as_bytes(), &mut buf).await {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}

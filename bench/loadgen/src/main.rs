@@ -1,0 +1,165 @@
+//! `loadgen`: the benchmark backend, the load generator and the report
+//! writer for comparing switchyard with nginx and HAProxy. `bench/run.sh`
+//! is the one command that installs what is needed and runs it all.
+
+mod backend;
+mod client;
+mod report;
+mod suite;
+mod sysstat;
+mod targets;
+mod translate_bench;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "switchyard benchmark: backend, load generator, report")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark backend.
+    Backend {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+    /// Run every figure against every target and write the report.
+    Suite {
+        /// The switchyard binary (a release build).
+        #[arg(long)]
+        switchyard: PathBuf,
+        /// CPU for the proxies under test (taskset list).
+        #[arg(long, default_value = "0")]
+        proxy_cpu: String,
+        /// Seconds per load figure.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Idle tunnels to hold open at once (default: as many as the
+        /// open-files limit allows with two descriptors per tunnel).
+        #[arg(long)]
+        tunnels: Option<usize>,
+        /// Route changes in the reconfiguration figure.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "bench/plots")]
+        plots: PathBuf,
+        #[arg(long, default_value = "bench/results.json")]
+        json: PathBuf,
+        /// Shown in the report as the command that produced it.
+        #[arg(long, default_value = "bench/run.sh")]
+        command: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Backend { addr } => runtime.block_on(backend::serve(addr)),
+        Cmd::Suite {
+            switchyard,
+            proxy_cpu,
+            seconds,
+            tunnels,
+            changes,
+            out,
+            plots,
+            json,
+            command,
+        } => {
+            let limit = sysstat::raise_nofile_limit() as usize;
+            // The proxy holds two descriptors per tunnel, plus listeners,
+            // the pool and its own files.
+            let tunnels = tunnels.unwrap_or(limit.saturating_sub(400) / 2).min(9800);
+            let mut backend = Command::new(std::env::current_exe()?)
+                .arg("backend")
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting the backend")?;
+            let mut line = String::new();
+            BufReader::new(backend.stdout.take().expect("piped")).read_line(&mut line)?;
+            let backend_addr =
+                suite::parse_listening(&line).context("backend printed no address")?;
+            let workdir =
+                std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+            let setup = targets::Setup {
+                switchyard,
+                backend: backend_addr,
+                proxy_cpu,
+                workdir: workdir.clone(),
+            };
+            let plan = suite::Plan {
+                figure_seconds: seconds,
+                concurrency: vec![1, 16, 64, 256],
+                idle_tunnels: tunnels,
+                changes,
+            };
+            let results = runtime.block_on(suite::run(&setup, &plan, backend.id()));
+            let _ = backend.kill();
+            let _ = std::fs::remove_dir_all(&workdir);
+            let results = results?;
+            std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+            report::register_font()?;
+            report::plots(&results, &plots)?;
+            let ctx = report::Context {
+                date: shell("date -u +%Y-%m-%d"),
+                machine: machine(),
+                versions: versions(&setup.switchyard),
+                command,
+            };
+            std::fs::write(&out, report::markdown(&results, &ctx))?;
+            eprintln!(
+                "wrote {}, {} and {}",
+                out.display(),
+                plots.display(),
+                json.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn shell(command: &str) -> String {
+    Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+                + String::from_utf8_lossy(&o.stderr).trim()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    format!(
+        "- CPU: {} ({} CPUs)\n- Memory: {}\n- Kernel: {}",
+        cpu.trim(),
+        shell("nproc"),
+        shell("free -h | awk '/Mem:/ {print $2}'"),
+        shell("uname -sr")
+    )
+}
+
+fn versions(switchyard: &std::path::Path) -> String {
+    format!(
+        "- {} (release build)\n- {}\n- {}",
+        shell(&format!("{} --version", switchyard.display())),
+        shell("nginx -v"),
+        shell("haproxy -v | head -1")
+    )
+}

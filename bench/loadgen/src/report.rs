@@ -1,0 +1,456 @@
+//! BENCHMARKS.md and its plots from one run's results: absolute figures,
+//! ratios against nginx, HAProxy and the direct baseline, the targets we
+//! set ourselves and where we miss them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::suite::{Results, TargetResults};
+use crate::targets::Kind;
+
+pub struct Context {
+    pub date: String,
+    pub machine: String,
+    pub versions: String,
+    pub command: String,
+}
+
+fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
+    results.targets.iter().find(|t| t.kind == kind)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// One table row: a figure for each target and switchyard's ratios.
+fn row(
+    out: &mut String,
+    name: &str,
+    results: &Results,
+    value: impl Fn(&TargetResults) -> Option<f64>,
+) {
+    let get = |k| target(results, k).and_then(&value);
+    let sy = get(Kind::Switchyard);
+    let cell = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
+    let r = |other: Option<f64>| match (sy, other) {
+        (Some(a), Some(b)) => ratio(a, b),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+        cell(sy),
+        cell(get(Kind::Nginx)),
+        cell(get(Kind::Haproxy)),
+        cell(get(Kind::Direct)),
+        r(get(Kind::Nginx)),
+        r(get(Kind::Haproxy)),
+        r(get(Kind::Direct)),
+    );
+}
+
+pub fn markdown(results: &Results, ctx: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "switchyard, nginx and HAProxy side by side, measured in one run on one machine by\n`{}` on {}. This file is written by that command; rerun it rather than editing.\n",
+        ctx.command, ctx.date
+    );
+    let _ = writeln!(out, "## Machine and method\n");
+    let _ = writeln!(out, "{}\n", ctx.machine);
+    let _ = writeln!(out, "{}\n", ctx.versions);
+    let _ = writeln!(
+        out,
+        "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself.\n\
+         - Every proxy keeps connections to the backend alive, passes WebSocket upgrades through, has access logging off, and answers 404 for unknown hosts. The configurations are at the end.\n\
+         - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
+         - Each figure records the load average and the CPU other processes used while it ran; a figure where others used more than a quarter of a core is measured again once (see the last table).\n\
+         - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
+        results.nofile_limit
+    );
+
+    let _ = writeln!(out, "## Results\n");
+    let _ = writeln!(
+        out,
+        "Higher is better unless the figure says latency, memory or time. Ratios are switchyard ÷ the other.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| figure | switchyard | nginx | HAProxy | direct | ÷ nginx | ÷ HAProxy | ÷ direct |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let levels: Vec<usize> = results
+        .targets
+        .first()
+        .map(|t| t.http.iter().map(|h| h.concurrency).collect())
+        .unwrap_or_default();
+    for (i, c) in levels.iter().enumerate() {
+        row(
+            &mut out,
+            &format!("HTTP/1.1 keep-alive, {c} conn: req/s"),
+            results,
+            |t| t.http.get(i).map(|h| h.rps),
+        );
+    }
+    for (i, c) in levels.iter().enumerate() {
+        row(
+            &mut out,
+            &format!("latency p50 / {c} conn (µs)"),
+            results,
+            |t| t.http.get(i).map(|h| h.p50_us as f64),
+        );
+        row(
+            &mut out,
+            &format!("latency p99 / {c} conn (µs)"),
+            results,
+            |t| t.http.get(i).map(|h| h.p99_us as f64),
+        );
+        row(
+            &mut out,
+            &format!("latency p99.9 / {c} conn (µs)"),
+            results,
+            |t| t.http.get(i).map(|h| h.p999_us as f64),
+        );
+    }
+    row(&mut out, "64 KiB request bodies (MB/s)", results, |t| {
+        t.bodies.first().map(|b| b.mb_per_s)
+    });
+    row(&mut out, "1 MiB request bodies (MB/s)", results, |t| {
+        t.bodies.get(1).map(|b| b.mb_per_s)
+    });
+    row(
+        &mut out,
+        "WebSocket sessions/s (connect, 101, message, close)",
+        results,
+        |t| Some(t.websocket_sessions.per_second),
+    );
+    row(&mut out, "tunnel client→backend (MB/s)", results, |t| {
+        Some(t.tunnel_up_mb_s)
+    });
+    row(&mut out, "tunnel backend→client (MB/s)", results, |t| {
+        Some(t.tunnel_down_mb_s)
+    });
+    row(&mut out, "tunnel round trip p50 (µs)", results, |t| {
+        Some(t.tunnel_rtt.p50_us as f64)
+    });
+    row(&mut out, "tunnel round trip p99 (µs)", results, |t| {
+        Some(t.tunnel_rtt.p99_us as f64)
+    });
+    row(&mut out, "memory per idle tunnel (bytes)", results, |t| {
+        t.idle_tunnels.as_ref().map(|i| i.bytes_per_tunnel)
+    });
+    row(&mut out, "idle RSS (MiB)", results, |t| {
+        (t.kind != Kind::Direct).then(|| t.idle_rss_bytes as f64 / 1048576.0)
+    });
+    row(&mut out, "start to first answer (ms)", results, |t| {
+        (t.kind != Kind::Direct).then_some(t.start_to_ready_ms)
+    });
+    let errors: u64 = results
+        .targets
+        .iter()
+        .flat_map(|t| t.http.iter().chain(&t.bodies))
+        .map(|h| h.errors)
+        .sum::<u64>()
+        + results
+            .targets
+            .iter()
+            .map(|t| t.websocket_sessions.errors)
+            .sum::<u64>();
+    let tunnels = results
+        .targets
+        .iter()
+        .filter_map(|t| {
+            t.idle_tunnels
+                .as_ref()
+                .map(|i| format!("{} {}", t.kind.name(), i.count))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "\nIdle tunnels held open at once: {tunnels}. Errors during the load figures: {errors}.\n"
+    );
+
+    let _ = writeln!(out, "### Reconfiguration under load\n");
+    let _ = writeln!(
+        out,
+        "Each change adds a route for a new host (switchyard: a new manifest file; nginx: a config change and `nginx -s reload`), then waits until that host is served. Meanwhile 8 connections send keep-alive requests to an existing route and 50 open tunnels exchange a message every 100 ms.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| proxy | changes | change → serving, median (ms) | max (ms) | failed requests | broken tunnels | RSS before → after (MiB) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for r in &results.reconfig {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {} of {} | {} of {} | {:.1} → {:.1} |",
+            r.kind.name(),
+            r.changes,
+            r.change_to_serving_ms_median,
+            r.change_to_serving_ms_max,
+            r.failed_requests,
+            r.requests,
+            r.broken_tunnels,
+            r.tunnels,
+            r.rss_before as f64 / 1048576.0,
+            r.rss_after as f64 / 1048576.0
+        );
+    }
+    let t = &results.translate;
+    let _ = writeln!(out, "\n### Translation at scale\n");
+    let _ = writeln!(
+        out,
+        "{} Ingresses with as many Services and EndpointSlices: YAML parse {:.0} ms, translate {:.1} ms (best of 3), compile {:.1} ms, {} routes, {} warnings. `switchyard run` on them: serving after {:.0} ms with {:.0} MiB resident.\n",
+        t.ingresses,
+        t.parse_ms,
+        t.translate_ms,
+        t.compile_ms,
+        t.routes,
+        t.warnings,
+        t.process_start_to_ready_ms,
+        t.process_rss_bytes as f64 / 1048576.0
+    );
+
+    let _ = writeln!(out, "## Targets\n");
+    for line in targets(results) {
+        let _ = writeln!(out, "- {line}");
+    }
+    let _ = writeln!(
+        out,
+        "\n## Plots\n\n![Latency against load](bench/plots/latency.png)\n\n![Memory against open tunnels](bench/plots/memory.png)\n"
+    );
+
+    let _ = writeln!(out, "## Load while measuring\n");
+    let _ = writeln!(
+        out,
+        "| target | figure | load average | other processes (cores) | measured again |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for t in &results.targets {
+        for l in &t.loads {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {} |",
+                t.kind.name(),
+                l.figure,
+                l.load_average,
+                l.other_cores,
+                if l.measured_again { "yes" } else { "" }
+            );
+        }
+    }
+    let _ = writeln!(out, "\n## Configurations\n");
+    for t in &results.targets {
+        if let Some(config) = &t.config {
+            let _ = writeln!(
+                out,
+                "{}:\n\n```\n{}\n```\n",
+                t.kind.name(),
+                config.trim_end()
+            );
+        }
+    }
+    out
+}
+
+/// The goals from the performance issue, each met or not, with the numbers.
+fn targets(results: &Results) -> Vec<String> {
+    let mut lines = Vec::new();
+    let (Some(sy), Some(ng), Some(ha), Some(direct)) = (
+        target(results, Kind::Switchyard),
+        target(results, Kind::Nginx),
+        target(results, Kind::Haproxy),
+        target(results, Kind::Direct),
+    ) else {
+        return lines;
+    };
+    let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+    for (i, h) in sy.http.iter().enumerate() {
+        let (n, a) = (&ng.http[i], &ha.http[i]);
+        let ok =
+            h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
+        lines.push(format!(
+            "{}: request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse, {} connections — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
+            mark(ok),
+            h.concurrency,
+            h.rps / n.rps,
+            h.rps / a.rps,
+            h.p99_us,
+            n.p99_us,
+            a.p99_us
+        ));
+    }
+    let up = sy.tunnel_up_mb_s / direct.tunnel_up_mb_s;
+    let down = sy.tunnel_down_mb_s / direct.tunnel_down_mb_s;
+    lines.push(format!(
+        "{}: tunnel throughput ≥ 0.9× direct — {up:.2}× up, {down:.2}× down",
+        mark(up >= 0.9 && down >= 0.9)
+    ));
+    if let Some(idle) = &sy.idle_tunnels {
+        lines.push(format!(
+            "{}: memory per idle tunnel ≤ 4 KiB — {:.0} bytes over {} tunnels",
+            mark(idle.bytes_per_tunnel <= 4096.0),
+            idle.bytes_per_tunnel,
+            idle.count
+        ));
+    }
+    if let Some(r) = results.reconfig.iter().find(|r| r.kind == Kind::Switchyard) {
+        lines.push(format!(
+            "{}: zero failures during reconfiguration — {} failed requests, {} broken tunnels",
+            mark(r.failed_requests == 0 && r.broken_tunnels == 0),
+            r.failed_requests,
+            r.broken_tunnels
+        ));
+    }
+    lines.push(format!(
+        "{}: translate 10,000 Ingresses in under 100 ms — {:.1} ms",
+        mark(results.translate.translate_ms < 100.0),
+        results.translate.translate_ms
+    ));
+    lines
+}
+
+fn color(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Switchyard => RGBColor(0x1f, 0x77, 0xb4),
+        Kind::Nginx => RGBColor(0x2c, 0xa0, 0x2c),
+        Kind::Haproxy => RGBColor(0xd6, 0x27, 0x28),
+        Kind::Direct => RGBColor(0x7f, 0x7f, 0x7f),
+    }
+}
+
+/// Registers a TrueType font for plot text (plotters draws no text without one).
+pub fn register_font() -> anyhow::Result<()> {
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let bytes = std::fs::read(FONT)
+        .map_err(|e| anyhow::anyhow!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    Ok(())
+}
+
+pub fn plots(results: &Results, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    latency_plot(results, &dir.join("latency.png"))?;
+    memory_plot(results, &dir.join("memory.png"))?;
+    Ok(())
+}
+
+fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_rps = results
+        .targets
+        .iter()
+        .flat_map(|t| t.http.iter().map(|h| h.rps))
+        .fold(1.0, f64::max);
+    let max_p99 = results
+        .targets
+        .iter()
+        .flat_map(|t| t.http.iter().map(|h| h.p99_us as f64 / 1000.0))
+        .fold(0.1, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "p99 latency against request rate (each point: one concurrency level)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_rps * 1.05, 0.0..max_p99 * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("requests per second")
+        .y_desc("p99 latency (ms)")
+        .draw()?;
+    for t in &results.targets {
+        let points: Vec<(f64, f64)> = t
+            .http
+            .iter()
+            .map(|h| (h.rps, h.p99_us as f64 / 1000.0))
+            .collect();
+        let c = color(t.kind);
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(t.kind.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn memory_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let series: Vec<_> = results
+        .targets
+        .iter()
+        .filter_map(|t| t.idle_tunnels.as_ref().map(|i| (t.kind, i)))
+        .collect();
+    let max_x = series.iter().map(|(_, i)| i.count).max().unwrap_or(1) as f64;
+    let max_y = series
+        .iter()
+        .flat_map(|(_, i)| i.samples.iter().map(|s| s.1 as f64 / 1048576.0))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Resident memory against open idle tunnels",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("open tunnels")
+        .y_desc("RSS (MiB)")
+        .draw()?;
+    for (kind, idle) in series {
+        let points: Vec<(f64, f64)> = idle
+            .samples
+            .iter()
+            .map(|&(n, rss)| (n as f64, rss as f64 / 1048576.0))
+            .collect();
+        let c = color(kind);
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(kind.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The whole benchmark, one figure after another, each target started
+//! fresh: the figures of BENCHMARKS.md with the load average and the CPU
+//! other processes used while each was measured. A figure disturbed by
+//! other processes is measured again once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{self, HttpResult, RateResult, RttResult, Target, Until};
+use crate::sysstat::{self, Disturbance};
+use crate::targets::{Kind, Running, Setup};
+use crate::translate_bench::{self, TranslateResult};
+
+/// CPU used by other processes above which a figure is measured again.
+const DISTURBED_CORES: f64 = 0.25;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub figure_seconds: u64,
+    pub concurrency: Vec<usize>,
+    pub idle_tunnels: usize,
+    pub changes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FigureLoad {
+    pub figure: String,
+    pub load_average: f64,
+    pub other_cores: f64,
+    pub measured_again: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleTunnels {
+    pub count: usize,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub bytes_per_tunnel: f64,
+    /// (tunnels open, RSS bytes), for the plot.
+    pub samples: Vec<(usize, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetResults {
+    pub kind: Kind,
+    pub start_to_ready_ms: f64,
+    pub idle_rss_bytes: u64,
+    pub http: Vec<HttpResult>,
+    pub bodies: Vec<HttpResult>,
+    pub websocket_sessions: RateResult,
+    pub tunnel_up_mb_s: f64,
+    pub tunnel_down_mb_s: f64,
+    pub tunnel_rtt: RttResult,
+    pub idle_tunnels: Option<IdleTunnels>,
+    pub config: Option<String>,
+    pub loads: Vec<FigureLoad>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconfig {
+    pub kind: Kind,
+    pub changes: usize,
+    pub change_to_serving_ms_median: f64,
+    pub change_to_serving_ms_max: f64,
+    pub requests: u64,
+    pub failed_requests: u64,
+    pub tunnels: usize,
+    pub broken_tunnels: u64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub targets: Vec<TargetResults>,
+    pub reconfig: Vec<Reconfig>,
+    pub translate: TranslateResult,
+    pub nofile_limit: u64,
+}
+
+/// Runs `figure` and measures it again once if other processes used more
+/// than [`DISTURBED_CORES`] meanwhile.
+async fn measured<T, F, Fut>(
+    name: &str,
+    ours: &[u32],
+    loads: &mut Vec<FigureLoad>,
+    mut figure: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let mut measured_again = false;
+    loop {
+        let window = Disturbance::start(ours.to_vec());
+        let result = figure().await;
+        let other_cores = window.others_cores();
+        let disturbed = other_cores > DISTURBED_CORES;
+        loads.push(FigureLoad {
+            figure: name.to_string(),
+            load_average: sysstat::load_average(),
+            other_cores,
+            measured_again,
+        });
+        if !disturbed || measured_again {
+            return result;
+        }
+        eprintln!("  {name}: other processes used {other_cores:.2} cores; measuring again");
+        measured_again = true;
+    }
+}
+
+pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result<Results> {
+    let nofile_limit = sysstat::raise_nofile_limit();
+    let mut targets = Vec::new();
+    for kind in [Kind::Direct, Kind::Switchyard, Kind::Nginx, Kind::Haproxy] {
+        eprintln!("{}:", kind.name());
+        targets.push(measure_target(kind, setup, plan, backend_pid).await?);
+    }
+    let mut reconfig = Vec::new();
+    for kind in [Kind::Switchyard, Kind::Nginx] {
+        eprintln!("{} reconfiguration:", kind.name());
+        reconfig.push(reconfiguration(kind, setup, plan).await?);
+    }
+    eprintln!("translate:");
+    let translate = translate_bench::run(&setup.switchyard, &setup.workdir).await?;
+    Ok(Results {
+        targets,
+        reconfig,
+        translate,
+        nofile_limit,
+    })
+}
+
+async fn measure_target(
+    kind: Kind,
+    setup: &Setup,
+    plan: &Plan,
+    backend_pid: u32,
+) -> anyhow::Result<TargetResults> {
+    let running = Running::start(kind, setup).await?;
+    let target = running.target.clone();
+    let mut ours = vec![std::process::id(), backend_pid];
+    ours.extend(running.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss_bytes = running.rss_bytes();
+    let seconds = Duration::from_secs(plan.figure_seconds);
+    let mut loads = Vec::new();
+
+    let mut http = Vec::new();
+    for &c in &plan.concurrency {
+        let r = measured(&format!("http c={c}"), &ours, &mut loads, || {
+            client::http_load(&target, c, seconds, 0)
+        })
+        .await;
+        eprintln!(
+            "  http c={c}: {:.0} req/s p99 {} us ({} errors)",
+            r.rps, r.p99_us, r.errors
+        );
+        http.push(r);
+    }
+    let mut bodies = Vec::new();
+    for (size, c) in [(64 * 1024, 8), (1024 * 1024, 4)] {
+        let r = measured(&format!("body {size}"), &ours, &mut loads, || {
+            client::http_load(&target, c, seconds, size)
+        })
+        .await;
+        eprintln!("  body {size}: {:.0} MB/s", r.mb_per_s);
+        bodies.push(r);
+    }
+    let websocket_sessions = measured("websocket sessions", &ours, &mut loads, || {
+        client::ws_handshakes(&target, 16, seconds)
+    })
+    .await;
+    eprintln!(
+        "  websocket sessions: {:.0}/s",
+        websocket_sessions.per_second
+    );
+    let tunnel_up_mb_s = measured("tunnel up", &ours, &mut loads, || {
+        client::tunnel_upload(&target)
+    })
+    .await?;
+    let tunnel_down_mb_s = measured("tunnel down", &ours, &mut loads, || {
+        client::tunnel_download(&target)
+    })
+    .await?;
+    let tunnel_rtt = measured("tunnel rtt", &ours, &mut loads, || {
+        client::tunnel_rtt(&target, 5000)
+    })
+    .await?;
+    eprintln!(
+        "  tunnel: up {tunnel_up_mb_s:.0} MB/s, down {tunnel_down_mb_s:.0} MB/s, rtt p50 {} us",
+        tunnel_rtt.p50_us
+    );
+
+    let idle_tunnels = if kind == Kind::Direct {
+        None
+    } else {
+        let tunnels = idle_tunnels(&running, plan.idle_tunnels).await?;
+        eprintln!(
+            "  {} idle tunnels: {:.0} bytes each",
+            tunnels.count, tunnels.bytes_per_tunnel
+        );
+        Some(tunnels)
+    };
+    Ok(TargetResults {
+        kind,
+        start_to_ready_ms: running.start_to_ready.as_secs_f64() * 1000.0,
+        idle_rss_bytes,
+        http,
+        bodies,
+        websocket_sessions,
+        tunnel_up_mb_s,
+        tunnel_down_mb_s,
+        tunnel_rtt,
+        idle_tunnels,
+        config: running.config_text(),
+        loads,
+    })
+}
+
+/// RSS growth while `count` idle tunnels are open, sampled on the way.
+async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTunnels> {
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let rss_before = running.rss_bytes();
+    let mut samples = vec![(0, rss_before)];
+    let mut open = Vec::with_capacity(count);
+    let step = (count / 8).max(1);
+    while open.len() < count {
+        let batch = step.min(count - open.len());
+        open.extend(client::open_idle_tunnels(&running.target, batch).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push((open.len(), running.rss_bytes()));
+    }
+    tokio::time::sleep(settle).await;
+    let rss_after = running.rss_bytes();
+    drop(open);
+    Ok(IdleTunnels {
+        count,
+        rss_before,
+        rss_after,
+        bytes_per_tunnel: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+        samples,
+    })
+}
+
+/// `changes` route additions under load, with open tunnels pinging.
+async fn reconfiguration(kind: Kind, setup: &Setup, plan: &Plan) -> anyhow::Result<Reconfig> {
+    let mut running = Running::start(kind, setup).await?;
+    let target = running.target.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let target = target.clone();
+        let until = Until::Stopped(stop.clone());
+        tokio::spawn(async move { client::http_load_until(&target, 8, until, 0).await })
+    };
+    const TUNNELS: usize = 50;
+    let broken = Arc::new(AtomicU64::new(0));
+    let mut pingers = Vec::new();
+    for _ in 0..TUNNELS {
+        let mut stream = client::upgrade(&target, "/echo").await?;
+        let (stop, broken) = (stop.clone(), broken.clone());
+        pingers.push(tokio::spawn(async move {
+            let mut back = [0u8; 8];
+            while !stop.load(Ordering::Relaxed) {
+                let ok = stream.write_all(b"pingpong").await.is_ok()
+                    && stream.read_exact(&mut back).await.is_ok();
+                if !ok {
+                    broken.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let rss_before = running.rss_bytes();
+    let mut delays = Vec::with_capacity(plan.changes);
+    for i in 0..plan.changes {
+        let host = format!("r{i}.bench.test");
+        let start = Instant::now();
+        running.add_host(&host, setup.backend)?;
+        let probe = Target {
+            addr: target.addr,
+            host: host.clone(),
+        };
+        if !client::wait_serving(&probe, Duration::from_secs(10)).await {
+            anyhow::bail!("{}: {host} not served 10s after the change", kind.name());
+        }
+        delays.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let rss_after = running.rss_bytes();
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await?;
+    for p in pingers {
+        p.await?;
+    }
+    delays.sort_by(f64::total_cmp);
+    let result = Reconfig {
+        kind,
+        changes: plan.changes,
+        change_to_serving_ms_median: delays[delays.len() / 2],
+        change_to_serving_ms_max: *delays.last().unwrap_or(&0.0),
+        requests: load.requests + load.errors,
+        failed_requests: load.errors,
+        tunnels: TUNNELS,
+        broken_tunnels: broken.load(Ordering::Relaxed),
+        rss_before,
+        rss_after,
+    };
+    eprintln!(
+        "  {} changes: median {:.0} ms to serving, {} of {} requests failed, {} of {} tunnels broken",
+        result.changes,
+        result.change_to_serving_ms_median,
+        result.failed_requests,
+        result.requests,
+        result.broken_tunnels,
+        result.tunnels
+    );
+    Ok(result)
+}
+
+/// The backend's address from its first line of output.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    line.trim().strip_prefix("listening ")?.parse().ok()
+}

@@ -1,0 +1,145 @@
+//! What the machine and the processes under test are doing, read from
+//! /proc: resident memory, CPU time, load, and the disturbance from
+//! processes outside the benchmark.
+
+use std::collections::HashSet;
+
+/// Resident set size of one process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `pid` and all its descendants (nginx's master and workers, ...).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut seen: HashSet<u32> = HashSet::from([pid]);
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (child, parent) in all_parents() {
+            if seen.contains(&parent) && seen.insert(child) {
+                tree.push(child);
+                grew = true;
+            }
+        }
+    }
+    tree
+}
+
+fn all_parents() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat_field(pid, 4)?)))
+        .map(|(pid, ppid)| (pid, ppid as u32))
+        .collect()
+}
+
+/// Field number `field` (1-based, as proc(5) numbers them: 4 is the
+/// parent pid, 14 and 15 user and system time) of /proc/PID/stat.
+fn stat_field(pid: u32, field: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; field 3 follows ") ".
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name
+        .split(' ')
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// Total resident memory of a process tree, in bytes.
+pub fn tree_rss_bytes(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(rss_bytes).sum()
+}
+
+/// User plus system CPU time of a set of processes, in clock ticks.
+pub fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|&p| stat_field(p, 14).unwrap_or(0) + stat_field(p, 15).unwrap_or(0))
+        .sum()
+}
+
+/// Busy clock ticks of the whole machine (all CPUs).
+pub fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0;
+    };
+    let values: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    values
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Raises the open-files soft limit to the hard limit (children inherit
+/// it); returns the new limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write `limit`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// A window over which to account for CPU used outside the benchmark.
+pub struct Disturbance {
+    ours: Vec<u32>,
+    busy: u64,
+    mine: u64,
+    at: std::time::Instant,
+}
+
+impl Disturbance {
+    /// Starts accounting; `ours` are the benchmark's own processes.
+    pub fn start(ours: Vec<u32>) -> Self {
+        let all: Vec<u32> = ours.iter().flat_map(|&p| process_tree(p)).collect();
+        Self {
+            busy: machine_busy_ticks(),
+            mine: cpu_ticks(&all),
+            ours: all,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// CPU used by other processes since `start`, in cores (1.0 = one core busy).
+    pub fn others_cores(&self) -> f64 {
+        let busy = machine_busy_ticks().saturating_sub(self.busy);
+        let mine = cpu_ticks(&self.ours).saturating_sub(self.mine);
+        let seconds = self.at.elapsed().as_secs_f64().max(0.001);
+        busy.saturating_sub(mine) as f64 / ticks_per_second() / seconds
+    }
+}
