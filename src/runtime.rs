@@ -167,7 +167,7 @@ fn start_file_source(
     admin.mark_synced();
     tokio::spawn(async move {
         let _watcher = watcher;
-        while changes.recv().await.is_some() {
+        while files::next_change(&mut changes).await {
             tokio::task::block_in_place(&mut load_and_apply);
         }
     });

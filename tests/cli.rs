@@ -172,6 +172,19 @@ async fn run_serves_watches_files_and_keeps_the_last_good_state() {
     assert_eq!(get(proxy.admin, "a", "/healthz", &[]).await.status, 200);
     assert_eq!(get(proxy.http, "first.test", "/", &[]).await.status, 200);
 
+    // Reading the manifests is not a change: no reload without an edit
+    // (file access events once made every reload trigger the next).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = get(proxy.admin, "a", "/metrics", &[]).await.body;
+    assert_eq!(
+        common::sample(&metrics, "switchyard_route_table_unchanged_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        common::sample(&metrics, "switchyard_route_table_swaps_total", &[]),
+        1.0
+    );
+
     // A new file is picked up without a restart.
     let second_file = dir.path().join("second.yaml");
     std::fs::write(

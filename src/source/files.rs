@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::manifest::{self, LoadError, Location, Object, Skipped};
 use crate::snapshot::ClusterSnapshot;
 
-/// How long the watcher waits for a burst of file events to settle.
+/// How long a burst of file events is given to settle before a reload.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The outcome of one read of the manifest directories.
@@ -171,28 +171,43 @@ fn collect_manifest_files(dir: &Path, files: &mut BTreeMap<PathBuf, ()>) -> std:
     Ok(())
 }
 
-/// Watches the manifest directories; each settled burst of changes sends
-/// one `()` on the returned channel. Dropping the returned watcher stops it.
-pub fn watch(
-    dirs: &[PathBuf],
-) -> Result<(Debouncer<notify::RecommendedWatcher>, mpsc::Receiver<()>), notify::Error> {
+/// Watches the manifest directories; each burst of changes sends one `()`
+/// on the returned channel (the receiver waits [`WATCH_DEBOUNCE`] for the
+/// burst to settle). Dropping the returned watcher stops it.
+///
+/// Only changes count: reading a file produces open and close events of its
+/// own, and reacting to those would make every reload trigger the next.
+pub fn watch(dirs: &[PathBuf]) -> Result<(RecommendedWatcher, mpsc::Receiver<()>), notify::Error> {
     let (tx, rx) = mpsc::channel(1);
-    let mut debouncer = new_debouncer(WATCH_DEBOUNCE, move |result: DebounceEventResult| {
-        match result {
-            Ok(events) if events.is_empty() => {}
-            Ok(_) => {
+    let mut watcher =
+        notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+            Ok(event) if is_change(&event.kind) => {
                 // A full channel already holds a pending reload.
                 let _ = tx.try_send(());
             }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "manifest watcher error"),
-        }
-    })?;
+        })?;
     for dir in dirs {
-        debouncer
-            .watcher()
-            .watch(dir, notify::RecursiveMode::Recursive)?;
+        watcher.watch(dir, RecursiveMode::Recursive)?;
     }
-    Ok((debouncer, rx))
+    Ok((watcher, rx))
+}
+
+fn is_change(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::Access(_))
+}
+
+/// Waits for the next burst of changes to settle; `false` once the watcher
+/// is gone.
+pub async fn next_change(changes: &mut mpsc::Receiver<()>) -> bool {
+    if changes.recv().await.is_none() {
+        return false;
+    }
+    tokio::time::sleep(WATCH_DEBOUNCE).await;
+    // Whatever arrived meanwhile is part of this burst.
+    while changes.try_recv().is_ok() {}
+    true
 }
 
 #[cfg(test)]
