@@ -27,25 +27,31 @@ pub struct SyntaxError {
 /// skipped. Parsing stops at the first syntax error, which is returned
 /// alongside the documents that parsed before it.
 pub fn documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
-    let starts = document_start_lines(text);
     let mut docs = Vec::new();
+    let error = for_each_document(text, |doc| docs.push(doc));
+    (docs, error)
+}
+
+/// As [`documents`], handing each document to `f` as soon as it is
+/// parsed, so that a large file never holds every parsed document at once.
+pub fn for_each_document(text: &str, mut f: impl FnMut(Document)) -> Option<SyntaxError> {
+    let starts = document_start_lines(text);
     for (position, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = position + 1;
         let line = starts.get(position).copied().unwrap_or(1);
         match <Value as serde::Deserialize>::deserialize(de) {
             Ok(Value::Null) => {}
-            Ok(value) => docs.push(Document { index, line, value }),
+            Ok(value) => f(Document { index, line, value }),
             Err(e) => {
-                let error = SyntaxError {
+                return Some(SyntaxError {
                     index,
                     line: e.location().map(|l| l.line()),
                     message: without_location(&e.to_string()),
-                };
-                return (docs, Some(error));
+                });
             }
         }
     }
-    (docs, None)
+    None
 }
 
 /// Converts a parsed document into a typed value. The error names the

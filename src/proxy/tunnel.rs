@@ -21,9 +21,6 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{Metrics, route_values};
 use crate::routes::RouteLabels;
 
-/// Copy buffer per direction.
-const BUFFER_SIZE: usize = 8 * 1024;
-
 /// Why a tunnel closed. The label values are fixed, so the metric's
 /// cardinality is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,12 +276,32 @@ impl PipeError {
     }
 }
 
-/// One direction of a tunnel: read into a buffer, write it all out, and on
-/// end-of-stream shut the writer's side down (a half-close).
+/// Bytes read in one go. The buffer is per thread, not per tunnel: a
+/// tunnel holds memory only for data a slow peer has not taken yet.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// What one read into the scratch buffer led to.
+enum Step {
+    Pending,
+    /// Data was read and written on (some of it may wait in `pending`).
+    Moved,
+    Eof,
+    Failed(PipeError),
+}
+
+/// One direction of a tunnel. Reads go into the thread's scratch buffer and
+/// are written on at once; only what the writer does not take right away
+/// is copied into `pending`, which also pauses reading (back-pressure). An
+/// idle tunnel therefore owns no buffer at all. On end-of-stream the
+/// writer's side is shut down (a half-close).
 struct Pipe {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    pending: Vec<u8>,
+    written: usize,
     eof: bool,
     needs_flush: bool,
     done: bool,
@@ -295,15 +312,21 @@ struct Pipe {
 impl Pipe {
     fn new(counter: IntCounter) -> Self {
         Self {
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            pending: Vec::new(),
+            written: 0,
             eof: false,
             needs_flush: false,
             done: false,
             bytes: 0,
             counter,
         }
+    }
+
+    fn count(&mut self, n: usize, progress: &mut bool) {
+        self.bytes += n as u64;
+        self.counter.inc_by(n as u64);
+        self.needs_flush = true;
+        *progress = true;
     }
 
     /// Moves data until the reader has nothing now (Pending) or has ended
@@ -323,46 +346,24 @@ impl Pipe {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.start == self.end && !self.eof {
-                let mut read_buf = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read_buf.filled().len();
-                        self.start = 0;
-                        self.end = n;
-                        self.eof = n == 0;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Read(e))),
-                    Poll::Pending => {
-                        if self.needs_flush {
-                            match Pin::new(&mut *writer).poll_flush(cx) {
-                                Poll::Ready(Ok(())) => self.needs_flush = false,
-                                Poll::Ready(Err(e)) => {
-                                    return Poll::Ready(Err(PipeError::Write(e)));
-                                }
-                                Poll::Pending => {}
-                            }
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            while self.start < self.end {
-                let chunk = &self.buf[self.start..self.end];
-                match Pin::new(&mut *writer).poll_write(cx, chunk) {
+            // First whatever the writer did not take last time.
+            while self.written < self.pending.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &self.pending[self.written..]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(PipeError::Write(io::ErrorKind::WriteZero.into())));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.start += n;
-                        self.bytes += n as u64;
-                        self.counter.inc_by(n as u64);
-                        self.needs_flush = true;
-                        *progress = true;
+                        self.written += n;
+                        self.count(n, progress);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Write(e))),
                     Poll::Pending => return Poll::Pending,
                 }
+            }
+            if !self.pending.is_empty() {
+                // Drained: give the memory back rather than keep it idle.
+                self.pending = Vec::new();
+                self.written = 0;
             }
             if self.eof {
                 match Pin::new(&mut *writer).poll_shutdown(cx) {
@@ -378,8 +379,70 @@ impl Pipe {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Write(e))),
                     Poll::Pending => return Poll::Pending,
                 }
+                continue;
+            }
+            match self.read_and_write(cx, reader, writer, progress) {
+                Step::Moved => {}
+                Step::Eof => self.eof = true,
+                Step::Failed(e) => return Poll::Ready(Err(e)),
+                Step::Pending => {
+                    if self.needs_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.needs_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Write(e))),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
         }
+    }
+
+    /// One read into the scratch buffer, written on as far as the writer
+    /// takes it now; the rest is kept in `pending`.
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Step
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut read_buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                Poll::Pending => return Step::Pending,
+                Poll::Ready(Err(e)) => return Step::Failed(PipeError::Read(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = read_buf.filled();
+            if data.is_empty() {
+                return Step::Eof;
+            }
+            let mut written = 0;
+            while written < data.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &data[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Step::Failed(PipeError::Write(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        self.count(n, progress);
+                    }
+                    Poll::Ready(Err(e)) => return Step::Failed(PipeError::Write(e)),
+                    Poll::Pending => {
+                        self.pending = data[written..].to_vec();
+                        self.written = 0;
+                        break;
+                    }
+                }
+            }
+            Step::Moved
+        })
     }
 }
 
@@ -434,6 +497,41 @@ mod tests {
             (outcome.client_to_backend, outcome.backend_to_client),
             (4, 21)
         );
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_byte_in_order() {
+        // 64-byte pipes take far less than one read: most writes are
+        // partial, so the pending path carries the data.
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(30)),
+            CancellationToken::new(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client_peer.write_all(&sent).await.unwrap();
+            client_peer.shutdown().await.unwrap();
+            client_peer
+        });
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == data,
+            "{} bytes arrived, in order: {}",
+            got.len(),
+            got.len() == data.len()
+        );
+        backend_peer.shutdown().await.unwrap();
+        drop(writer.await.unwrap());
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.client_to_backend, data.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]

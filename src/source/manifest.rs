@@ -155,15 +155,14 @@ pub fn parse_snapshot(text: &str, file: &Path) -> Result<ClusterSnapshot, Vec<Lo
 /// Decodes every document of one file. `file` is only used in messages.
 pub fn parse(text: &str, file: &Path) -> ParsedFile {
     let mut parsed = ParsedFile::default();
-    let (documents, syntax_error) = yaml::documents(text);
-    for doc in documents {
+    let syntax_error = yaml::for_each_document(text, |doc| {
         let location = Location {
             file: file.to_path_buf(),
             document: Some(doc.index),
             line: Some(doc.line),
         };
         decode_document(doc.value, location, &mut parsed);
-    }
+    });
     if let Some(e) = syntax_error {
         parsed.errors.push(LoadError {
             location: Location {

@@ -33,6 +33,10 @@ pub struct Head {
     pub path: String,
     pub content_length: usize,
     pub upgrade: bool,
+    /// `Sec-WebSocket-Key`, if any.
+    pub websocket_key: Option<String>,
+    /// The peer asked to close after this message (`Connection: close`).
+    pub close: bool,
     /// Bytes read past the head.
     pub rest: Vec<u8>,
 }
@@ -51,6 +55,8 @@ pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
             let path = parts.next().unwrap_or_default().to_string();
             let mut content_length = 0;
             let mut upgrade = false;
+            let mut websocket_key = None;
+            let mut close = false;
             for line in lines {
                 let Some((name, value)) = line.split_once(':') else {
                     continue;
@@ -60,6 +66,10 @@ pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
                     content_length = value.trim().parse().unwrap_or(0);
                 } else if name.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
+                } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                    websocket_key = Some(value.trim().to_string());
+                } else if name.eq_ignore_ascii_case("connection") {
+                    close |= value.to_ascii_lowercase().contains("close");
                 }
             }
             return Ok(Some(Head {
@@ -67,6 +77,8 @@ pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
                 path,
                 content_length,
                 upgrade,
+                websocket_key,
+                close,
                 rest,
             }));
         }
@@ -129,10 +141,25 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 4.2.2); HAProxy checks it.
+fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
+}
+
 async fn tunnel(mut stream: TcpStream, head: Head) -> std::io::Result<()> {
-    stream
-        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await?;
+    let accept = head
+        .websocket_key
+        .as_deref()
+        .map(accept_key)
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await?;
     let path = head.path.as_str();
     let mut chunk = vec![0u8; 64 * 1024];
     if path.starts_with("/echo") {

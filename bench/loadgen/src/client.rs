@@ -115,11 +115,13 @@ pub async fn http_load_until(
                     },
                 };
                 let t0 = Instant::now();
-                let ok = exchange(conn, &request, &mut buf).await;
-                if ok {
-                    latencies.saturating_record(t0.elapsed().as_micros() as u64);
-                } else {
+                let outcome = exchange(conn, &request, &mut buf).await;
+                if outcome == Exchange::Failed {
                     errors += 1;
+                } else {
+                    latencies.saturating_record(t0.elapsed().as_micros() as u64);
+                }
+                if outcome != Exchange::Ok {
                     stream = None;
                     buf.clear();
                 }
@@ -149,23 +151,35 @@ pub async fn http_load_until(
     }
 }
 
+/// How a keep-alive exchange ended.
+#[derive(PartialEq)]
+enum Exchange {
+    /// A 200; the connection may carry the next request.
+    Ok,
+    /// A 200 with `Connection: close` (nginx after `keepalive_requests`):
+    /// a success, and the next request needs a new connection.
+    OkClosing,
+    Failed,
+}
+
 /// One request and its 200 response on a keep-alive connection.
-async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> bool {
+async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Exchange {
     if stream.write_all(request).await.is_err() {
-        return false;
+        return Exchange::Failed;
     }
     match read_head(stream, buf).await {
         // A status line parses as method "HTTP/1.1", path "200".
         Ok(Some(head)) if head.method == "HTTP/1.1" && head.path == "200" => {
             match discard(stream, &head.rest, head.content_length).await {
+                Ok(_) if head.close => Exchange::OkClosing,
                 Ok(rest) => {
                     buf.extend_from_slice(&rest);
-                    true
+                    Exchange::Ok
                 }
-                Err(_) => false,
+                Err(_) => Exchange::Failed,
             }
         }
-        _ => false,
+        _ => Exchange::Failed,
     }
 }
 
@@ -372,7 +386,7 @@ pub async fn wait_serving(target: &Target, limit: Duration) -> bool {
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(target.addr).await {
             let mut buf = Vec::new();
-            if exchange(&mut s, request.as_bytes(), &mut buf).await {
+            if exchange(&mut s, request.as_bytes(), &mut buf).await != Exchange::Failed {
                 return true;
             }
         }

@@ -56,6 +56,14 @@ enum Cmd {
         plots: PathBuf,
         #[arg(long, default_value = "bench/results.json")]
         json: PathBuf,
+        /// Targets to measure, comma-separated (for a partial look; the
+        /// report is only complete with all four).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "direct,switchyard,nginx,haproxy"
+        )]
+        targets: Vec<targets::Kind>,
         /// Shown in the report as the command that produced it.
         #[arg(long, default_value = "bench/run.sh")]
         command: String,
@@ -80,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             plots,
             json,
             command,
+            targets,
         } => {
             let limit = sysstat::raise_nofile_limit() as usize;
             // The proxy holds two descriptors per tunnel, plus listeners,
@@ -107,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency: vec![1, 16, 64, 256],
                 idle_tunnels: tunnels,
                 changes,
+                targets,
             };
             let results = runtime.block_on(suite::run(&setup, &plan, backend.id()));
             let _ = backend.kill();

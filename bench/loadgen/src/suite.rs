@@ -26,6 +26,8 @@ pub struct Plan {
     pub concurrency: Vec<usize>,
     pub idle_tunnels: usize,
     pub changes: usize,
+    /// Which targets to measure (all four by default).
+    pub targets: Vec<Kind>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,12 +121,15 @@ where
 pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result<Results> {
     let nofile_limit = sysstat::raise_nofile_limit();
     let mut targets = Vec::new();
-    for kind in [Kind::Direct, Kind::Switchyard, Kind::Nginx, Kind::Haproxy] {
+    for &kind in &plan.targets {
         eprintln!("{}:", kind.name());
         targets.push(measure_target(kind, setup, plan, backend_pid).await?);
     }
     let mut reconfig = Vec::new();
-    for kind in [Kind::Switchyard, Kind::Nginx] {
+    for kind in [Kind::Switchyard, Kind::Nginx]
+        .into_iter()
+        .filter(|k| plan.targets.contains(k))
+    {
         eprintln!("{} reconfiguration:", kind.name());
         reconfig.push(reconfiguration(kind, setup, plan).await?);
     }

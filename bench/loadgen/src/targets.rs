@@ -18,7 +18,7 @@ use crate::sysstat;
 /// The Host every route answers for; other hosts get 404.
 pub const HOST: &str = "bench.test";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Kind {
     Direct,
     Switchyard,
