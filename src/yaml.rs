@@ -68,6 +68,20 @@ pub fn decode<T: DeserializeOwned>(value: Value) -> Result<T, String> {
     })
 }
 
+/// As [`decode`], but the error names only the field, never its value:
+/// for Secrets, whose values are key material that must not reach a log.
+pub fn decode_without_values<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let what = if path == "." {
+            "the object".to_string()
+        } else {
+            path
+        };
+        format!("{what}: wrong type or format (the value is not shown: Secrets hold key material)")
+    })
+}
+
 /// Parses a whole single-document file into a typed value (the config file).
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let (mut docs, error) = documents(text);

@@ -200,7 +200,7 @@ fn decode_document(value: Value, location: Location, parsed: &mut ParsedFile) {
         ("networking.k8s.io/v1", "IngressClass") => yaml::decode(value).map(Object::IngressClass),
         ("v1", "Service") => yaml::decode(value).map(Object::Service),
         ("discovery.k8s.io/v1", "EndpointSlice") => yaml::decode(value).map(Object::EndpointSlice),
-        ("v1", "Secret") => match yaml::decode::<Secret>(value) {
+        ("v1", "Secret") => match yaml::decode_without_values::<Secret>(value) {
             Ok(secret) if secret.type_.as_deref() == Some("kubernetes.io/tls") => {
                 Ok(Object::TlsSecret(secret))
             }
@@ -319,6 +319,21 @@ mod tests {
         assert!(parsed.objects.is_empty());
         assert_eq!(parsed.skipped.len(), 2);
         assert!(!format!("{:?}", parsed.skipped).contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn a_malformed_secret_is_reported_without_its_values() {
+        let parsed = parse_text(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\n\
+             data: {tls.key: [LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t]}\n",
+        );
+        assert_eq!(parsed.errors.len(), 1);
+        let message = parsed.errors[0].to_string();
+        assert!(message.contains("data.tls.key"), "{message}");
+        assert!(
+            !message.contains("LS0tLS1CRUdJTi"),
+            "key material leaked: {message}"
+        );
     }
 
     #[test]
