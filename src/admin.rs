@@ -1,6 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the
 //! process is up), `/readyz` (200 only once a complete route table is in
 //! force, 503 while draining) and `/routes` (the table in force as JSON).
+//!
+//! The same state can also be served metrics-only (`--metrics-addr`), so a
+//! deployment can expose metrics to a scraper without exposing the route
+//! table.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,9 +47,18 @@ impl AdminState {
     }
 }
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/metrics`, `/healthz`, `/readyz` and `/routes`.
+    All,
+    /// `/metrics` only.
+    MetricsOnly,
+}
+
 /// Serves the admin endpoints until the process exits (they stay up while
 /// draining, so `/readyz` can say 503).
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, scope: Scope) {
     let http = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -56,16 +69,19 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+                async move { Ok::<_, Infallible>(respond(&state, &request, scope)) }
             });
             let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(state: &AdminState, request: &Request<Incoming>, scope: Scope) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    if scope == Scope::MetricsOnly && request.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "not found\n");
     }
     match request.uri().path() {
         "/metrics" => {

@@ -84,6 +84,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
 
+    /// Also serve `/metrics` alone on this address (and nothing else), so
+    /// metrics can be exposed without the route table.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// YAML file of settings: keys are these flags' long names, e.g.
     /// `http-addr: 0.0.0.0:80`. Flags on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -125,10 +130,53 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Passive health: an endpoint that fails this many attempts in a row
+    /// (refused, timed out, reset or closed before the response head) gets
+    /// no requests for a while. 0 turns ejection off.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub upstream_eject_after: u32,
+
+    /// How long a first ejection lasts. An endpoint that fails again right
+    /// after one is ejected for twice as long as the last time.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_eject_backoff: Duration,
+
+    /// The longest an ejection lasts, however often the endpoint failed.
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub upstream_eject_max_backoff: Duration,
+
+    /// Most connections one client address may have open at once (upgraded
+    /// ones included); more are closed as soon as they are accepted.
+    /// 0 (the default): no limit per address, only --max-connections.
+    /// Behind a load balancer or NAT that hides client addresses (a cloud
+    /// LB, kube-proxy with externalTrafficPolicy: Cluster) every client
+    /// shares a few addresses, so any fixed default could cap the whole
+    /// site; set it where clients connect directly (a few hundred leaves
+    /// room for browsers behind a shared office NAT).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_client: u32,
+
+    /// Requests per second one client address may make, on average; more
+    /// are answered 429. 0 (the default): no limit, for the same reason as
+    /// --max-connections-per-client.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_requests_per_client_per_second: u32,
+
+    /// Requests a client address may make at once above its per-second
+    /// rate (the token bucket's size). 0: the rate itself, at least 1.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub client_request_burst: u32,
+
     /// Largest request head (request line and headers); larger gets 431.
     /// At least 8k.
     #[arg(long, value_name = "SIZE", default_value = "32k", value_parser = parse_header_size)]
     pub max_header_bytes: usize,
+
+    /// Threads serving traffic. Default: the CPUs this process may run on
+    /// (its affinity, so `taskset` and cgroup CPU sets count). With 1, a
+    /// single-threaded runtime is used, which is faster on one core.
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
 
     /// Log format.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]

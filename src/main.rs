@@ -31,10 +31,23 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let workers = match &command {
+        Command::Run(run) => run.worker_threads,
+        Command::Check(_) | Command::Routes(_) => None,
+    }
+    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One core: a current-thread runtime has no work-stealing to pay for.
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match command {
             Command::Run(args) => runtime::run(*args).await.map(|()| 0),

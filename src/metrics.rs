@@ -53,6 +53,9 @@ pub struct Metrics {
     pub tunnel_errors: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_rejected: IntCounter,
+    /// Connections and requests refused by a per-client limit, by `limit`
+    /// (`connections`, `requests`).
+    pub client_limit_rejections: IntCounterVec,
     pub route_table_swaps: IntCounter,
     pub route_table_unchanged: IntCounter,
     pub route_table_last_swap: Gauge,
@@ -145,7 +148,7 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("unique metric");
-        Self {
+        let metrics = Self {
             requests: counter_vec(
                 &r,
                 "switchyard_requests_total",
@@ -228,6 +231,12 @@ impl Metrics {
                 "switchyard_connections_rejected_total",
                 "Client connections closed at once because --max-connections was reached.",
             ),
+            client_limit_rejections: counter_vec(
+                &r,
+                "switchyard_client_limit_rejections_total",
+                "Connections closed at accept and requests answered 429 because a client address was over its limit, by limit.",
+                &["limit"],
+            ),
             route_table_swaps: counter(
                 &r,
                 "switchyard_route_table_swaps_total",
@@ -291,7 +300,12 @@ impl Metrics {
                 &["reason"],
             ),
             registry: r,
+        };
+        // Both series exist from the start, at 0.
+        for limit in ["connections", "requests"] {
+            metrics.client_limit_rejections.with_label_values(&[limit]);
         }
+        metrics
     }
 
     /// The Prometheus text exposition of every family.

@@ -17,9 +17,10 @@ use crate::admin::{self, AdminState};
 use crate::apply::Applier;
 use crate::cli::{CheckArgs, ClusterArgs, OutputFormat, RoutesArgs, RunArgs, SourceArgs};
 use crate::metrics::Metrics;
+use crate::proxy::client_limits::ClientLimitConfig;
 use crate::proxy::tunnel::TunnelLimits;
 use crate::proxy::{Proxy, ProxyConfig};
-use crate::routes::{RouteStore, TranslateOptions, Translation, translate};
+use crate::routes::{PassiveHealthConfig, RouteStore, TranslateOptions, Translation, translate};
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::ClusterSnapshot;
 use crate::source::files::{self, FileSource, LoadReport};
@@ -63,8 +64,16 @@ pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
         max_connections: args.max_connections,
         max_header_bytes: args.max_header_bytes,
         access_log: args.access_log,
-        // No flags yet: the defaults (3 failures, 10s doubling up to 5m).
-        passive_health: Default::default(),
+        passive_health: PassiveHealthConfig {
+            failures: args.upstream_eject_after,
+            backoff: args.upstream_eject_backoff,
+            max_backoff: args.upstream_eject_max_backoff,
+        },
+        client_limits: ClientLimitConfig {
+            max_connections: args.max_connections_per_client,
+            requests_per_second: args.max_requests_per_client_per_second,
+            burst: args.client_request_burst,
+        },
     }
 }
 
@@ -85,6 +94,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let http = bind(args.http_addr, "--http-addr").await?;
     let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(bind(addr, "--metrics-addr").await?),
+        None => None,
+    };
     let http_addr = http.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -97,7 +110,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         synced: Default::default(),
     });
-    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        admin::Scope::All,
+    ));
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(admin::serve(
+            listener,
+            admin.clone(),
+            admin::Scope::MetricsOnly,
+        ));
+    }
     let applier = Applier::new(
         translate_options(&args.source),
         routes.clone(),
@@ -129,7 +157,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(proxy.serve(http));
     tracing::info!(%http_addr, %admin_addr, "switchyard is serving");
     // Tests and scripts read the bound addresses from this line.
-    println!("switchyard listening: http={http_addr} admin={admin_addr}");
+    match &metrics_addr {
+        Some(metrics) => {
+            println!("switchyard listening: http={http_addr} admin={admin_addr} metrics={metrics}")
+        }
+        None => println!("switchyard listening: http={http_addr} admin={admin_addr}"),
+    }
     let _ = std::io::stdout().flush();
 
     shutdown::signal().await;
@@ -168,7 +201,15 @@ fn start_file_source(
     tokio::spawn(async move {
         let _watcher = watcher;
         while files::next_change(&mut changes).await {
-            tokio::task::block_in_place(&mut load_and_apply);
+            // Parsing and translating run on the blocking pool, off the
+            // threads that serve requests; the closure comes back for the
+            // next change.
+            load_and_apply = tokio::task::spawn_blocking(move || {
+                load_and_apply();
+                load_and_apply
+            })
+            .await
+            .expect("loading manifests does not panic");
         }
     });
     Ok(())
@@ -216,7 +257,14 @@ async fn run_cluster(
         // Changes that arrived while we waited are in this snapshot.
         let _ = changed.notified().now_or_never();
         let snapshot = stores.snapshot();
-        let warnings = tokio::task::block_in_place(|| applier.apply(&snapshot));
+        // Translation runs on the blocking pool, off the request threads.
+        let (returned, snapshot, warnings) = tokio::task::spawn_blocking(move || {
+            let warnings = applier.apply(&snapshot);
+            (applier, snapshot, warnings)
+        })
+        .await
+        .expect("translation does not panic");
+        applier = returned;
         if !admin.synced.load(std::sync::atomic::Ordering::Acquire) {
             tracing::info!("initial sync complete: {}", snapshot.summary());
             admin.mark_synced();

@@ -61,6 +61,12 @@ fn help_documents_every_flag_of_the_contract() {
         "--tunnel-idle-timeout",
         "--max-connections",
         "--max-header-bytes",
+        "--upstream-eject-after",
+        "--upstream-eject-backoff",
+        "--upstream-eject-max-backoff",
+        "--max-connections-per-client",
+        "--max-requests-per-client-per-second",
+        "--client-request-burst",
         "--log-format",
         "--log-level",
         "--access-log",
@@ -68,6 +74,8 @@ fn help_documents_every_flag_of_the_contract() {
         "--publish-status-address",
         "--sync-debounce",
         "--election-id",
+        "--metrics-addr",
+        "--worker-threads",
     ] {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }
@@ -295,6 +303,29 @@ async fn metrics_output_passes_promtool() {
 }
 
 #[tokio::test]
+async fn metrics_can_be_served_alone_without_the_route_table() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        route("r", "h", "/", &[backends::refused().await]),
+    )
+    .unwrap();
+    let proxy = Switchyard::start(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
+    let metrics = proxy.metrics.expect("metrics address printed");
+    let answer = get(metrics, "m", "/metrics", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("switchyard_routes 1"));
+    for debug in ["/routes", "/readyz", "/healthz"] {
+        assert_eq!(
+            get(metrics, "m", debug, &[]).await.status,
+            404,
+            "{debug} on the metrics listener"
+        );
+    }
+    assert_eq!(get(proxy.admin, "a", "/routes", &[]).await.status, 200);
+}
+
+#[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
     let echo = backends::echo("echo").await;
     let dir = tempfile::tempdir().unwrap();
@@ -305,7 +336,15 @@ async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
     .unwrap();
     let mut proxy = Switchyard::start(
         dir.path(),
-        &["--drain-timeout", "1500ms", "--log-level", "debug"],
+        &[
+            "--drain-timeout",
+            "1500ms",
+            "--log-level",
+            "debug",
+            // The single-threaded runtime (one core) serves and drains too.
+            "--worker-threads",
+            "1",
+        ],
     );
     wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
 

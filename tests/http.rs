@@ -450,3 +450,16 @@ async fn a_prefix_path_matches_whole_segments_only() {
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
+    let echo = backends::echo("e").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(read_until_closed(&mut silent).await.is_empty(), "closed without a byte");
+    proxy.wait_metric("switchyard_connections_active", &[], 0.0).await;
+}

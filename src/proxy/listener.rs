@@ -1,4 +1,5 @@
-//! The accept loop: connection cap, one task per connection, and the
+//! The accept loop: connection caps (global and per client address), one
+//! task per connection, and the
 //! graceful part of shutdown (stop accepting, let in-flight requests end).
 
 use std::sync::Arc;
@@ -34,11 +35,23 @@ impl Proxy {
                 tracing::debug!(%remote, "connection limit reached; closing new connection");
                 continue;
             };
+            let client_slot = match self.client_limits.connect(remote.ip()) {
+                Ok(client_slot) => client_slot,
+                Err(refusal) => {
+                    self.metrics
+                        .client_limit_rejections
+                        .with_label_values(&[refusal.label()])
+                        .inc();
+                    tracing::debug!(%remote, "per-client connection limit reached; closing new connection");
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             self.metrics.connections_active.inc();
             let conn = Arc::new(ConnInfo {
                 remote,
                 _slot: slot,
+                _client_slot: client_slot,
                 metrics: self.metrics.clone(),
             });
             let proxy = self.clone();
@@ -49,6 +62,17 @@ impl Proxy {
     }
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: Arc<ConnInfo>) {
+        // hyper's header read timeout starts at a request's first byte, and
+        // the HTTP/1-or-2 detection before it has no timeout: a client that
+        // connects and sends nothing would hold its slot for ever. It gets
+        // the same limit as a slow request head.
+        let mut first = [0u8; 1];
+        let first_bytes =
+            tokio::time::timeout(self.config.header_read_timeout, stream.peek(&mut first));
+        if !matches!(first_bytes.await, Ok(Ok(n)) if n > 0) {
+            tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
+            return;
+        }
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {

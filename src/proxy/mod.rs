@@ -3,6 +3,7 @@
 //! forwards it or upgrades it into a tunnel.
 
 pub mod body;
+pub mod client_limits;
 pub mod forward;
 pub mod headers;
 pub mod listener;
@@ -24,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::Metrics;
 use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
+use client_limits::{ClientLimitConfig, ClientLimits, ClientSlot};
 use tunnel::TunnelLimits;
 use upstream::PooledClient;
 
@@ -40,6 +42,8 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// When endpoints that keep failing are taken out of rotation.
     pub passive_health: PassiveHealthConfig,
+    /// Connections and request rate per client address.
+    pub client_limits: ClientLimitConfig,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +61,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 32 * 1024,
             access_log: true,
             passive_health: PassiveHealthConfig::default(),
+            client_limits: ClientLimitConfig::default(),
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct Proxy {
     client: PooledClient,
     http: auto::Builder<TokioExecutor>,
     connection_slots: Arc<Semaphore>,
+    pub client_limits: Arc<ClientLimits>,
 }
 
 impl Proxy {
@@ -90,6 +96,7 @@ impl Proxy {
         Arc::new(Self {
             client: upstream::pooled_client(&config),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            client_limits: ClientLimits::new(config.client_limits),
             routes,
             metrics,
             config,
@@ -104,6 +111,7 @@ impl Proxy {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     _slot: OwnedSemaphorePermit,
+    _client_slot: ClientSlot,
     metrics: Arc<Metrics>,
 }
 

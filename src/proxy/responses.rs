@@ -15,6 +15,8 @@ pub enum LocalReply {
     UpstreamFailed,
     UpgradeMismatch,
     BodyTimeout,
+    /// The client address is over its request rate.
+    TooManyRequests,
 }
 
 impl LocalReply {
@@ -28,6 +30,7 @@ impl LocalReply {
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -43,6 +46,7 @@ impl LocalReply {
                 "the backend switched to a protocol the client did not ask for"
             }
             Self::BodyTimeout => "request body not received in time",
+            Self::TooManyRequests => "too many requests from this client address; retry later",
         }
     }
 
@@ -67,6 +71,10 @@ impl LocalReply {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self == Self::TooManyRequests {
+            // The bucket refills a token within a second at any rate >= 1.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -4,6 +4,7 @@
 //!    parser has refused most malformed heads before this point, answering
 //!    400 (or 431 for an oversized head) and closing; this phase refuses
 //!    what it lets through;
+//!    then the client address's request rate (429), before any lookup;
 //! 2. route: look the host and path up in the table in force (404);
 //! 3. policy: per-route policy applies here, before anything is sent
 //!    (today: which upgrade protocols the route allows);
@@ -65,6 +66,14 @@ pub async fn handle(
     let Some(authority) = authority else {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
     };
+    if let Err(refusal) = proxy.client_limits.request(conn.remote.ip()) {
+        proxy
+            .metrics
+            .client_limit_rejections
+            .with_label_values(&[refusal.label()])
+            .inc();
+        return Ok(exchange.local(&proxy, LocalReply::TooManyRequests));
+    }
 
     // 2. route: the table is read once; a swap from here on changes nothing
     // for this request.

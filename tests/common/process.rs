@@ -13,6 +13,8 @@ pub struct Switchyard {
     pub child: Child,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The metrics-only listener, when `--metrics-addr` was given.
+    pub metrics: Option<SocketAddr>,
     /// Every line the process wrote to stderr (its log), as it arrives.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -68,10 +70,16 @@ impl Switchyard {
                     log.lock().unwrap()
                 )
             });
-        let (http, admin) = addrs.split_once(' ').unwrap();
+        let addr = |key: &str| -> Option<SocketAddr> {
+            addrs
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(|a| a.parse().unwrap())
+        };
         Self {
-            http: http.trim_start_matches("http=").parse().unwrap(),
-            admin: admin.trim_start_matches("admin=").parse().unwrap(),
+            http: addr("http=").unwrap(),
+            admin: addr("admin=").unwrap(),
+            metrics: addr("metrics="),
             child,
             log,
         }
