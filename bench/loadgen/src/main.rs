@@ -5,6 +5,7 @@
 mod backend;
 mod client;
 mod report;
+mod soak;
 mod suite;
 mod sysstat;
 mod targets;
@@ -31,6 +32,24 @@ enum Cmd {
     Backend {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+    },
+    /// Soak switchyard: mixed load, manifest changes and a backend killed
+    /// every 20 s; samples RSS and descriptors; fails on growth or loss.
+    Soak {
+        /// The switchyard binary (a release build).
+        #[arg(long)]
+        switchyard: PathBuf,
+        /// Length of the run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Seconds before the level that growth is measured from (default:
+        /// a quarter of the run, at most 60).
+        #[arg(long)]
+        warmup: Option<u64>,
+        #[arg(long, default_value = "bench/soak.csv")]
+        csv: PathBuf,
+        #[arg(long, default_value = "bench/soak.png")]
+        png: PathBuf,
     },
     /// Run every figure against every target and write the report.
     Suite {
@@ -78,6 +97,27 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Cmd::Backend { addr } => runtime.block_on(backend::serve(addr)),
+        Cmd::Soak {
+            switchyard,
+            seconds,
+            warmup,
+            csv,
+            png,
+        } => {
+            // The soak drives more at once than the figures: two workers.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let settings = soak::Settings {
+                switchyard,
+                seconds,
+                warmup: warmup.unwrap_or((seconds / 4).min(60)),
+                csv,
+                png,
+            };
+            soak::run(&settings, &runtime)
+        }
         Cmd::Suite {
             switchyard,
             proxy_cpu,
