@@ -63,17 +63,27 @@ async fn wait_ready(proxy: &Switchyard) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn initial_sync_makes_the_proxy_ready_and_routes_traffic() {
-    let echo = backends::echo("from-cluster").await;
+/// A fake API server holding our IngressClass and a route for `web.test`
+/// to `echo`, and a ready switchyard (pod `pod-a`) reading it.
+async fn serve_web(
+    echo: &backends::Echo,
+    extra: &[&str],
+) -> (FakeApiServer, tempfile::TempDir, Switchyard) {
     let api = FakeApiServer::start().await;
     load(
         &api,
         &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
     );
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
+    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", extra);
     wait_ready(&proxy).await;
+    (api, dir, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_makes_the_proxy_ready_and_routes_traffic() {
+    let echo = backends::echo("from-cluster").await;
+    let (api, _dir, proxy) = serve_web(&echo, &[]).await;
     let answer = get(proxy.http, "web.test", "/hello", &[]).await;
     assert_eq!(answer.status, 200);
     assert!(answer.body.starts_with("from-cluster\nGET /hello"));
@@ -194,14 +204,7 @@ async fn add_change_and_delete_of_each_kind_change_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_watch_relists_without_a_gap_in_serving() {
     let echo = backends::echo("steady").await;
-    let api = FakeApiServer::start().await;
-    load(
-        &api,
-        &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
+    let (api, _dir, proxy) = serve_web(&echo, &[]).await;
     let lists_before = api
         .requests()
         .iter()
@@ -282,14 +285,7 @@ async fn api_server_down_at_start_means_not_ready_then_ready_once_it_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_while_running_keeps_traffic_flowing_and_reports_staleness() {
     let echo = backends::echo("kept").await;
-    let api = FakeApiServer::start().await;
-    load(
-        &api,
-        &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
+    let (api, _dir, proxy) = serve_web(&echo, &[]).await;
     assert_eq!(
         metric(
             proxy.admin,
@@ -563,14 +559,7 @@ async fn the_file_and_kube_sources_give_identical_route_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watch_connections_resume_without_losing_the_table() {
     let echo = backends::echo("steady").await;
-    let api = FakeApiServer::start().await;
-    load(
-        &api,
-        &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
+    let (api, _dir, proxy) = serve_web(&echo, &[]).await;
     api.wait_watches(5).await;
 
     api.drop_watches();

@@ -19,6 +19,19 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SWITCH: &str = "HTTP/1.1 101 Switching Protocols";
 
+/// A scripted backend's side of a WebSocket upgrade: reads the request
+/// head, answers 101; returns bytes the client sent behind its head.
+async fn switch_to_websocket(stream: &mut TcpStream) -> Vec<u8> {
+    let (_, early) = read_head(stream).await;
+    write_head(
+        stream,
+        SWITCH,
+        &["Upgrade: websocket", "Connection: Upgrade"],
+    )
+    .await;
+    early
+}
+
 async fn websocket(
     proxy: &TestProxy,
     host: &str,
@@ -86,13 +99,7 @@ async fn a_real_websocket_client_talks_to_a_real_websocket_server() {
 #[tokio::test]
 async fn a_backend_reset_mid_tunnel_reaches_metrics_never_the_client() {
     let backend = backends::scripted(|mut s| async move {
-        read_head(&mut s).await;
-        write_head(
-            &mut s,
-            SWITCH,
-            &["Upgrade: websocket", "Connection: Upgrade"],
-        )
-        .await;
+        switch_to_websocket(&mut s).await;
         s.write_all(b"tunnel bytes").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         reset(s);
@@ -148,13 +155,7 @@ async fn a_client_reset_mid_tunnel_leaves_the_proxy_healthy() {
 /// A backend that upgrades, reads to EOF, then answers with what it read.
 async fn half_close_backend() -> std::net::SocketAddr {
     backends::scripted(|mut s| async move {
-        let (_, early) = read_head(&mut s).await;
-        write_head(
-            &mut s,
-            SWITCH,
-            &["Upgrade: websocket", "Connection: Upgrade"],
-        )
-        .await;
+        let early = switch_to_websocket(&mut s).await;
         let mut got = early;
         s.read_to_end(&mut got).await.unwrap();
         s.write_all(b"backend got: ").await.unwrap();
@@ -192,13 +193,7 @@ async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
 #[tokio::test]
 async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
     let backend = backends::scripted(|mut s| async move {
-        read_head(&mut s).await;
-        write_head(
-            &mut s,
-            SWITCH,
-            &["Upgrade: websocket", "Connection: Upgrade"],
-        )
-        .await;
+        switch_to_websocket(&mut s).await;
         s.write_all(b"bye").await.unwrap();
         let (mut read, mut write) = s.into_split();
         write.shutdown().await.unwrap(); // half-close towards the client
