@@ -359,10 +359,15 @@ pub async fn tunnel_rtt(target: &Target, round_trips: u64) -> std::io::Result<Rt
     })
 }
 
-/// Opens `count` idle tunnels (64 at a time) and returns them open.
-pub async fn open_idle_tunnels(target: &Target, count: usize) -> std::io::Result<Vec<TcpStream>> {
+/// Opens `count` idle tunnels (64 at a time) and returns them open; on a
+/// failure, the tunnels opened so far and the error.
+pub async fn open_idle_tunnels(
+    target: &Target,
+    count: usize,
+) -> Result<Vec<TcpStream>, (Vec<TcpStream>, std::io::Error)> {
     let mut open = Vec::with_capacity(count);
-    while open.len() < count {
+    let mut failed = None;
+    while open.len() < count && failed.is_none() {
         let batch = (count - open.len()).min(64);
         let mut tasks = Vec::with_capacity(batch);
         for _ in 0..batch {
@@ -370,10 +375,16 @@ pub async fn open_idle_tunnels(target: &Target, count: usize) -> std::io::Result
             tasks.push(tokio::spawn(async move { upgrade(&target, "/idle").await }));
         }
         for t in tasks {
-            open.push(t.await.expect("upgrade task")?);
+            match t.await.expect("upgrade task") {
+                Ok(stream) => open.push(stream),
+                Err(e) => failed = Some(e),
+            }
         }
     }
-    Ok(open)
+    match failed {
+        None => Ok(open),
+        Some(e) => Err((open, e)),
+    }
 }
 
 /// Waits until a plain request to `target` answers 200 (or `limit` passes).

@@ -40,6 +40,8 @@ pub struct FigureLoad {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleTunnels {
+    /// Why fewer tunnels than planned were opened, if so.
+    pub refused: Option<String>,
     pub count: usize,
     pub rss_before: u64,
     pub rss_after: u64,
@@ -238,16 +240,31 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
     let mut samples = vec![(0, rss_before)];
     let mut open = Vec::with_capacity(count);
     let step = (count / 8).max(1);
+    let mut refused = None;
     while open.len() < count {
         let batch = step.min(count - open.len());
-        open.extend(client::open_idle_tunnels(&running.target, batch).await?);
+        match client::open_idle_tunnels(&running.target, batch).await {
+            Ok(tunnels) => open.extend(tunnels),
+            // A proxy that cannot hold this many is a finding, not a crash:
+            // report what it held.
+            Err((tunnels, error)) => {
+                open.extend(tunnels);
+                refused = Some(format!("stopped at {} tunnels: {error}", open.len()));
+                break;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         samples.push((open.len(), running.rss_bytes()));
     }
     tokio::time::sleep(settle).await;
     let rss_after = running.rss_bytes();
+    let count = open.len().max(1);
     drop(open);
+    if let Some(why) = &refused {
+        eprintln!("  idle tunnels: {why}");
+    }
     Ok(IdleTunnels {
+        refused,
         count,
         rss_before,
         rss_after,
