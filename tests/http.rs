@@ -460,6 +460,11 @@ async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
     };
     let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
     let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
-    assert!(read_until_closed(&mut silent).await.is_empty(), "closed without a byte");
-    proxy.wait_metric("switchyard_connections_active", &[], 0.0).await;
+    assert!(
+        read_until_closed(&mut silent).await.is_empty(),
+        "closed without a byte"
+    );
+    proxy
+        .wait_metric("switchyard_connections_active", &[], 0.0)
+        .await;
 }

@@ -176,12 +176,10 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         .targets
         .iter()
         .filter_map(|t| {
-            t.idle_tunnels
-                .as_ref()
-                .map(|i| match &i.refused {
-                    Some(why) => format!("{} {} ({why})", t.kind.name(), i.count),
-                    None => format!("{} {}", t.kind.name(), i.count),
-                })
+            t.idle_tunnels.as_ref().map(|i| match &i.refused {
+                Some(why) => format!("{} {} ({why})", t.kind.name(), i.count),
+                None => format!("{} {}", t.kind.name(), i.count),
+            })
         })
         .collect::<Vec<_>>()
         .join(", ");
