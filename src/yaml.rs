@@ -113,31 +113,58 @@ fn without_location(message: &str) -> String {
 }
 
 /// The 1-based line on which each document starts, in the order the
-/// documents appear. A `---` marker before any content does not open an
-/// extra document.
+/// documents appear, empty ones included (they count in
+/// [`Document::index`]). A document opened by `---` starts on the next
+/// line, or on the marker's own line when content follows it there; only
+/// the first document can start without a marker, on its first content
+/// line (a `---` before any content does not open an extra document).
 fn document_start_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
-    let mut current_start = Some(1);
-    let mut seen_content = false;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in yaml_lines(text).enumerate() {
         let number = i + 1;
-        if line == "---" || line.starts_with("--- ") {
-            if seen_content {
-                starts.extend(current_start);
-            }
-            current_start = Some(number + 1);
-            seen_content = false;
-        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') && !seen_content {
-            seen_content = true;
-            if current_start.is_none() {
-                current_start = Some(number);
+        if let Some(rest) = line
+            .strip_prefix("---")
+            .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        {
+            let rest = rest.trim_start_matches([' ', '\t']);
+            let content_on_marker = !rest.is_empty() && !rest.starts_with('#');
+            let start = if content_on_marker {
+                number
+            } else {
+                number + 1
+            };
+            starts.push(start);
+        } else if starts.is_empty() {
+            let trimmed = line.trim_matches([' ', '\t']);
+            let content = !trimmed.is_empty() && !trimmed.starts_with('#');
+            // `%YAML` and `%TAG` directives come before a `---`.
+            if content && !line.starts_with('%') {
+                starts.push(number);
             }
         }
     }
-    if seen_content {
-        starts.extend(current_start);
-    }
     starts
+}
+
+/// The lines of a text as YAML parsers count them: `\n`, `\r\n`, a lone
+/// `\r` and the Unicode breaks NEL, LS and PS each end a line.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let Some(at) = text.find(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']) else {
+            rest = None;
+            return Some(text);
+        };
+        let after = &text[at..];
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else {
+            after.chars().next().map_or(1, char::len_utf8)
+        };
+        rest = Some(&after[skip..]);
+        Some(&text[..at])
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +178,40 @@ mod tests {
         assert!(error.is_none());
         let lines: Vec<_> = docs.iter().map(|d| (d.index, d.line)).collect();
         assert_eq!(lines, vec![(1, 3), (2, 5)]);
+    }
+
+    // Found by fuzzing (fuzz/fuzz_targets/manifest_loader.rs): content on
+    // the `---` line was not seen, so document 2 had no start line of its
+    // own and was reported on line 1.
+    #[test]
+    fn content_on_the_marker_line_starts_its_document_there() {
+        let (docs, error) = documents("base: &metadata\n--- poue\n");
+        assert!(error.is_none());
+        let lines: Vec<_> = docs.iter().map(|d| (d.index, d.line)).collect();
+        assert_eq!(lines, vec![(1, 1), (2, 2)]);
+        let (docs, _) = documents("--- {a: 1}\n--- # b\nb: 2\n");
+        let lines: Vec<_> = docs.iter().map(|d| (d.index, d.line)).collect();
+        assert_eq!(lines, vec![(1, 1), (2, 3)]);
+    }
+
+    #[test]
+    fn empty_documents_do_not_shift_the_lines_of_later_ones() {
+        let text = "a: 1\n---\n# commented out\n---\n---\nb: 2\n";
+        let (docs, error) = documents(text);
+        assert!(error.is_none());
+        let lines: Vec<_> = docs.iter().map(|d| (d.index, d.line)).collect();
+        assert_eq!(lines, vec![(1, 1), (4, 6)]);
+    }
+
+    #[test]
+    fn lines_are_counted_as_yaml_counts_them() {
+        // A lone CR, CRLF, NEL and LS each end a line; a directive does not
+        // open a document.
+        let text = "%YAML 1.1\n---\r\na: 1\r---\u{85}b: 2\u{2028}---\t{c: 3}\n";
+        let (docs, error) = documents(text);
+        assert!(error.is_none(), "{error:?}");
+        let lines: Vec<_> = docs.iter().map(|d| (d.index, d.line)).collect();
+        assert_eq!(lines, vec![(1, 3), (2, 5), (3, 6)]);
     }
 
     #[test]
