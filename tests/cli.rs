@@ -42,6 +42,16 @@ async fn wait_admin(
     panic!("{path} never satisfied the check; last answer: {last}");
 }
 
+/// A WebSocket through the proxy at `http` to `/ws` on `host`.
+async fn websocket(
+    http: std::net::SocketAddr,
+    host: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = format!("ws://{http}/ws").into_client_request().unwrap();
+    request.headers_mut().insert("host", host.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
 #[test]
 fn help_documents_every_flag_of_the_contract() {
     let (code, help, _) = switchyard(&["run", "--help"]);
@@ -251,11 +261,7 @@ async fn metrics_output_passes_promtool() {
     // Exercise request, upgrade and tunnel families so they have samples.
     assert_eq!(get(proxy.http, "h", "/", &[]).await.status, 200);
     assert_eq!(get(proxy.http, "nowhere", "/", &[]).await.status, 404);
-    let mut request = format!("ws://{}/ws", proxy.http)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert("host", "h".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = websocket(proxy.http, "h").await;
     ws.send(Message::text("x")).await.unwrap();
     ws.next().await.unwrap().unwrap();
     ws.close(None).await.unwrap();
@@ -348,11 +354,7 @@ async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
     );
     wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
 
-    let mut request = format!("ws://{}/ws", proxy.http)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert("host", "h".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = websocket(proxy.http, "h").await;
     let slow = tokio::spawn(get(proxy.http, "h", "/slow", &[]));
     tokio::time::sleep(Duration::from_millis(100)).await;
 

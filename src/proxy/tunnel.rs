@@ -456,6 +456,27 @@ mod tests {
         TunnelCounters::for_route(&metrics, &RouteLabels::default())
     }
 
+    /// A tunnel between two 64-byte in-memory pipes, running; returns its
+    /// task and the client's and backend's ends.
+    fn start(
+        idle: Duration,
+    ) -> (
+        tokio::task::JoinHandle<TunnelOutcome>,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (client, client_peer) = duplex(64);
+        let (backend, backend_peer) = duplex(64);
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(idle),
+            CancellationToken::new(),
+            counters(),
+        );
+        (tokio::spawn(tunnel.run()), client_peer, backend_peer)
+    }
+
     fn limits(idle: Duration) -> TunnelLimits {
         TunnelLimits {
             idle_timeout: idle,
@@ -465,16 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_close_each_way_keeps_the_other_direction_flowing() {
-        let (client, mut client_peer) = duplex(64);
-        let (backend, mut backend_peer) = duplex(64);
-        let tunnel = Tunnel::new(
-            client,
-            backend,
-            limits(Duration::from_secs(30)),
-            CancellationToken::new(),
-            counters(),
-        );
-        let task = tokio::spawn(tunnel.run());
+        let (task, mut client_peer, mut backend_peer) = start(Duration::from_secs(30));
 
         client_peer.write_all(b"ping").await.unwrap();
         client_peer.shutdown().await.unwrap();
@@ -503,16 +515,7 @@ mod tests {
     async fn a_slow_reader_gets_every_byte_in_order() {
         // 64-byte pipes take far less than one read: most writes are
         // partial, so the pending path carries the data.
-        let (client, mut client_peer) = duplex(64);
-        let (backend, mut backend_peer) = duplex(64);
-        let tunnel = Tunnel::new(
-            client,
-            backend,
-            limits(Duration::from_secs(30)),
-            CancellationToken::new(),
-            counters(),
-        );
-        let task = tokio::spawn(tunnel.run());
+        let (task, mut client_peer, mut backend_peer) = start(Duration::from_secs(30));
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {
@@ -536,16 +539,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_closes_after_the_idle_timeout_not_before() {
-        let (client, mut client_peer) = duplex(64);
-        let (backend, mut backend_peer) = duplex(64);
-        let tunnel = Tunnel::new(
-            client,
-            backend,
-            limits(Duration::from_secs(10)),
-            CancellationToken::new(),
-            counters(),
-        );
-        let task = tokio::spawn(tunnel.run());
+        let (task, mut client_peer, mut backend_peer) = start(Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(8)).await;
         client_peer.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
@@ -600,16 +594,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_vanished_backend_is_a_backend_error() {
-        let (client, mut client_peer) = duplex(64);
-        let (backend, backend_peer) = duplex(64);
-        let tunnel = Tunnel::new(
-            client,
-            backend,
-            limits(Duration::from_secs(30)),
-            CancellationToken::new(),
-            counters(),
-        );
-        let task = tokio::spawn(tunnel.run());
+        let (task, mut client_peer, backend_peer) = start(Duration::from_secs(30));
         drop(backend_peer);
         client_peer.write_all(b"into the void").await.unwrap();
         let outcome = task.await.unwrap();
