@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::observe::RequestRecord;
+use super::pool::Checkin;
 
 /// A client that stops sending its request body for longer than this is cut off.
 #[derive(Debug)]
@@ -213,7 +214,9 @@ impl Body for UpstreamBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    /// A backend's body, and the right to pool its connection again once
+    /// the body has been read to its end.
+    Upstream(Incoming, Option<Checkin>),
     Full(Option<Bytes>),
 }
 
@@ -226,9 +229,16 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: Incoming, mut checkin: Option<Checkin>) -> Self {
+        // hyper never polls a body that says it is over (no body, or
+        // `Content-Length: 0`): its connection is free now.
+        if body.is_end_stream()
+            && let Some(checkin) = checkin.as_mut()
+        {
+            checkin.release();
+        }
         Self {
-            inner: Inner::Upstream(body),
+            inner: Inner::Upstream(body, checkin),
             record: None,
         }
     }
@@ -261,7 +271,16 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let frame = match &mut this.inner {
-            Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Inner::Upstream(body, checkin) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                // At the end, or the frame that reaches it (hyper does not
+                // poll again after that).
+                let ended = matches!(frame, None | Some(Ok(_))) && body.is_end_stream();
+                if ended && let Some(checkin) = checkin.as_mut() {
+                    checkin.release();
+                }
+                frame
+            }
             Inner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         match &frame {
@@ -283,14 +302,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(body, _) => body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(body, _) => body.size_hint(),
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -2,25 +2,27 @@
 //! the keep-alive pool, try another endpoint when an attempt fails and the
 //! request allows it, relay the answer.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::Proxy;
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
 use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::pool::Checkin;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use crate::routes::{Pick, Route};
 
 /// What the backend is told about where a request came from.
 pub struct Origin<'a> {
-    pub client: IpAddr,
+    /// The client's address, as the `X-Forwarded-For` value.
+    pub forwarded_for: &'a HeaderValue,
     /// The request's authority as the client sent it (port included).
-    pub authority: &'a str,
+    pub authority: &'a HeaderValue,
 }
 
 /// Rewrites request headers for the backend: hop-by-hop headers removed,
@@ -28,10 +30,13 @@ pub struct Origin<'a> {
 /// `:authority`), forwarding headers set.
 pub fn prepare_headers(parts: &mut http::request::Parts, origin: &Origin<'_>) {
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(host) = HeaderValue::from_str(origin.authority) {
-        parts.headers.insert(header::HOST, host);
-    }
-    set_forwarded(&mut parts.headers, origin.client, origin.authority, "http");
+    parts.headers.insert(header::HOST, origin.authority.clone());
+    set_forwarded(
+        &mut parts.headers,
+        origin.forwarded_for,
+        origin.authority,
+        "http",
+    );
     parts.version = Version::HTTP_11;
 }
 
@@ -75,17 +80,16 @@ pub async fn forward(
         } else {
             copy_head(head.as_ref().expect("the head is kept for retries"))
         };
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(endpoint.addr.to_string())
-            .path_and_query(path.clone())
-            .build()
-            .expect("socket address and path form a valid URI");
+        // Origin form: the connection is to the endpoint already.
+        parts.uri = Uri::from(path.clone());
         let body = streamed.take().unwrap_or(UpstreamBody::Empty);
-        let result = send(proxy, Request::from_parts(parts, body), progress.as_deref()).await;
+        let request = Request::from_parts(parts, body);
+        let result = send(proxy, endpoint.addr, request, progress.as_deref()).await;
         record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
         match result {
-            Ok(response) => return (endpoint.addr, Ok(relay(response))),
+            Ok((response, checkin)) => {
+                return (endpoint.addr, Ok(relay(response, Some(checkin))));
+            }
             Err(error) => match attempts.retry(&route.backend, &error) {
                 Some(next) => endpoint = next,
                 None => return (endpoint.addr, Err(error)),
@@ -96,17 +100,17 @@ pub async fn forward(
 
 async fn send(
     proxy: &Proxy,
+    addr: SocketAddr,
     request: Request<UpstreamBody>,
     progress: Option<&BodyProgress>,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
     upstream::within_response_timeout(
-        proxy.client.request(request),
+        proxy.pool.send(addr, request),
         proxy.config.upstream_response_timeout,
         progress,
     )
     .await
     .ok_or(UpstreamError::ResponseTimeout)?
-    .map_err(UpstreamError::from_client)
 }
 
 /// The head of a request, for another attempt (extensions are not sent to
@@ -120,9 +124,11 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     request.into_parts().0
 }
 
-/// A backend response on its way to the client, hop-by-hop headers removed.
-pub fn relay(response: Response<Incoming>) -> Response<ResponseBody> {
+/// A backend response on its way to the client, hop-by-hop headers
+/// removed; a pooled connection goes back with `checkin` once its body
+/// has been read to its end.
+pub fn relay(response: Response<Incoming>, checkin: Option<Checkin>) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::upstream(body))
+    Response::from_parts(parts, ResponseBody::upstream(body, checkin))
 }

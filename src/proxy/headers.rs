@@ -48,6 +48,12 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// `Connection` header cannot make us drop `Host` or the body framing the
 /// next hop depends on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper
+    // than a removal (a hash and a probe) for each.
+    let hop_by_hop = fixed_hop_by_hop();
+    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
@@ -60,17 +66,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` for the backend. switchyard
-/// is the edge: values a client sent are replaced, not trusted.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str, proto: &'static str) {
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+/// A client address as the value of `X-Forwarded-For`; made once per
+/// client connection, not per request.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Sets `X-Forwarded-For` (to `client`, from [`forwarded_for`]), `-Proto`
+/// and `-Host` for the backend. switchyard is the edge: values a client
+/// sent are replaced, not trusted.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    host: &HeaderValue,
+    proto: &'static str,
+) {
+    headers.insert(X_FORWARDED_FOR.clone(), client.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match HeaderValue::from_str(host) {
-        Ok(v) => headers.insert(X_FORWARDED_HOST.clone(), v),
-        Err(_) => headers.remove(&X_FORWARDED_HOST),
-    };
+    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
 }
 
 /// The request's `X-Request-Id`, set to a new UUID if the client sent none.
@@ -78,7 +91,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
         return id.clone();
     }
-    let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is ascii");
+    let mut text = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    let id = HeaderValue::from_str(text).expect("uuid is ascii");
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
@@ -111,7 +126,9 @@ mod tests {
     fn forwarded_headers_replace_what_the_client_sent() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR.clone(), "6.6.6.6".parse().unwrap());
-        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), "example.com", "http");
+        let client = forwarded_for("10.1.2.3".parse().unwrap());
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(&mut h, &client, &host, "http");
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");

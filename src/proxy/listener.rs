@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
 use super::{ConnInfo, Proxy, service};
 
@@ -50,6 +51,7 @@ impl Proxy {
             self.metrics.connections_active.inc();
             let conn = Arc::new(ConnInfo {
                 remote,
+                forwarded_for: forwarded_for(remote.ip()),
                 _slot: slot,
                 _client_slot: client_slot,
                 metrics: self.metrics.clone(),

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod headers;
 pub mod listener;
 pub mod observe;
+pub mod pool;
 pub mod responses;
 pub mod service;
 pub mod tunnel;
@@ -26,8 +27,8 @@ use crate::metrics::Metrics;
 use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
 use client_limits::{ClientLimitConfig, ClientLimits, ClientSlot};
+use pool::Pool;
 use tunnel::TunnelLimits;
-use upstream::PooledClient;
 
 /// Limits and timeouts of the data plane.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +73,7 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub config: ProxyConfig,
     pub shutdown: Shutdown,
-    client: PooledClient,
+    pool: Arc<Pool>,
     http: auto::Builder<TokioExecutor>,
     connection_slots: Arc<Semaphore>,
     pub client_limits: Arc<ClientLimits>,
@@ -94,7 +95,10 @@ impl Proxy {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         Arc::new(Self {
-            client: upstream::pooled_client(&config),
+            pool: Pool::new(
+                config.upstream_connect_timeout,
+                config.upstream_response_timeout,
+            ),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             client_limits: ClientLimits::new(config.client_limits),
             routes,
@@ -110,6 +114,8 @@ impl Proxy {
 /// connection and any tunnel it became are gone.
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// `remote`'s address as the `X-Forwarded-For` value, made once.
+    pub forwarded_for: http::HeaderValue,
     _slot: OwnedSemaphorePermit,
     _client_slot: ClientSlot,
     metrics: Arc<Metrics>,

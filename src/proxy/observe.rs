@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode};
 
-use crate::metrics::{Metrics, code_class, route_values};
+use crate::metrics::{Metrics, RouteRequestMetrics, code_class, route_values};
 use crate::routes::{Route, RouteLabels};
 
 /// The tracing target of access log lines, for filtering
@@ -90,14 +90,22 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         let [ns, ingress, service] = route_values(self.labels());
-        self.metrics
-            .requests
-            .with_label_values(&[ns, ingress, service, code_class(self.status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[ns, ingress, service])
-            .observe(elapsed.as_secs_f64());
+        match &self.route {
+            Some(route) => route
+                .request_metrics
+                .get_or_init(|| RouteRequestMetrics::new(&self.metrics, &route.labels))
+                .observe(self.status, elapsed),
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[ns, ingress, service, code_class(self.status)])
+                    .inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[ns, ingress, service])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if let Some(a) = &self.access {
             tracing::info!(
                 target: ACCESS_TARGET,

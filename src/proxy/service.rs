@@ -43,11 +43,12 @@ pub async fn handle(
         request_id: None,
         access: None,
     };
-    let authority = request_authority(&request);
+    let authority_value = request_authority(&request);
+    let authority = authority_value.as_ref().and_then(|v| v.to_str().ok());
     if proxy.config.access_log {
         exchange.access = Some(Box::new(AccessFields {
             method: request.method().clone(),
-            host: authority.clone().unwrap_or_default(),
+            host: authority.unwrap_or_default().to_string(),
             path: request.uri().path().to_string(),
             client: conn.remote,
             request_id: None,
@@ -60,10 +61,10 @@ pub async fn handle(
     if let UpgradeRequest::Invalid(why) = upgrade {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
-    if let Err(why) = validate(&request, authority.as_deref()) {
+    if let Err(why) = validate(&request, authority) {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
-    let Some(authority) = authority else {
+    let (Some(authority), Some(authority_value)) = (authority, authority_value.as_ref()) else {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
     };
     if let Err(refusal) = proxy.client_limits.request(conn.remote.ip()) {
@@ -80,7 +81,7 @@ pub async fn handle(
     let Some(route) = proxy
         .routes
         .load()
-        .lookup(&authority, request.uri().path())
+        .lookup(authority, request.uri().path())
         .cloned()
     else {
         return Ok(exchange.local(&proxy, LocalReply::NoRoute));
@@ -113,8 +114,8 @@ pub async fn handle(
     // 5. forward or upgrade; a failed attempt may go to another endpoint
     // (upstream::Attempts), and each one is counted as it ends
     let origin = Origin {
-        client: conn.remote.ip(),
-        authority: &authority,
+        forwarded_for: &conn.forwarded_for,
+        authority: authority_value,
     };
     let upgrading = !protocols.is_empty();
     let (endpoint, result) = if !upgrading {
@@ -208,17 +209,17 @@ fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), 
 }
 
 /// The host a request is for: the URI's authority (HTTP/2) or the `Host`
-/// header.
-fn request_authority(request: &Request<Incoming>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_string());
-    }
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
+/// header, as a header value (sent on as `Host` and `X-Forwarded-Host`
+/// without a copy) that is known to be a non-empty string.
+fn request_authority(request: &Request<Incoming>) -> Option<HeaderValue> {
+    let value = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok()?,
+        None => request.headers().get(header::HOST)?.clone(),
+    };
+    value
+        .to_str()
+        .is_ok_and(|host| !host.is_empty())
+        .then_some(value)
 }
 
 /// What is known about a request so far, for its record.

@@ -1,5 +1,6 @@
-//! Talking to backends: a pooled keep-alive client for ordinary requests,
-//! dedicated connections for upgrades, the classification of failures
+//! Talking to backends: opening connections (kept alive by
+//! [`super::pool`] for ordinary requests, dedicated for upgrades), the
+//! classification of failures
 //! into the answer the client gets, when a failed attempt is tried again on
 //! another endpoint, and what each attempt tells passive health.
 
@@ -12,64 +13,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Method, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::Method;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::Proxy;
-use super::body::{BodyProgress, BodyReadTimeout, UpstreamBody};
+use super::body::{BodyProgress, BodyReadTimeout};
 use super::responses::LocalReply;
 use crate::metrics::route_values;
 use crate::routes::passive_health::{Ejection, EndpointHealth};
 use crate::routes::{Backend, Pick, Route};
-
-/// How long an idle pooled backend connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-pub type RequestBody = UpstreamBody;
-pub type PooledClient = Client<Connector, RequestBody>;
-
-/// The keep-alive pool. Its connections give up on a backend that takes
-/// no bytes for `upstream_response_timeout` (see [`StallGuard`]).
-pub fn pooled_client(config: &super::ProxyConfig) -> PooledClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.upstream_connect_timeout));
-    http.set_nodelay(true);
-    let connector = Connector {
-        http,
-        write_stall: config.upstream_response_timeout,
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// Opens pooled backend connections: TCP, wrapped in a [`StallGuard`].
-#[derive(Clone)]
-pub struct Connector {
-    http: HttpConnector,
-    write_stall: Duration,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = StallGuard<TokioIo<TcpStream>>;
-    type Error = Box<dyn StdError + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
-        let limit = self.write_stall;
-        Box::pin(async move { Ok(StallGuard::new(connecting.await?, limit)) })
-    }
-}
 
 /// A backend connection that fails its writes once the backend has taken
 /// no bytes for `limit`. Without it, a backend that stops reading a
@@ -87,7 +41,7 @@ pub struct StallGuard<T> {
 }
 
 impl<T> StallGuard<T> {
-    fn new(inner: T, limit: Duration) -> Self {
+    pub fn new(inner: T, limit: Duration) -> Self {
         Self {
             inner,
             limit,
@@ -177,14 +131,8 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<T> {
     }
 }
 
-impl<T: Connection> Connection for StallGuard<T> {
-    fn connected(&self) -> Connected {
-        self.inner.connected()
-    }
-}
-
-/// Opens a fresh connection for an upgrade; it is never pooled, so it is
-/// released the moment its exchange ends.
+/// Opens a connection to a backend: for the pool, or for an upgrade (never
+/// pooled, so released the moment its exchange ends).
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
@@ -381,30 +329,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Sorts a pooled-client error by its cause.
-    pub fn from_client(error: hyper_util::client::legacy::Error) -> Self {
-        if caused_by::<BodyReadTimeout>(&error) {
-            return Self::ClientBodyTimeout;
-        }
-        if stalled(&error) {
-            return Self::ResponseTimeout;
-        }
-        if is_user_error(&error) {
-            return Self::Local(Box::new(error));
-        }
-        if error.is_connect() {
-            let timed_out = source_chain(&error)
-                .filter_map(|e| e.downcast_ref::<io::Error>())
-                .any(|e| e.kind() == io::ErrorKind::TimedOut);
-            return if timed_out {
-                Self::ConnectTimeout
-            } else {
-                Self::Connect(io::Error::other(error.to_string()))
-            };
-        }
-        Self::Other(Box::new(error))
-    }
-
     pub fn from_hyper(error: hyper::Error) -> Self {
         if caused_by::<BodyReadTimeout>(&error) {
             Self::ClientBodyTimeout

@@ -7,15 +7,20 @@
 //! virtual host in nginx); a request whose path matches none of them goes
 //! to the default backend, then the fallback, else 404.
 
-use std::collections::HashMap;
+/// The table's maps. Lookups hash the request's host and path, so the
+/// hash is on the hot path; foldhash is several times cheaper than the
+/// standard SipHash. Hash flooding needs inserts, and only configuration
+/// inserts here (and the seed is random per process all the same).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::host::{HostPattern, normalize_request_host, wildcard_suffix};
 use super::passive_health::{EndpointHealth, HealthGeneration, HealthRegistry, LazyNow};
 use super::path::{prefix_candidates, rule_key};
 use super::spec::{RouteSpec, RouteTableSpec};
+use crate::metrics::RouteRequestMetrics;
 
 /// One route: where requests go and what policy applies. The place later
 /// per-route policy (timeouts, limits, rewrites, ...) is added.
@@ -25,6 +30,8 @@ pub struct Route {
     pub backend: Backend,
     /// Lower-case upgrade tokens this route may tunnel.
     pub upgrades: Box<[Box<str>]>,
+    /// This route's request metrics, resolved by its first request.
+    pub request_metrics: OnceLock<RouteRequestMetrics>,
 }
 
 impl Route {
@@ -42,6 +49,7 @@ impl Route {
             },
             backend: Backend::new(&spec.backend.endpoints, health),
             upgrades: spec.upgrades.iter().map(|u| u.as_str().into()).collect(),
+            request_metrics: OnceLock::new(),
         }
     }
 
