@@ -35,6 +35,16 @@ pub struct HttpResult {
     pub p999_us: u64,
     /// Request payload throughput, MB/s (bodies only).
     pub mb_per_s: f64,
+    /// CPU the proxy spent per request, when a proxy was measured.
+    pub proxy_cpu: Option<CpuPerRequest>,
+}
+
+/// A proxy's CPU time per request over one figure, in user space and in
+/// the kernel (where loopback TCP is processed, for the sender's side).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuPerRequest {
+    pub user_us: f64,
+    pub kernel_us: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -148,6 +158,7 @@ pub async fn http_load_until(
         p99_us: all.value_at_quantile(0.99),
         p999_us: all.value_at_quantile(0.999),
         mb_per_s: (requests as f64 * body_bytes as f64) / elapsed / 1e6,
+        proxy_cpu: None,
     }
 }
 

@@ -128,6 +128,30 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
             |t| t.http.get(i).map(|h| h.p999_us as f64),
         );
     }
+    for (i, c) in levels.iter().enumerate() {
+        row(
+            &mut out,
+            &format!("proxy CPU per request / {c} conn, user (µs)"),
+            results,
+            |t| {
+                t.http
+                    .get(i)
+                    .and_then(|h| h.proxy_cpu)
+                    .map(|cpu| cpu.user_us)
+            },
+        );
+        row(
+            &mut out,
+            &format!("proxy CPU per request / {c} conn, kernel (µs)"),
+            results,
+            |t| {
+                t.http
+                    .get(i)
+                    .and_then(|h| h.proxy_cpu)
+                    .map(|cpu| cpu.kernel_us)
+            },
+        );
+    }
     row(&mut out, "64 KiB request bodies (MB/s)", results, |t| {
         t.bodies.first().map(|b| b.mb_per_s)
     });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{self, HttpResult, RateResult, RttResult, Target, Until};
+use crate::client::{self, CpuPerRequest, HttpResult, RateResult, RttResult, Target, Until};
 use crate::sysstat::{self, Disturbance};
 use crate::targets::{Kind, Running, Setup};
 use crate::translate_bench::{self, TranslateResult};
@@ -160,10 +160,23 @@ async fn measure_target(
     let seconds = Duration::from_secs(plan.figure_seconds);
     let mut loads = Vec::new();
 
+    let proxy_pids = running.pid().map(sysstat::process_tree).unwrap_or_default();
     let mut http = Vec::new();
     for &c in &plan.concurrency {
-        let r = measured(&format!("http c={c}"), &ours, &mut loads, || {
-            client::http_load(&target, c, seconds, 0)
+        let r = measured(&format!("http c={c}"), &ours, &mut loads, || async {
+            let before = sysstat::cpu_split_ticks(&proxy_pids);
+            let mut r = client::http_load(&target, c, seconds, 0).await;
+            let after = sysstat::cpu_split_ticks(&proxy_pids);
+            if !proxy_pids.is_empty() && r.requests > 0 {
+                let us = |ticks: u64| {
+                    ticks as f64 / sysstat::ticks_per_second() * 1e6 / r.requests as f64
+                };
+                r.proxy_cpu = Some(CpuPerRequest {
+                    user_us: us(after.0.saturating_sub(before.0)),
+                    kernel_us: us(after.1.saturating_sub(before.1)),
+                });
+            }
+            r
         })
         .await;
         eprintln!(

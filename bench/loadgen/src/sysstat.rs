@@ -66,6 +66,16 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// User and system CPU time of a set of processes, in clock ticks, apart.
+pub fn cpu_split_ticks(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(user, system), &p| {
+        (
+            user + stat_field(p, 14).unwrap_or(0),
+            system + stat_field(p, 15).unwrap_or(0),
+        )
+    })
+}
+
 /// Clock ticks the whole machine spent running processes (all CPUs).
 ///
 /// Only user, nice and system time: interrupt and softirq time (where the
