@@ -243,6 +243,60 @@ async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
 }
 
 #[tokio::test]
+async fn bytes_a_backend_sends_right_behind_its_101_are_delivered() {
+    let backend = backends::scripted(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        // The 101 and the first tunnel bytes in one write: the proxy reads
+        // them together and must pass the bytes on before anything else.
+        let answer =
+            format!("{SWITCH}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO-FIRST");
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let _ = read_until_closed(&mut stream).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (mut client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    let mut got = rest;
+    got.extend(read_until_closed(&mut client).await);
+    assert_eq!(got, b"HELLO-FIRST");
+}
+
+#[tokio::test]
+async fn megabytes_each_way_cross_a_tunnel_intact() {
+    // Large enough that both directions leave the copy path for splice.
+    let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
+    let (client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    assert!(rest.is_empty());
+    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut reader, mut writer) = client.into_split();
+    let sent = data.clone();
+    let sending = tokio::spawn(async move {
+        writer.write_all(&sent).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).await.unwrap();
+    sending.await.unwrap();
+    let mut expected = b"backend got: ".to_vec();
+    expected.extend_from_slice(&data);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "every byte, in order");
+}
+
+#[tokio::test]
 async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
     for (status, body) in [
         ("426 Upgrade Required", "upgrade refused"),

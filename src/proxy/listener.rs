@@ -2,6 +2,8 @@
 //! task per connection, and the
 //! graceful part of shutdown (stop accepting, let in-flight requests end).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
 use super::{ConnInfo, Proxy, service};
+
+/// What a client speaking HTTP/2 with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Proxy {
     /// Accepts connections until draining begins.
@@ -68,31 +73,36 @@ impl Proxy {
         // the HTTP/1-or-2 detection before it has no timeout: a client that
         // connects and sends nothing would hold its slot for ever. It gets
         // the same limit as a slow request head.
-        let mut first = [0u8; 1];
+        let mut first = [0u8; H2_PREFACE.len()];
         let first_bytes =
             tokio::time::timeout(self.config.header_read_timeout, stream.peek(&mut first));
-        if !matches!(first_bytes.await, Ok(Ok(n)) if n > 0) {
-            tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
-            return;
-        }
+        let seen = match first_bytes.await {
+            Ok(Ok(n)) if n > 0 => &first[..n],
+            _ => {
+                tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
+                return;
+            }
+        };
+        // Whatever does not start like the HTTP/2 preface is HTTP/1 (or
+        // garbage, which hyper's HTTP/1 parser answers). The rare client
+        // whose first segment is a bare prefix of it goes to the
+        // auto-detecting server, which waits for the rest.
+        let http2_maybe = H2_PREFACE.starts_with(seen);
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {
             service::handle(proxy.clone(), handler_conn.clone(), request)
         });
-        let connection = self
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = self.shutdown.draining() => {
-                connection.as_mut().graceful_shutdown();
-                tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = self.shutdown.forced() => Ok(()),
-                }
-            }
+        let io = TokioIo::new(stream);
+        let result = if http2_maybe {
+            let connection = self.http.serve_connection_with_upgrades(io, service);
+            self.until_closed(connection, |c| c.graceful_shutdown())
+                .await
+        } else {
+            let connection = self.http1.serve_connection(io, service).with_upgrades();
+            self.until_closed(connection, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
         };
         if let Err(e) = result {
             // A head hyper could not parse was answered by hyper itself
@@ -107,6 +117,25 @@ impl Proxy {
             }
             // Clients reset and time out all the time: not an error for us.
             tracing::debug!(remote = %conn.remote, error = %e, "client connection ended");
+        }
+    }
+
+    /// Drives a client connection to its end; once draining begins, lets
+    /// its requests in flight finish (`graceful`) until shutdown is forced.
+    async fn until_closed<C, E>(&self, connection: C, graceful: fn(Pin<&mut C>)) -> Result<(), E>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            _ = self.shutdown.draining() => {
+                graceful(connection.as_mut());
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = self.shutdown.forced() => Ok(()),
+                }
+            }
         }
     }
 }

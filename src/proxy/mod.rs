@@ -11,6 +11,7 @@ pub mod observe;
 pub mod pool;
 pub mod responses;
 pub mod service;
+pub mod splice;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -74,6 +76,10 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub shutdown: Shutdown,
     pool: Arc<Pool>,
+    /// HTTP/1 connections, served by hyper directly so that an upgraded
+    /// connection can be taken back as the socket it is (for splice).
+    http1: http1::Builder,
+    /// HTTP/2 with prior knowledge (and anything that starts like it).
     http: auto::Builder<TokioExecutor>,
     connection_slots: Arc<Semaphore>,
     pub client_limits: Arc<ClientLimits>,
@@ -86,7 +92,18 @@ impl Proxy {
         config: ProxyConfig,
         shutdown: Shutdown,
     ) -> Arc<Self> {
+        // The head limit is `max_header_size` (exact: hyper checks it on
+        // the parsed head); `max_buf_size` alone bounds a read buffer that
+        // one large read can overshoot.
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_header_bytes)
+            .max_buf_size(config.max_header_bytes.max(8192));
         let mut http = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1 reaches this one only when a client's first bytes looked
+        // like the HTTP/2 preface; hyper-util offers no exact head limit.
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
@@ -105,6 +122,7 @@ impl Proxy {
             metrics,
             config,
             shutdown,
+            http1,
             http,
         })
     }

@@ -7,17 +7,23 @@
 //! is a [`TunnelOutcome`], which can do nothing but be recorded in metrics
 //! and at debug level in the log: there is no way back to HTTP from here.
 
+use std::any::Any;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::splice::KernelPipe;
 use crate::metrics::{Metrics, route_values};
 use crate::routes::RouteLabels;
 
@@ -89,6 +95,77 @@ pub struct Tunnel<C, B> {
     limits: TunnelLimits,
     shutdown: CancellationToken,
     counters: TunnelCounters,
+    /// (to the backend, to the client): see [`Tunnel::with_early_data`].
+    early: (Bytes, Bytes),
+}
+
+/// One side of a tunnel: the TCP socket itself when hyper hands it back
+/// (then bulk data can go by splice), else hyper's upgraded connection.
+pub enum TunnelEnd {
+    Socket(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl TunnelEnd {
+    /// The side `upgraded` was, with the bytes already read from it past
+    /// the HTTP exchange (for the other side; empty when hyper keeps them
+    /// in `Upgraded`, which then reads them first).
+    pub fn new(upgraded: Upgraded) -> (Self, Bytes) {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Self::Socket(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => (Self::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
+        }
+    }
+}
+
+impl AsyncRead for TunnelEnd {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Socket(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Upgraded(u) => Pin::new(u).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TunnelEnd {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Socket(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Upgraded(u) => Pin::new(u).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Socket(s) => Pin::new(s).poll_flush(cx),
+            Self::Upgraded(u) => Pin::new(u).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Socket(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Upgraded(u) => Pin::new(u).poll_shutdown(cx),
+        }
+    }
+}
+
+/// `io` as a TCP socket, if it is one.
+fn socket<T: 'static>(io: &T) -> Option<&TcpStream> {
+    let io = io as &dyn Any;
+    io.downcast_ref::<TcpStream>()
+        .or_else(|| match io.downcast_ref::<TunnelEnd>()? {
+            TunnelEnd::Socket(s) => Some(s),
+            TunnelEnd::Upgraded(_) => None,
+        })
 }
 
 /// How a tunnel ended. Private fields and a consuming [`record`] are the
@@ -168,8 +245,8 @@ impl TunnelOutcome {
 
 impl<C, B> Tunnel<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     pub fn new(
         client: C,
@@ -184,14 +261,23 @@ where
             limits,
             shutdown,
             counters,
+            early: (Bytes::new(), Bytes::new()),
         }
+    }
+
+    /// Bytes each side sent right behind the HTTP exchange, which hyper
+    /// read already: sent on before anything else.
+    pub fn with_early_data(mut self, to_backend: Bytes, to_client: Bytes) -> Self {
+        self.early = (to_backend, to_client);
+        self
     }
 
     /// Copies until the tunnel ends, then reports how.
     pub async fn run(mut self) -> TunnelOutcome {
         let start = Instant::now();
-        let mut up = Pipe::new(self.counters.client_to_backend.clone());
-        let mut down = Pipe::new(self.counters.backend_to_client.clone());
+        let (to_backend, to_client) = std::mem::take(&mut self.early);
+        let mut up = Pipe::new(self.counters.client_to_backend.clone(), to_backend);
+        let mut down = Pipe::new(self.counters.backend_to_client.clone(), to_client);
         let mut last_activity = start;
         let mut idle = Box::pin(sleep(self.limits.idle_timeout));
         let mut lifetime: Option<Pin<Box<Sleep>>> =
@@ -299,24 +385,36 @@ enum Step {
 /// is copied into `pending`, which also pauses reading (back-pressure). An
 /// idle tunnel therefore owns no buffer at all. On end-of-stream the
 /// writer's side is shut down (a half-close).
+///
+/// A direction between two TCP sockets that carries bulk data (a read
+/// fills the whole scratch buffer) moves on to splice: the kernel moves
+/// the bytes through a pipe of this direction's own ([`KernelPipe`]),
+/// made then and kept until the tunnel ends.
 struct Pipe {
     pending: Vec<u8>,
     written: usize,
     eof: bool,
     needs_flush: bool,
     done: bool,
+    bulk: bool,
+    kernel: Option<KernelPipe>,
     bytes: u64,
     counter: IntCounter,
 }
 
 impl Pipe {
-    fn new(counter: IntCounter) -> Self {
+    /// A direction whose first bytes are `early`.
+    fn new(counter: IntCounter, early: Bytes) -> Self {
         Self {
-            pending: Vec::new(),
+            // A copy of just the bytes: `early` may be a view of hyper's
+            // whole read buffer, which a tunnel must not keep alive.
+            pending: early.to_vec(),
             written: 0,
             eof: false,
             needs_flush: false,
             done: false,
+            bulk: false,
+            kernel: None,
             bytes: 0,
             counter,
         }
@@ -339,8 +437,8 @@ impl Pipe {
         progress: &mut bool,
     ) -> Poll<Result<(), PipeError>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin + 'static,
+        W: AsyncWrite + Unpin + 'static,
     {
         loop {
             if self.done {
@@ -381,7 +479,11 @@ impl Pipe {
                 }
                 continue;
             }
-            match self.read_and_write(cx, reader, writer, progress) {
+            let step = match (self.bulk, socket(reader), socket(writer)) {
+                (true, Some(from), Some(to)) => self.splice(cx, from, to, progress),
+                _ => self.read_and_write(cx, reader, writer, progress),
+            };
+            match step {
                 Step::Moved => {}
                 Step::Eof => self.eof = true,
                 Step::Failed(e) => return Poll::Ready(Err(e)),
@@ -423,6 +525,10 @@ impl Pipe {
             if data.is_empty() {
                 return Step::Eof;
             }
+            if data.len() == SCRATCH_SIZE {
+                // More was likely waiting: bulk data.
+                self.bulk = true;
+            }
             let mut written = 0;
             while written < data.len() {
                 match Pin::new(&mut *writer).poll_write(cx, &data[written..]) {
@@ -443,6 +549,48 @@ impl Pipe {
             }
             Step::Moved
         })
+    }
+}
+
+impl Pipe {
+    /// One splice into this direction's kernel pipe, after what the pipe
+    /// still held went on to `to`.
+    fn splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        progress: &mut bool,
+    ) -> Step {
+        let pipe = match &mut self.kernel {
+            Some(pipe) => pipe,
+            None => match KernelPipe::new() {
+                Ok(pipe) => self.kernel.insert(pipe),
+                Err(error) => {
+                    // Out of descriptors, say: copying works all the same.
+                    tracing::debug!(%error, "no pipe for splice; copying");
+                    self.bulk = false;
+                    return Step::Moved;
+                }
+            },
+        };
+        while !pipe.is_empty() {
+            match pipe.poll_drain(cx, to) {
+                Poll::Ready(Ok(n)) => {
+                    self.bytes += n as u64;
+                    self.counter.inc_by(n as u64);
+                    *progress = true;
+                }
+                Poll::Ready(Err(e)) => return Step::Failed(PipeError::Write(e)),
+                Poll::Pending => return Step::Pending,
+            }
+        }
+        match pipe.poll_fill(cx, from) {
+            Poll::Ready(Ok(0)) => Step::Eof,
+            Poll::Ready(Ok(_)) => Step::Moved,
+            Poll::Ready(Err(e)) => Step::Failed(PipeError::Read(e)),
+            Poll::Pending => Step::Pending,
+        }
     }
 }
 
@@ -509,6 +657,37 @@ mod tests {
             (outcome.client_to_backend, outcome.backend_to_client),
             (4, 21)
         );
+    }
+
+    #[tokio::test]
+    async fn bulk_data_between_sockets_goes_by_splice_early_data_first() {
+        use crate::proxy::splice::tests::socket_pair;
+        let (mut source, mut from) = socket_pair().await;
+        let (mut to, mut sink) = socket_pair().await;
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            source.write_all(&sent).await.unwrap();
+            source.shutdown().await.unwrap();
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let counter = counters().client_to_backend;
+        let mut pipe = Pipe::new(counter, Bytes::from_static(b"early "));
+        let copied = poll_fn(|cx| pipe.poll_copy(cx, &mut from, &mut to, &mut false)).await;
+        assert!(copied.is_ok(), "the copy ended cleanly");
+        assert!(
+            pipe.kernel.is_some(),
+            "bulk data went through a kernel pipe"
+        );
+        writer.await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..6], b"early ");
+        assert!(got[6..] == data[..], "every byte, in order");
+        assert_eq!(pipe.bytes, 6 + data.len() as u64);
     }
 
     #[tokio::test]

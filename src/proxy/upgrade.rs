@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use super::body::{ResponseBody, TimeoutBody};
 use super::forward::{Origin, path_and_query, prepare_headers, relay};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
-use super::tunnel::{Tunnel, TunnelCounters, TunnelOutcome};
+use super::tunnel::{Tunnel, TunnelCounters, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{ConnInfo, Proxy};
 use crate::metrics::route_values;
@@ -223,13 +223,16 @@ async fn handshake(
         active.inc();
         let outcome = match client_upgrade.await {
             Ok(client) => {
+                let (client, to_backend) = TunnelEnd::new(client);
+                let (backend, to_client) = TunnelEnd::new(backend);
                 Tunnel::new(
-                    TokioIo::new(client),
-                    TokioIo::new(backend),
+                    client,
+                    backend,
                     proxy.config.tunnel,
                     proxy.shutdown.force_token(),
                     TunnelCounters::for_route(&proxy.metrics, &route.labels),
                 )
+                .with_early_data(to_backend, to_client)
                 .run()
                 .await
             }
