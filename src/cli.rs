@@ -112,7 +112,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
 
-    /// Longest wait for a backend's response headers (answered 504).
+    /// Longest wait for a backend's response headers (answered 504), and
+    /// the longest pause a backend may make while sending its response
+    /// body (the client's response is then cut off).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub upstream_response_timeout: Duration,
 

@@ -216,6 +216,36 @@ async fn a_reset_mid_response_truncates_it_and_closes_the_client_connection() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stops_mid_body_is_cut_off_at_the_response_timeout() {
+    let backend = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 1000"]).await;
+        s.write_all(b"0123456789").await.unwrap();
+        // Then nothing, with the connection open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let config = ProxyConfig {
+        upstream_response_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[backend])).await;
+
+    let (mut client, head, rest) =
+        raw_exchange(proxy.addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = rest;
+    body.extend(read_until_closed(&mut client).await);
+    // read_until_closed fails the test after 10 s: the close came from
+    // the proxy, long before the backend's 30 s were over.
+    assert_eq!(body, b"0123456789", "the bytes sent, then the close");
+    assert_eq!(
+        proxy.metric("switchyard_upstream_timeouts_total", &labels("r")),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_slow_first_byte_is_a_504_at_the_response_timeout_and_is_not_retried() {
     let slow = || {
         counting(|mut s| async move {

@@ -3,7 +3,6 @@
 //! response body that records the exchange (metrics and access log) when
 //! it has been sent or abandoned.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
 
 use super::observe::RequestRecord;
 use super::pool::Checkin;
+use super::stall::StallTimer;
 
 /// A client that stops sending its request body for longer than this is cut off.
 #[derive(Debug)]
@@ -113,8 +112,7 @@ impl BodyProgress {
 /// for `timeout`, and with [`ClientBodyError`] when the body itself fails.
 pub struct TimeoutBody<B> {
     inner: B,
-    timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    stall: StallTimer,
     progress: Option<Arc<BodyProgress>>,
 }
 
@@ -122,8 +120,7 @@ impl<B> TimeoutBody<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
-            timeout,
-            sleep: None,
+            stall: StallTimer::new(timeout),
             progress: None,
         }
     }
@@ -149,7 +146,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.sleep = None;
+            this.stall.progress();
             if let Some(progress) = &this.progress {
                 progress.frame_handed_on();
             }
@@ -160,11 +157,7 @@ where
         if let Some(progress) = &this.progress {
             progress.waiting_on_client();
         }
-        let timeout = this.timeout;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        ready!(sleep.as_mut().poll(cx));
+        ready!(this.stall.poll_stalled(cx));
         Poll::Ready(Some(Err(Box::new(BodyReadTimeout))))
     }
 
@@ -213,10 +206,50 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A backend stopped sending its response body part-way, for longer than
+/// the response timeout: the client gets a cut-off response (the
+/// connection is closed, as for any body that fails).
+#[derive(Debug)]
+pub struct BackendBodyStalled;
+
+impl std::fmt::Display for BackendBodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend stopped sending its response body")
+    }
+}
+
+impl std::error::Error for BackendBodyStalled {}
+
+/// A backend's response body on its way: the right to pool its connection
+/// again once the body has been read to its end, and the longest the
+/// backend may pause between two frames.
+struct FromBackend {
+    body: Incoming,
+    checkin: Option<Checkin>,
+    stall: StallTimer,
+}
+
+impl FromBackend {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            self.stall.progress();
+            // At the end, or the frame that reaches it (hyper does not
+            // poll again after that).
+            let ended = matches!(frame, None | Some(Ok(_))) && self.body.is_end_stream();
+            if ended && let Some(checkin) = self.checkin.as_mut() {
+                checkin.release();
+            }
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        ready!(self.stall.poll_stalled(cx));
+        Poll::Ready(Some(Err(Box::new(BackendBodyStalled))))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 enum Inner {
-    /// A backend's body, and the right to pool its connection again once
-    /// the body has been read to its end.
-    Upstream(Incoming, Option<Checkin>),
+    Upstream(FromBackend),
     Full(Option<Bytes>),
 }
 
@@ -229,7 +262,9 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, mut checkin: Option<Checkin>) -> Self {
+    /// A backend's body; `stall_limit` is the longest the backend may
+    /// pause between two frames.
+    pub fn upstream(body: Incoming, mut checkin: Option<Checkin>, stall_limit: Duration) -> Self {
         // hyper never polls a body that says it is over (no body, or
         // `Content-Length: 0`): its connection is free now.
         if body.is_end_stream()
@@ -238,7 +273,11 @@ impl ResponseBody {
             checkin.release();
         }
         Self {
-            inner: Inner::Upstream(body, checkin),
+            inner: Inner::Upstream(FromBackend {
+                body,
+                checkin,
+                stall: StallTimer::new(stall_limit),
+            }),
             record: None,
         }
     }
@@ -263,24 +302,15 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match &mut this.inner {
-            Inner::Upstream(body, checkin) => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                // At the end, or the frame that reaches it (hyper does not
-                // poll again after that).
-                let ended = matches!(frame, None | Some(Ok(_))) && body.is_end_stream();
-                if ended && let Some(checkin) = checkin.as_mut() {
-                    checkin.release();
-                }
-                frame
-            }
+            Inner::Upstream(from) => ready!(from.poll_frame(cx)),
             Inner::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         match &frame {
@@ -289,9 +319,12 @@ impl Body for ResponseBody {
                     record.add_body_bytes(data.len());
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(error)) => {
                 if let Some(record) = this.record.as_mut() {
                     record.mark_truncated();
+                    if error.is::<BackendBodyStalled>() {
+                        record.count_upstream_timeout();
+                    }
                 }
                 this.record = None;
             }
@@ -302,14 +335,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(body, _) => body.is_end_stream(),
+            Inner::Upstream(from) => from.body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(body, _) => body.size_hint(),
+            Inner::Upstream(from) => from.body.size_hint(),
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

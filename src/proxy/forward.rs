@@ -10,11 +10,11 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
-use super::Proxy;
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::pool::Checkin;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
+use super::{Proxy, ProxyConfig};
 use crate::routes::{Pick, Route};
 
 /// What the backend is told about where a request came from.
@@ -88,7 +88,8 @@ pub async fn forward(
         record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
         match result {
             Ok((response, checkin)) => {
-                return (endpoint.addr, Ok(relay(response, Some(checkin))));
+                let response = relay(response, Some(checkin), &proxy.config);
+                return (endpoint.addr, Ok(response));
             }
             Err(error) => match attempts.retry(&route.backend, &error) {
                 Some(next) => endpoint = next,
@@ -126,9 +127,15 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// A backend response on its way to the client, hop-by-hop headers
 /// removed; a pooled connection goes back with `checkin` once its body
-/// has been read to its end.
-pub fn relay(response: Response<Incoming>, checkin: Option<Checkin>) -> Response<ResponseBody> {
+/// has been read to its end. The backend may pause its body for at most
+/// the response timeout at a time.
+pub fn relay(
+    response: Response<Incoming>,
+    checkin: Option<Checkin>,
+    config: &ProxyConfig,
+) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::upstream(body, checkin))
+    let body = ResponseBody::upstream(body, checkin, config.upstream_response_timeout);
+    Response::from_parts(parts, body)
 }

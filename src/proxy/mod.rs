@@ -12,6 +12,7 @@ pub mod pool;
 pub mod responses;
 pub mod service;
 pub mod splice;
+pub mod stall;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;

@@ -81,6 +81,15 @@ impl RequestRecord {
         self.truncated = true;
     }
 
+    /// The backend stopped sending the body for longer than the response
+    /// timeout: counted as a backend timeout of the route.
+    pub fn count_upstream_timeout(&self) {
+        self.metrics
+            .upstream_timeouts
+            .with_label_values(&route_values(self.labels()))
+            .inc();
+    }
+
     fn labels(&self) -> &RouteLabels {
         self.route.as_deref().map_or(&NO_ROUTE, |r| &r.labels)
     }

@@ -188,7 +188,10 @@ async fn handshake(
     drop(sender);
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((relay(response, None), UpgradeResult::Declined));
+        return Ok((
+            relay(response, None, &proxy.config),
+            UpgradeResult::Declined,
+        ));
     }
     let Some(protocol) = switched_protocol(response.headers(), protocols) else {
         return Ok((

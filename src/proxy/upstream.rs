@@ -16,11 +16,11 @@ use std::time::Duration;
 use http::Method;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use super::Proxy;
 use super::body::{BodyProgress, BodyReadTimeout};
 use super::responses::LocalReply;
+use super::stall::StallTimer;
 use crate::metrics::route_values;
 use crate::routes::passive_health::{Ejection, EndpointHealth};
 use crate::routes::{Backend, Pick, Route};
@@ -34,38 +34,26 @@ use crate::routes::{Backend, Pick, Route};
 /// client's connection close.
 pub struct StallGuard<T> {
     inner: T,
-    limit: Duration,
-    /// Armed while a write is pending; allocated on the first stall only.
-    stall: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    /// Runs while a write is pending.
+    stall: StallTimer,
 }
 
 impl<T> StallGuard<T> {
     pub fn new(inner: T, limit: Duration) -> Self {
         Self {
             inner,
-            limit,
-            stall: None,
-            armed: false,
+            stall: StallTimer::new(limit),
         }
     }
 
-    /// Called when a write made progress, or `Pending`: in the latter case
-    /// arms the stall timer (once) and fails when it has run out.
+    /// Called with the result of a write: progress, or `Pending`, which
+    /// fails once the backend has taken nothing for the whole limit.
     fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if poll.is_ready() {
-            self.armed = false;
+            self.stall.progress();
             return poll;
         }
-        let deadline = tokio::time::Instant::now() + self.limit;
-        let stall = self
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            stall.as_mut().reset(deadline);
-            self.armed = true;
-        }
-        ready!(stall.as_mut().poll(cx));
+        ready!(self.stall.poll_stalled(cx));
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, BackendStalled)))
     }
 }
