@@ -19,6 +19,19 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SWITCH: &str = "HTTP/1.1 101 Switching Protocols";
 
+/// Upgrades a new connection to `proxy` (host `h`, path `/`) and checks
+/// the 101; returns the client's end and the bytes that came behind it.
+async fn open_tunnel(proxy: &TestProxy) -> (TcpStream, Vec<u8>) {
+    let (client, head, rest) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "websocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    (client, rest)
+}
+
 /// A scripted backend's side of a WebSocket upgrade: reads the request
 /// head, answers 101; returns bytes the client sent behind its head.
 async fn switch_to_websocket(stream: &mut TcpStream) -> Vec<u8> {
@@ -106,13 +119,7 @@ async fn a_backend_reset_mid_tunnel_reaches_metrics_never_the_client() {
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
-    let (mut client, head, rest) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (mut client, rest) = open_tunnel(&proxy).await;
     let mut after = rest;
     after.extend(read_until_closed(&mut client).await);
     assert_eq!(
@@ -132,13 +139,7 @@ async fn a_backend_reset_mid_tunnel_reaches_metrics_never_the_client() {
 async fn a_client_reset_mid_tunnel_leaves_the_proxy_healthy() {
     let echo = backends::echo("echo").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
-    let (client, head, _) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (client, _) = open_tunnel(&proxy).await;
     reset(client);
     proxy
         .wait_metric(
@@ -168,13 +169,7 @@ async fn half_close_backend() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
     let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
-    let (mut client, head, _) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (mut client, _) = open_tunnel(&proxy).await;
     client.write_all(b"request-data").await.unwrap();
     client.shutdown().await.unwrap(); // half-close: we still read
     assert_eq!(
@@ -203,13 +198,7 @@ async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
-    let (mut client, head, rest) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (mut client, rest) = open_tunnel(&proxy).await;
     let mut got = rest;
     // The backend's FIN arrives as EOF while our direction stays open.
     got.extend(read_until_closed(&mut client).await);
@@ -256,13 +245,7 @@ async fn bytes_a_backend_sends_right_behind_its_101_are_delivered() {
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
-    let (mut client, head, rest) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (mut client, rest) = open_tunnel(&proxy).await;
     let mut got = rest;
     got.extend(read_until_closed(&mut client).await);
     assert_eq!(got, b"HELLO-FIRST");
@@ -272,13 +255,7 @@ async fn bytes_a_backend_sends_right_behind_its_101_are_delivered() {
 async fn megabytes_each_way_cross_a_tunnel_intact() {
     // Large enough that both directions leave the copy path for splice.
     let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
-    let (client, head, rest) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with(SWITCH), "{head}");
+    let (client, rest) = open_tunnel(&proxy).await;
     assert!(rest.is_empty());
     let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
     let (mut reader, mut writer) = client.into_split();

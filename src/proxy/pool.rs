@@ -256,15 +256,21 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
+    /// One request through the pool, its body read to the end and the
+    /// connection checked in; returns the body.
+    async fn round_trip(pool: &Arc<Pool>, addr: SocketAddr) -> bytes::Bytes {
+        let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        checkin.release();
+        body
+    }
+
     #[tokio::test]
     async fn a_connection_is_used_again_once_its_response_body_was_read() {
         let (addr, accepted) = backend(OK).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
         for _ in 0..3 {
-            let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"ok");
-            checkin.release();
+            assert_eq!(&round_trip(&pool, addr).await[..], b"ok");
             assert_eq!(pool.idle_count(addr), 1);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -277,9 +283,7 @@ mod tests {
         let (response, checkin) = pool.send(addr, get()).await.unwrap();
         drop((response, checkin));
         assert_eq!(pool.idle_count(addr), 0);
-        let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-        response.into_body().collect().await.unwrap();
-        checkin.release();
+        round_trip(&pool, addr).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -289,9 +293,7 @@ mod tests {
             backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
         for _ in 0..2 {
-            let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-            response.into_body().collect().await.unwrap();
-            checkin.release();
+            round_trip(&pool, addr).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -312,10 +314,7 @@ mod tests {
         });
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
         for _ in 0..3 {
-            let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"ok");
-            checkin.release();
+            assert_eq!(&round_trip(&pool, addr).await[..], b"ok");
         }
     }
 
@@ -323,9 +322,7 @@ mod tests {
     async fn idle_connections_past_their_time_are_closed_by_the_sweep() {
         let (addr, _) = backend(OK).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
-        let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-        response.into_body().collect().await.unwrap();
-        checkin.release();
+        round_trip(&pool, addr).await;
         pool.sweep_once();
         assert_eq!(pool.idle_count(addr), 1, "a fresh connection stays");
         pool.idle.lock().unwrap().get_mut(&addr).unwrap()[0].since -= IDLE_TIMEOUT;

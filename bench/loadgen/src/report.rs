@@ -132,28 +132,18 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         );
     }
     for (i, c) in levels.iter().enumerate() {
-        row(
-            &mut out,
-            &format!("proxy CPU per request / {c} conn, user (µs)"),
-            results,
-            |t| {
-                t.http
-                    .get(i)
-                    .and_then(|h| h.proxy_cpu)
-                    .map(|cpu| cpu.user_us)
-            },
-        );
-        row(
-            &mut out,
-            &format!("proxy CPU per request / {c} conn, kernel (µs)"),
-            results,
-            |t| {
-                t.http
-                    .get(i)
-                    .and_then(|h| h.proxy_cpu)
-                    .map(|cpu| cpu.kernel_us)
-            },
-        );
+        for kernel in [false, true] {
+            let part = if kernel { "kernel" } else { "user" };
+            row(
+                &mut out,
+                &format!("proxy CPU per request / {c} conn, {part} (µs)"),
+                results,
+                |t| {
+                    let cpu = t.http.get(i)?.proxy_cpu?;
+                    Some(if kernel { cpu.kernel_us } else { cpu.user_us })
+                },
+            );
+        }
     }
     row(&mut out, "64 KiB request bodies (MB/s)", results, |t| {
         t.bodies.first().map(|b| b.mb_per_s)
