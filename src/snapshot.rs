@@ -1,6 +1,12 @@
 //! The complete set of cluster objects the controller reads, as plain
 //! k8s-openapi values. Every source produces one of these; nothing
 //! downstream knows which source it came from.
+//!
+//! Objects are shared (`Arc`), not copied: a snapshot is taken on every
+//! change, and the kube reflector stores and the file source's last-good
+//! state already hold every object once.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,12 +18,12 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 /// and their key material must never reach a log line.
 #[derive(Clone, Default)]
 pub struct ClusterSnapshot {
-    pub ingresses: Vec<Ingress>,
-    pub ingress_classes: Vec<IngressClass>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub ingress_classes: Vec<Arc<IngressClass>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Only Secrets of type `kubernetes.io/tls`.
-    pub tls_secrets: Vec<Secret>,
+    pub tls_secrets: Vec<Arc<Secret>>,
 }
 
 impl ClusterSnapshot {

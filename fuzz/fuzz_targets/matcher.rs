@@ -24,6 +24,7 @@
 #![no_main]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use k8s_openapi::api::networking::v1::{
@@ -387,7 +388,7 @@ fn backend(service: String) -> IngressBackend {
 
 fn snapshot(input: &Input) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
-    snapshot.ingress_classes.push(IngressClass {
+    snapshot.ingress_classes.push(Arc::new(IngressClass {
         metadata: ObjectMeta {
             name: Some(CLASS.into()),
             annotations: Some(BTreeMap::from([(
@@ -400,7 +401,7 @@ fn snapshot(input: &Input) -> ClusterSnapshot {
             controller: Some("switchyard.dev/ingress-controller".into()),
             parameters: None,
         }),
-    });
+    }));
     for (i, ing) in input.ingresses.iter().enumerate() {
         let (class_name, legacy) = match ing.class {
             Class::Ours => (Some(CLASS), None),
@@ -429,7 +430,7 @@ fn snapshot(input: &Input) -> ClusterSnapshot {
                 }),
             })
             .collect();
-        snapshot.ingresses.push(Ingress {
+        snapshot.ingresses.push(Arc::new(Ingress {
             metadata: ObjectMeta {
                 namespace: Some(namespace(ing).into()),
                 name: Some(name(i)),
@@ -448,7 +449,7 @@ fn snapshot(input: &Input) -> ClusterSnapshot {
                 tls: None,
             }),
             ..Default::default()
-        });
+        }));
     }
     snapshot
 }

@@ -13,6 +13,7 @@
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -262,7 +263,12 @@ struct Input {
 
 fn build(input: &Input) -> ClusterSnapshot {
     ClusterSnapshot {
-        ingresses: input.ingresses.iter().map(FuzzIngress::build).collect(),
+        ingresses: input
+            .ingresses
+            .iter()
+            .map(FuzzIngress::build)
+            .map(Arc::new)
+            .collect(),
         ingress_classes: input
             .classes
             .iter()
@@ -273,6 +279,7 @@ fn build(input: &Input) -> ClusterSnapshot {
                     parameters: None,
                 }),
             })
+            .map(Arc::new)
             .collect(),
         services: input
             .services
@@ -296,6 +303,7 @@ fn build(input: &Input) -> ClusterSnapshot {
                 }),
                 ..Default::default()
             })
+            .map(Arc::new)
             .collect(),
         endpoint_slices: input
             .slices
@@ -328,6 +336,7 @@ fn build(input: &Input) -> ClusterSnapshot {
                     })
                     .collect(),
             })
+            .map(Arc::new)
             .collect(),
         tls_secrets: Vec::new(),
     }

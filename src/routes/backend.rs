@@ -32,7 +32,7 @@ impl<'a> ServiceIndex<'a> {
         let mut services = HashMap::new();
         for service in &snapshot.services {
             if let (Some(ns), Some(name)) = (&service.metadata.namespace, &service.metadata.name) {
-                services.insert((ns.as_str(), name.as_str()), service);
+                services.insert((ns.as_str(), name.as_str()), &**service);
             }
         }
         let mut slices: HashMap<_, Vec<_>> = HashMap::new();
@@ -46,7 +46,7 @@ impl<'a> ServiceIndex<'a> {
                 slices
                     .entry((ns.as_str(), service.as_str()))
                     .or_default()
-                    .push(slice);
+                    .push(&**slice);
             }
         }
         Self { services, slices }

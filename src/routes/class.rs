@@ -5,6 +5,8 @@
 //! is; failing both, when our IngressClass (our name and our controller) is
 //! marked `ingressclass.kubernetes.io/is-default-class: "true"`.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
 /// The controller name our IngressClass must carry.
@@ -21,7 +23,7 @@ pub struct ClassFilter {
 }
 
 impl ClassFilter {
-    pub fn new(class_name: &str, classes: &[IngressClass]) -> Self {
+    pub fn new(class_name: &str, classes: &[Arc<IngressClass>]) -> Self {
         let ours_is_default = classes.iter().any(|class| {
             class.metadata.name.as_deref() == Some(class_name)
                 && class.spec.as_ref().and_then(|s| s.controller.as_deref())

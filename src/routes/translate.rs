@@ -81,6 +81,7 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
     let mut ours: Vec<&Ingress> = snapshot
         .ingresses
         .iter()
+        .map(|i| &**i)
         .filter(|i| classes.is_ours(i))
         .collect();
     ours.sort_by_cached_key(|i| {

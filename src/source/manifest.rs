@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -24,11 +25,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Object {
-    Ingress(Ingress),
-    IngressClass(IngressClass),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    TlsSecret(Secret),
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    TlsSecret(Arc<Secret>),
 }
 
 impl Object {
@@ -54,11 +55,13 @@ impl Object {
 
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Object::Ingress(o) => &mut o.metadata,
-            Object::IngressClass(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::EndpointSlice(o) => &mut o.metadata,
-            Object::TlsSecret(o) => &mut o.metadata,
+            // Only called while parsing, when the object is not shared
+            // yet: make_mut does not copy then.
+            Object::Ingress(o) => &mut Arc::make_mut(o).metadata,
+            Object::IngressClass(o) => &mut Arc::make_mut(o).metadata,
+            Object::Service(o) => &mut Arc::make_mut(o).metadata,
+            Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
+            Object::TlsSecret(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -196,13 +199,19 @@ fn decode_document(value: Value, location: Location, parsed: &mut ParsedFile) {
         return;
     }
     let decoded = match (api_version.as_str(), kind.as_str()) {
-        ("networking.k8s.io/v1", "Ingress") => yaml::decode(value).map(Object::Ingress),
-        ("networking.k8s.io/v1", "IngressClass") => yaml::decode(value).map(Object::IngressClass),
-        ("v1", "Service") => yaml::decode(value).map(Object::Service),
-        ("discovery.k8s.io/v1", "EndpointSlice") => yaml::decode(value).map(Object::EndpointSlice),
+        ("networking.k8s.io/v1", "Ingress") => {
+            yaml::decode(value).map(|o| Object::Ingress(Arc::new(o)))
+        }
+        ("networking.k8s.io/v1", "IngressClass") => {
+            yaml::decode(value).map(|o| Object::IngressClass(Arc::new(o)))
+        }
+        ("v1", "Service") => yaml::decode(value).map(|o| Object::Service(Arc::new(o))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            yaml::decode(value).map(|o| Object::EndpointSlice(Arc::new(o)))
+        }
         ("v1", "Secret") => match yaml::decode_without_values::<Secret>(value) {
             Ok(secret) if secret.type_.as_deref() == Some("kubernetes.io/tls") => {
-                Ok(Object::TlsSecret(secret))
+                Ok(Object::TlsSecret(Arc::new(secret)))
             }
             Ok(_) => {
                 parsed.skipped.push(Skipped {

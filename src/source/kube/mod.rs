@@ -130,18 +130,15 @@ impl Stores {
         }
     }
 
-    /// A consistent copy of everything the stores hold now.
+    /// Everything the stores hold now, shared with them (no object is
+    /// copied).
     pub fn snapshot(&self) -> ClusterSnapshot {
-        fn all<K>(stores: &[Store<K>]) -> Vec<K>
+        fn all<K>(stores: &[Store<K>]) -> Vec<Arc<K>>
         where
             K: kube::Resource + Clone + 'static,
             K::DynamicType: Eq + std::hash::Hash + Clone,
         {
-            stores
-                .iter()
-                .flat_map(|s| s.state())
-                .map(|o| (*o).clone())
-                .collect()
+            stores.iter().flat_map(|s| s.state()).collect()
         }
         ClusterSnapshot {
             ingresses: all(&self.ingresses),

@@ -91,7 +91,7 @@ pub struct StatusChange {
 /// The status writes that bring the Ingresses in line (pure). Ours get
 /// `addresses`; others that carry exactly our addresses are cleared.
 pub fn changes(
-    ingresses: &[Ingress],
+    ingresses: &[Arc<Ingress>],
     is_ours: impl Fn(&Ingress) -> bool,
     addresses: &BTreeSet<Address>,
 ) -> Vec<StatusChange> {
@@ -187,8 +187,8 @@ mod tests {
     use k8s_openapi::api::networking::v1::{IngressLoadBalancerStatus, IngressStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn ingress(name: &str, status: &[&str]) -> Ingress {
-        Ingress {
+    fn ingress(name: &str, status: &[&str]) -> Arc<Ingress> {
+        Arc::new(Ingress {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -205,7 +205,7 @@ mod tests {
                 }),
             }),
             ..Default::default()
-        }
+        })
     }
 
     fn addresses(list: &[&str]) -> BTreeSet<Address> {
