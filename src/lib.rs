@@ -11,6 +11,7 @@ pub mod admin;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod descriptors;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

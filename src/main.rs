@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use switchyard::cli::{Cli, Command, LogFormat};
-use switchyard::{config, logging, runtime};
+use switchyard::{config, descriptors, logging, runtime};
 
 fn main() -> ExitCode {
     let args = match config::merged_args(std::env::args_os().collect()) {
@@ -22,6 +22,14 @@ fn main() -> ExitCode {
         }
     };
     let command = Cli::parse_from(args).command;
+    // Before anything starts a thread: see `descriptors`.
+    let descriptors = match &command {
+        Command::Run(run) => Some((
+            descriptors::prepare(run.max_connections),
+            run.max_connections,
+        )),
+        Command::Check(_) | Command::Routes(_) => None,
+    };
     let (format, filter) = match &command {
         Command::Run(run) => (run.log_format, run.log_level.as_str()),
         // check and routes print reports; keep the log to warnings.
@@ -30,6 +38,9 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(format, filter) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Some((prepared, max_connections)) = &descriptors {
+        prepared.log(*max_connections);
     }
     let workers = match &command {
         Command::Run(run) => run.worker_threads,

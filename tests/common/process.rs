@@ -30,6 +30,19 @@ impl Switchyard {
         Self::spawn(command)
     }
 
+    /// As [`start`](Self::start), from a shell that first runs `limits`
+    /// (`ulimit` commands) and then execs the binary in its place.
+    pub fn start_with_limits(manifests: &Path, limits: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{limits} && exec \"$0\" \"$@\""))
+            .args([BIN, "run", "--manifests"])
+            .arg(manifests)
+            .args(extra);
+        Self::spawn(command)
+    }
+
     /// `switchyard run` in cluster mode against the API server that
     /// `kubeconfig` names, as pod `pod` of namespace `ingress`.
     pub fn start_cluster(kubeconfig: &Path, pod: &str, extra: &[&str]) -> Self {
