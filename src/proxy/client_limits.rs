@@ -7,9 +7,12 @@
 //! same two checks.
 //!
 //! - **Key.** The client's IP address as the listener sees it (an
-//!   IPv4-mapped IPv6 address counts as the IPv4 one). Behind a load
-//!   balancer that hides client addresses, every client shares its address:
-//!   that is why both limits are off by default.
+//!   IPv4-mapped IPv6 address counts as the IPv4 one), and for IPv6 its
+//!   /64 prefix: one subscriber or one VM is handed a whole /64 and can
+//!   pick a new address from it for every connection, so a limit per full
+//!   address would not limit anybody. Behind a load balancer that hides
+//!   client addresses, every client shares its address: that is why both
+//!   limits are off by default.
 //! - **Memory is bounded.** A client has an entry while it has a
 //!   connection open or its bucket is not full again; no other entry
 //!   exists. The last connection to close removes the entry if its bucket
@@ -139,7 +142,7 @@ impl ClientLimits {
         if self.config.is_off() {
             return Ok(ClientSlot(None));
         }
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         let now = Instant::now();
         let mut shard = self.shard(&ip);
         if now >= shard.next_sweep && !shard.clients.contains_key(&ip) {
@@ -165,7 +168,7 @@ impl ClientLimits {
         if self.config.requests_per_second == 0 {
             return Ok(());
         }
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         let now = Instant::now();
         let mut shard = self.shard(&ip);
         // The connection's slot keeps the entry; inserting is for a caller
@@ -231,6 +234,15 @@ impl ClientLimits {
     }
 }
 
+/// What a client is counted by: its IPv4 address (an IPv4-mapped IPv6
+/// address is one), or the /64 prefix of its IPv6 address.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !0u128 << 64).into()),
+        v4 => v4,
+    }
+}
+
 /// Held by a client connection while it is open; counts it against its
 /// address.
 #[derive(Debug)]
@@ -275,6 +287,19 @@ mod tests {
         let _b = limits.connect(ip("10.0.0.2")).unwrap();
         drop(a1);
         let _a3 = limits.connect(ip("10.0.0.1")).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_prefix() {
+        let limits = limits(1, 0, 0);
+        let _a = limits.connect(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(
+            limits.connect(ip("2001:db8:1:2:ffff:0:0:9")).unwrap_err(),
+            Refusal::Connections,
+            "another address of the same /64"
+        );
+        let _b = limits.connect(ip("2001:db8:1:3::1")).unwrap();
+        assert_eq!(limits.len(), 2);
     }
 
     #[test]
