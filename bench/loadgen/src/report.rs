@@ -250,6 +250,21 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     for line in targets(results) {
         let _ = writeln!(out, "- {line}");
     }
+    let budget = time_budget(results);
+    if !budget.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### Where the request time goes\n\n\
+             When the proxy's core is busy all the time, the request rate is one over the \
+             proxy CPU per request, so each rate target is a budget of CPU time per request. \
+             All three proxies make the same system calls per request (one read and one \
+             write on each side), and the kernel's part of that, loopback TCP included, is \
+             most of the budget.\n"
+        );
+        for line in budget {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
     let _ = writeln!(
         out,
         "\n## Plots\n\n![Latency against load](bench/plots/latency.png)\n\n![Memory against open tunnels](bench/plots/memory.png)\n"
@@ -286,6 +301,71 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         }
     }
     out
+}
+
+/// For each keep-alive figure: how busy the proxy's core was, the CPU time
+/// per request the rate targets allow, and the kernel's share of it.
+fn time_budget(results: &Results) -> Vec<String> {
+    let (Some(sy), Some(ng), Some(ha)) = (
+        target(results, Kind::Switchyard),
+        target(results, Kind::Nginx),
+        target(results, Kind::Haproxy),
+    ) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for (i, h) in sy.http.iter().enumerate() {
+        let (Some(s), Some(n), Some(a)) = (
+            h.proxy_cpu,
+            ng.http.get(i).and_then(|r| r.proxy_cpu),
+            ha.http.get(i).and_then(|r| r.proxy_cpu),
+        ) else {
+            continue;
+        };
+        let total = |c: &crate::client::CpuPerRequest| c.user_us + c.kernel_us;
+        let busy = |rps: f64, c: &crate::client::CpuPerRequest| rps * total(c) / 1e4;
+        let nginx_budget = total(&n) / 1.2;
+        let haproxy_budget = total(&a);
+        let measured = format!(
+            "{} connection{}: CPU per request (user + kernel) switchyard {:.1} + {:.1} µs, \
+             nginx {:.1} + {:.1} µs, HAProxy {:.1} + {:.1} µs; core busy {:.0} % / {:.0} % / {:.0} %.",
+            h.concurrency,
+            if h.concurrency == 1 { "" } else { "s" },
+            s.user_us,
+            s.kernel_us,
+            n.user_us,
+            n.kernel_us,
+            a.user_us,
+            a.kernel_us,
+            busy(h.rps, &s),
+            busy(ng.http[i].rps, &n),
+            busy(ha.http[i].rps, &a),
+        );
+        if busy(h.rps, &s) < 90.0 {
+            lines.push(format!(
+                "{measured} The core is not the limit here: the rate follows the round trip \
+                 through the proxy and the backend."
+            ));
+            continue;
+        }
+        lines.push(format!(
+            "{measured} 1.2× nginx's rate allows {:.1} µs per request, {} switchyard's kernel \
+             time alone ({:.1} µs; nginx's: {:.1} µs); HAProxy's rate allows {:.1} µs, which \
+             leaves {:.1} µs of user time (switchyard uses {:.1}).",
+            nginx_budget,
+            if nginx_budget < s.kernel_us {
+                "less than"
+            } else {
+                "more than"
+            },
+            s.kernel_us,
+            n.kernel_us,
+            haproxy_budget,
+            (haproxy_budget - s.kernel_us).max(0.0),
+            s.user_us,
+        ));
+    }
+    lines
 }
 
 /// The goals from the performance issue, each met or not, with the numbers.
