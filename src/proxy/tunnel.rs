@@ -396,8 +396,7 @@ struct Pipe {
     eof: bool,
     needs_flush: bool,
     done: bool,
-    bulk: bool,
-    kernel: Option<KernelPipe>,
+    splice: Splice,
     bytes: u64,
     counter: IntCounter,
 }
@@ -413,8 +412,7 @@ impl Pipe {
             eof: false,
             needs_flush: false,
             done: false,
-            bulk: false,
-            kernel: None,
+            splice: Splice::NotYet,
             bytes: 0,
             counter,
         }
@@ -479,7 +477,7 @@ impl Pipe {
                 }
                 continue;
             }
-            let step = match (self.bulk, socket(reader), socket(writer)) {
+            let step = match (self.splice.wanted(), socket(reader), socket(writer)) {
                 (true, Some(from), Some(to)) => self.splice(cx, from, to, progress),
                 _ => self.read_and_write(cx, reader, writer, progress),
             };
@@ -525,9 +523,9 @@ impl Pipe {
             if data.is_empty() {
                 return Step::Eof;
             }
-            if data.len() == SCRATCH_SIZE {
+            if data.len() == SCRATCH_SIZE && matches!(self.splice, Splice::NotYet) {
                 // More was likely waiting: bulk data.
-                self.bulk = true;
+                self.splice = Splice::Wanted;
             }
             let mut written = 0;
             while written < data.len() {
@@ -552,6 +550,23 @@ impl Pipe {
     }
 }
 
+/// Whether a direction moves its bytes by splice.
+enum Splice {
+    /// Reads have not filled the scratch buffer yet: copying.
+    NotYet,
+    /// Bulk data seen: the next step makes the pipe and splices.
+    Wanted,
+    Active(KernelPipe),
+    /// No pipe could be made: copying, for good.
+    Unavailable,
+}
+
+impl Splice {
+    fn wanted(&self) -> bool {
+        matches!(self, Self::Wanted | Self::Active(_))
+    }
+}
+
 impl Pipe {
     /// One splice into this direction's kernel pipe, after what the pipe
     /// still held went on to `to`.
@@ -562,17 +577,19 @@ impl Pipe {
         to: &TcpStream,
         progress: &mut bool,
     ) -> Step {
-        let pipe = match &mut self.kernel {
-            Some(pipe) => pipe,
-            None => match KernelPipe::new() {
-                Ok(pipe) => self.kernel.insert(pipe),
+        if matches!(self.splice, Splice::Wanted) {
+            self.splice = match KernelPipe::new() {
+                Ok(pipe) => Splice::Active(pipe),
                 Err(error) => {
-                    // Out of descriptors, say: copying works all the same.
+                    // Out of descriptors, say: copying works all the same,
+                    // and is not given up for another try at every read.
                     tracing::debug!(%error, "no pipe for splice; copying");
-                    self.bulk = false;
-                    return Step::Moved;
+                    Splice::Unavailable
                 }
-            },
+            };
+        }
+        let Splice::Active(pipe) = &mut self.splice else {
+            return Step::Moved;
         };
         while !pipe.is_empty() {
             match pipe.poll_drain(cx, to) {
@@ -680,7 +697,7 @@ mod tests {
         let copied = poll_fn(|cx| pipe.poll_copy(cx, &mut from, &mut to, &mut false)).await;
         assert!(copied.is_ok(), "the copy ended cleanly");
         assert!(
-            pipe.kernel.is_some(),
+            matches!(pipe.splice, Splice::Active(_)),
             "bulk data went through a kernel pipe"
         );
         writer.await.unwrap();
