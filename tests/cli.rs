@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::backends;
 use common::client::get;
-use common::manifests::route;
+use common::manifests::{dir_with, route};
 use common::process::{BIN, Switchyard};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -115,12 +115,10 @@ fn check_passes_on_the_bundled_examples() {
 
 #[test]
 fn check_names_the_file_document_and_line_of_an_error_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("bad.yaml"),
+    let dir = dir_with(
+        "bad.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  ports:\n  - port: eighty\n",
-    )
-    .unwrap();
+    );
     let manifests = dir.path().to_str().unwrap();
     let (code, out, _) = switchyard(&["check", "--manifests", manifests]);
     assert_eq!(code, 1, "{out}");
@@ -138,12 +136,10 @@ fn check_names_the_file_document_and_line_of_an_error_and_exits_1() {
 
 #[test]
 fn check_reports_warnings_but_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("ingress.yaml"),
+    let dir = dir_with(
+        "ingress.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\nspec:\n  ingressClassName: switchyard\n  rules:\n  - http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}\n",
-    )
-    .unwrap();
+    );
     let (code, out, _) = switchyard(&["check", "--manifests", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("warning: Ingress shop/web: BackendNotFound: spec.rules[0].http.paths[0].backend.service: Service shop/missing not found"), "{out}");
@@ -178,12 +174,10 @@ fn routes_prints_the_table_as_text_and_json() {
 async fn run_serves_watches_files_and_keeps_the_last_good_state() {
     let first = backends::echo("first").await;
     let second = backends::echo("second").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("first.yaml"),
+    let dir = dir_with(
+        "first.yaml",
         route("first", "first.test", "/", &[first.addr]),
-    )
-    .unwrap();
+    );
     let proxy = Switchyard::start(dir.path(), &[]);
 
     wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
@@ -250,12 +244,7 @@ async fn run_serves_watches_files_and_keeps_the_last_good_state() {
 #[tokio::test]
 async fn metrics_output_passes_promtool() {
     let echo = backends::echo("echo").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        route("r", "h", "/", &[echo.addr]),
-    )
-    .unwrap();
+    let dir = dir_with("r.yaml", route("r", "h", "/", &[echo.addr]));
     let proxy = Switchyard::start(dir.path(), &[]);
     wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
     // Exercise request, upgrade and tunnel families so they have samples.
@@ -310,12 +299,7 @@ async fn metrics_output_passes_promtool() {
 
 #[tokio::test]
 async fn metrics_can_be_served_alone_without_the_route_table() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        route("r", "h", "/", &[backends::refused().await]),
-    )
-    .unwrap();
+    let dir = dir_with("r.yaml", route("r", "h", "/", &[backends::refused().await]));
     let proxy = Switchyard::start(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
     let metrics = proxy.metrics.expect("metrics address printed");
     let answer = get(metrics, "m", "/metrics", &[]).await;
@@ -334,12 +318,7 @@ async fn metrics_can_be_served_alone_without_the_route_table() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
     let echo = backends::echo("echo").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        route("r", "h", "/", &[echo.addr]),
-    )
-    .unwrap();
+    let dir = dir_with("r.yaml", route("r", "h", "/", &[echo.addr]));
     let mut proxy = Switchyard::start(
         dir.path(),
         &[
@@ -394,12 +373,7 @@ async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
 #[tokio::test]
 async fn access_log_lines_are_json_when_asked_and_can_be_turned_off() {
     let echo = backends::echo("echo").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        route("r", "h", "/", &[echo.addr]),
-    )
-    .unwrap();
+    let dir = dir_with("r.yaml", route("r", "h", "/", &[echo.addr]));
 
     let proxy = Switchyard::start(dir.path(), &["--log-format", "json"]);
     wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;

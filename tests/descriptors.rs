@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::manifests::route;
+use common::manifests::{dir_with, route};
 use common::process::Switchyard;
 
 /// A `/proc/PID/limits` row: (soft, hard) of "Max open files".
@@ -31,13 +31,10 @@ fn descriptor_table_slots(pid: u32) -> u64 {
 }
 
 fn manifests() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
+    dir_with(
+        "r.yaml",
         route("r", "h", "/", &["127.0.0.1:9".parse().unwrap()]),
     )
-    .unwrap();
-    dir
 }
 
 #[test]

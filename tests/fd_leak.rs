@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::backends::{self, read_head, write_head};
 use common::client::{get, raw_exchange, upgrade_request};
-use common::manifests::route;
+use common::manifests::{dir_with, route};
 use common::process::Switchyard;
 use tokio::io::AsyncWriteExt;
 
@@ -46,12 +46,11 @@ async fn thousands_of_upgrades_leave_no_file_descriptor_behind() {
     })
     .await;
     let refused = backends::refused().await;
-    let dir = tempfile::tempdir().unwrap();
     let yaml = route("ok", "ok", "/", &[echo.addr])
         + &route("declining", "declining", "/", &[declining])
         + &route("mismatched", "mismatched", "/", &[mismatched])
         + &route("refused", "refused", "/", &[refused]);
-    std::fs::write(dir.path().join("routes.yaml"), yaml).unwrap();
+    let dir = dir_with("routes.yaml", yaml);
     let proxy = Switchyard::start(dir.path(), &["--access-log", "false"]);
     let http = proxy.http;
 

@@ -59,3 +59,10 @@ pub fn objects(yaml: &str) -> Vec<serde_json::Value> {
         .map(|d| serde_json::to_value(d.value).unwrap())
         .collect()
 }
+
+/// A temporary manifest directory holding one file, `name`, of `yaml`.
+pub fn dir_with(name: &str, yaml: impl AsRef<[u8]>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), yaml).unwrap();
+    dir
+}
