@@ -176,13 +176,7 @@ async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
         read_until_closed(&mut client).await,
         b"backend got: request-data"
     );
-    proxy
-        .wait_metric(
-            "switchyard_tunnel_closes_total",
-            &[("reason", "completed")],
-            1.0,
-        )
-        .await;
+    proxy.wait_tunnel_closed("completed").await;
 }
 
 #[tokio::test]
@@ -205,13 +199,7 @@ async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
     assert_eq!(got, b"bye");
     client.write_all(b"still talking").await.unwrap();
     client.shutdown().await.unwrap();
-    proxy
-        .wait_metric(
-            "switchyard_tunnel_closes_total",
-            &[("reason", "completed")],
-            1.0,
-        )
-        .await;
+    proxy.wait_tunnel_closed("completed").await;
 }
 
 #[tokio::test]
@@ -582,13 +570,7 @@ async fn idle_tunnels_close_with_reason_idle_timeout() {
     config.tunnel.idle_timeout = Duration::from_millis(200);
     let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
     let mut ws = websocket(&proxy, "h", "/").await;
-    proxy
-        .wait_metric(
-            "switchyard_tunnel_closes_total",
-            &[("reason", "idle_timeout")],
-            1.0,
-        )
-        .await;
+    proxy.wait_tunnel_closed("idle_timeout").await;
     assert!(
         ws.next()
             .await
@@ -608,13 +590,7 @@ async fn on_shutdown_tunnels_get_the_drain_period_then_close_with_reason_shutdow
     ws.send(Message::text("draining")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));
     drain.await.unwrap();
-    proxy
-        .wait_metric(
-            "switchyard_tunnel_closes_total",
-            &[("reason", "shutdown")],
-            1.0,
-        )
-        .await;
+    proxy.wait_tunnel_closed("shutdown").await;
     assert!(
         TcpStream::connect(proxy.addr).await.is_err() || get_fails(proxy.addr).await,
         "listener closed"

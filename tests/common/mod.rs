@@ -82,6 +82,12 @@ impl TestProxy {
             String::from_utf8_lossy(&self.metrics.encode())
         );
     }
+
+    /// Waits until one tunnel has closed, for `reason`.
+    pub async fn wait_tunnel_closed(&self, reason: &str) {
+        self.wait_metric("switchyard_tunnel_closes_total", &[("reason", reason)], 1.0)
+            .await;
+    }
 }
 
 /// Sums the samples of `name` whose labels include all of `labels`.
