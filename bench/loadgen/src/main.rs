@@ -3,6 +3,7 @@
 //! is the one command that installs what is needed and runs it all.
 
 mod backend;
+mod chart;
 mod client;
 mod report;
 mod soak;

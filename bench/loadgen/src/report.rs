@@ -7,6 +7,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::chart;
 use crate::suite::{Results, TargetResults};
 use crate::targets::Kind;
 
@@ -458,48 +459,27 @@ pub fn plots(results: &Results, dir: &Path) -> anyhow::Result<()> {
 fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_rps = results
+    let lines = results
         .targets
         .iter()
-        .flat_map(|t| t.http.iter().map(|h| h.rps))
-        .fold(1.0, f64::max);
-    let max_p99 = results
-        .targets
-        .iter()
-        .flat_map(|t| t.http.iter().map(|h| h.p99_us as f64 / 1000.0))
-        .fold(0.1, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "p99 latency against request rate (each point: one concurrency level)",
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_rps * 1.05, 0.0..max_p99 * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("requests per second")
-        .y_desc("p99 latency (ms)")
-        .draw()?;
-    for t in &results.targets {
-        let points: Vec<(f64, f64)> = t
-            .http
-            .iter()
-            .map(|h| (h.rps, h.p99_us as f64 / 1000.0))
-            .collect();
-        let c = color(t.kind);
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(t.kind.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+        .map(|t| chart::Line {
+            name: Some(t.kind.name().to_string()),
+            color: color(t.kind),
+            points: t
+                .http
+                .iter()
+                .map(|h| (h.rps, h.p99_us as f64 / 1000.0))
+                .collect(),
+            marker: 4,
+        })
+        .collect();
+    let frame = chart::Frame {
+        caption: "p99 latency against request rate (each point: one concurrency level)",
+        x_desc: "requests per second",
+        y_desc: "p99 latency (ms)",
+        y_headroom: 1.1,
+    };
+    chart::lines(&root, &frame, lines)?;
     root.present()?;
     Ok(())
 }
@@ -507,48 +487,30 @@ fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
 fn memory_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let series: Vec<_> = results
+    let lines = results
         .targets
         .iter()
-        .filter_map(|t| t.idle_tunnels.as_ref().map(|i| (t.kind, i)))
+        .filter_map(|t| {
+            let idle = t.idle_tunnels.as_ref()?;
+            Some(chart::Line {
+                name: Some(t.kind.name().to_string()),
+                color: color(t.kind),
+                points: idle
+                    .samples
+                    .iter()
+                    .map(|&(n, rss)| (n as f64, rss as f64 / 1048576.0))
+                    .collect(),
+                marker: 3,
+            })
+        })
         .collect();
-    let max_x = series.iter().map(|(_, i)| i.count).max().unwrap_or(1) as f64;
-    let max_y = series
-        .iter()
-        .flat_map(|(_, i)| i.samples.iter().map(|s| s.1 as f64 / 1048576.0))
-        .fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Resident memory against open idle tunnels",
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("open tunnels")
-        .y_desc("RSS (MiB)")
-        .draw()?;
-    for (kind, idle) in series {
-        let points: Vec<(f64, f64)> = idle
-            .samples
-            .iter()
-            .map(|&(n, rss)| (n as f64, rss as f64 / 1048576.0))
-            .collect();
-        let c = color(kind);
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-            .label(kind.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let frame = chart::Frame {
+        caption: "Resident memory against open idle tunnels",
+        x_desc: "open tunnels",
+        y_desc: "RSS (MiB)",
+        y_headroom: 1.1,
+    };
+    chart::lines(&root, &frame, lines)?;
     root.present()?;
     Ok(())
 }

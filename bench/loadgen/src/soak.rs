@@ -45,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client::{HttpResult, Target, Until, http_load_until, upgrade, wait_serving};
-use crate::{report, suite, sysstat};
+use crate::{chart, report, suite, sysstat};
 
 pub struct Settings {
     pub switchyard: PathBuf,
@@ -574,7 +574,6 @@ fn plot(samples: &[Sample], warmup: f64, file: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(file, (900, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(350);
-    let max_t = samples.last().map_or(1.0, |s| s.t).max(1.0);
     let rss: Vec<(f64, f64)> = samples
         .iter()
         .map(|s| (s.t, s.rss as f64 / 1048576.0))
@@ -582,23 +581,20 @@ fn plot(samples: &[Sample], warmup: f64, file: &Path) -> anyhow::Result<()> {
     let fds: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.fds as f64)).collect();
     let tunnels: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.tunnels_active)).collect();
     let max_rss = rss.iter().map(|p| p.1).fold(1.0, f64::max);
-    let max_count = fds.iter().chain(&tunnels).map(|p| p.1).fold(1.0, f64::max);
 
-    let mut chart = ChartBuilder::on(&top)
-        .caption(
-            "switchyard soak: resident memory (dashed: end of warm-up)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..max_t, 0.0..max_rss * 1.2)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("RSS (MiB)")
-        .draw()?;
-    chart.draw_series(LineSeries::new(rss, BLUE.stroke_width(2)))?;
+    let rss_frame = chart::Frame {
+        caption: "switchyard soak: resident memory (dashed: end of warm-up)",
+        x_desc: "seconds",
+        y_desc: "RSS (MiB)",
+        y_headroom: 1.2,
+    };
+    let rss_line = chart::Line {
+        name: None,
+        color: BLUE,
+        points: rss,
+        marker: 0,
+    };
+    let mut chart = chart::lines(&top, &rss_frame, vec![rss_line])?;
     chart.draw_series(DashedLineSeries::new(
         [(warmup, 0.0), (warmup, max_rss * 1.2)],
         6,
@@ -606,30 +602,27 @@ fn plot(samples: &[Sample], warmup: f64, file: &Path) -> anyhow::Result<()> {
         BLACK.into(),
     ))?;
 
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("open descriptors and active tunnels", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..max_t, 0.0..max_count * 1.2)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("count")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(fds, RED.stroke_width(2)))?
-        .label("open fds")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(tunnels, GREEN.stroke_width(2)))?
-        .label("switchyard_tunnels_active")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let count_frame = chart::Frame {
+        caption: "open descriptors and active tunnels",
+        x_desc: "seconds",
+        y_desc: "count",
+        y_headroom: 1.2,
+    };
+    let count_lines = vec![
+        chart::Line {
+            name: Some("open fds".into()),
+            color: RED,
+            points: fds,
+            marker: 0,
+        },
+        chart::Line {
+            name: Some("switchyard_tunnels_active".into()),
+            color: GREEN,
+            points: tunnels,
+            marker: 0,
+        },
+    ];
+    chart::lines(&bottom, &count_frame, count_lines)?;
     root.present()?;
     Ok(())
 }
