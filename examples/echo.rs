@@ -9,16 +9,15 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+
+#[path = "shared/websocket_echo.rs"]
+mod websocket_echo;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -41,30 +40,8 @@ async fn main() -> std::io::Result<()> {
 }
 
 fn respond(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let wants_websocket = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let key = request.headers().get("sec-websocket-key").cloned();
-    if let (true, Some(key)) = (wants_websocket, key) {
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else { return };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            while let Some(Ok(message)) = ws.next().await {
-                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-            .body(Full::default())
-            .expect("valid response");
+    if let Some(switching) = websocket_echo::accept(&mut request) {
+        return switching;
     }
 
     let mut text = format!(

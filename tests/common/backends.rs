@@ -9,17 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+
+#[path = "../../examples/shared/websocket_echo.rs"]
+mod websocket_echo;
 
 /// An echo backend: HTTP requests are answered with `name`, the request
 /// line and headers; WebSocket upgrades echo every message.
@@ -53,30 +52,8 @@ pub async fn echo(name: &'static str) -> Echo {
 }
 
 async fn echo_response(name: &str, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let key = request.headers().get("sec-websocket-key").cloned();
-    let websocket = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if let (true, Some(key)) = (websocket, key) {
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else { return };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            while let Some(Ok(message)) = ws.next().await {
-                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-            .body(Full::default())
-            .unwrap();
+    if let Some(switching) = websocket_echo::accept(&mut request) {
+        return switching;
     }
     if request.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_millis(500)).await;
