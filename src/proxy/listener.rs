@@ -62,9 +62,11 @@ impl Proxy {
                 metrics: self.metrics.clone(),
             });
             let proxy = self.clone();
+            // Boxed: a large future, moved by pointer rather than by value
+            // into the task.
             self.shutdown
                 .tracker()
-                .spawn(proxy.serve_connection(stream, conn));
+                .spawn(Box::pin(proxy.serve_connection(stream, conn)));
         }
     }
 

@@ -158,7 +158,7 @@ async fn handshake(
         .handshake(io)
         .await
         .map_err(UpstreamError::from_hyper)?;
-    tokio::spawn(connection.with_upgrades());
+    tokio::spawn(Box::pin(connection.with_upgrades()));
 
     let (mut parts, body) = request.into_parts();
     prepare_headers(&mut parts, origin);
@@ -215,7 +215,7 @@ async fn handshake(
     let tunnel_proxy = proxy.clone();
     let tunnel_conn = conn.clone();
     let tunnel_route = route.clone();
-    proxy.shutdown.tracker().spawn(async move {
+    proxy.shutdown.tracker().spawn(Box::pin(async move {
         let proxy = tunnel_proxy;
         let route = tunnel_route;
         let [ns, ingress, service] = route_values(&route.labels);
@@ -245,7 +245,7 @@ async fn handshake(
         outcome.record(&proxy.metrics, &route.labels, proxy.config.access_log);
         // The client connection's slot is given back only now.
         drop(tunnel_conn);
-    });
+    }));
     Ok((
         Response::from_parts(parts, ResponseBody::empty()),
         UpgradeResult::Switched,
