@@ -13,7 +13,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that only ever concern one hop (RFC 9110 7.6.1, plus the
-/// historical ones proxies are expected to drop).
+/// historical ones proxies are expected to drop); `Connection` first.
 fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
     [
         &header::CONNECTION,
@@ -48,21 +48,40 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// `Connection` header cannot make us drop `Host` or the body framing the
 /// next hop depends on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names is cheaper
-    // than a removal (a hash and a probe) for each.
+    // Which of them are present, from one pass over the names: most
+    // messages carry none, and a removal costs a hash and a probe each.
     let hop_by_hop = fixed_hop_by_hop();
-    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop.iter().position(|h| *h == name) {
+            present[i] = true;
+        }
+    }
+    if present == [false; 9] {
         return;
     }
-    let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-        .collect();
+    // What `Connection` lists beyond those (`keep-alive` and `upgrade` are
+    // among them): usually nothing, so usually no allocation.
+    let listed: Vec<HeaderName> = if present[0] {
+        tokens(headers, &header::CONNECTION)
+            .filter(|t| {
+                !hop_by_hop
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in listed {
         headers.remove(name);
     }
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    for (name, present) in hop_by_hop.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
