@@ -49,8 +49,8 @@ pub struct Prepared {
 
 impl Prepared {
     /// Logs what was done, and warns when the limit is too low for the
-    /// configured connection limit (connections beyond it are refused by
-    /// the kernel, counted in the listener's accept errors).
+    /// configured connection limit (past it, accepting a connection fails
+    /// and the listener logs `accept failed`).
     pub fn log(&self, max_connections: usize) {
         for failure in &self.failures {
             tracing::warn!(%failure, "open-files limit or descriptor table left as it was");
@@ -73,11 +73,12 @@ impl Prepared {
     }
 }
 
-/// The soft limit to ask for: the hard limit, or `None` to keep `soft`.
-fn raised_soft_limit(current: Rlimit) -> Option<Option<u64>> {
+/// The soft limit to raise to (the hard one), or `None` to keep it. An
+/// unlimited hard limit is left alone: Linux caps open files at
+/// `fs.nr_open` and refuses an unlimited soft limit.
+fn raised_soft_limit(current: Rlimit) -> Option<u64> {
     match (current.current, current.maximum) {
-        (Some(soft), Some(hard)) if soft < hard => Some(Some(hard)),
-        (Some(_), None) => Some(None),
+        (Some(soft), Some(hard)) if soft < hard => Some(hard),
         _ => None,
     }
 }
@@ -104,13 +105,13 @@ pub fn prepare(max_connections: usize) -> Prepared {
     };
     if let Some(soft) = raised_soft_limit(current) {
         let new = Rlimit {
-            current: soft,
+            current: Some(soft),
             maximum: current.maximum,
         };
         match setrlimit(Resource::Nofile, new) {
             Ok(()) => {
                 prepared.raised_from = current.current;
-                prepared.limit = soft;
+                prepared.limit = Some(soft);
             }
             Err(e) => prepared
                 .failures
@@ -157,9 +158,9 @@ mod tests {
         let limit = |current, maximum| Rlimit { current, maximum };
         assert_eq!(
             raised_soft_limit(limit(Some(1024), Some(20_000))),
-            Some(Some(20_000))
+            Some(20_000)
         );
-        assert_eq!(raised_soft_limit(limit(Some(1024), None)), Some(None));
+        assert_eq!(raised_soft_limit(limit(Some(1024), None)), None);
         assert_eq!(raised_soft_limit(limit(Some(20_000), Some(20_000))), None);
         assert_eq!(raised_soft_limit(limit(None, None)), None);
     }
