@@ -325,8 +325,9 @@ fn time_budget(results: &Results) -> Vec<String> {
         };
         let total = |c: &crate::client::CpuPerRequest| c.user_us + c.kernel_us;
         let busy = |rps: f64, c: &crate::client::CpuPerRequest| rps * total(c) / 1e4;
-        let nginx_budget = total(&n) / 1.2;
-        let haproxy_budget = total(&a);
+        // The CPU per request at which a fully busy core gives that rate.
+        let nginx_budget = 1e6 / (1.2 * ng.http[i].rps);
+        let haproxy_budget = 1e6 / ha.http[i].rps;
         let measured = format!(
             "{} connection{}: CPU per request (user + kernel) switchyard {:.1} + {:.1} µs, \
              nginx {:.1} + {:.1} µs, HAProxy {:.1} + {:.1} µs; core busy {:.0} % / {:.0} % / {:.0} %.",
