@@ -2,6 +2,8 @@
 //! from zero to a little above the largest value, and a legend when the
 //! lines have names.
 
+use std::path::Path;
+
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -21,6 +23,18 @@ pub struct Frame<'a> {
     pub y_desc: &'a str,
     /// Room above the largest y value, as a factor (1.1: 10 %).
     pub y_headroom: f64,
+}
+
+impl<'a> Frame<'a> {
+    /// Axes from zero to 10 % above the largest value.
+    pub fn new(caption: &'a str, x_desc: &'a str, y_desc: &'a str) -> Self {
+        Self {
+            caption,
+            x_desc,
+            y_desc,
+            y_headroom: 1.1,
+        }
+    }
 }
 
 pub type Chart<'a, 'b> =
@@ -75,4 +89,13 @@ pub fn lines<'a, 'b>(
             .draw()?;
     }
     Ok(chart)
+}
+
+/// A PNG of one chart of `lines`, 900 by 540 pixels.
+pub fn png(file: &Path, frame: &Frame<'_>, lines: Vec<Line>) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    self::lines(&root, frame, lines)?;
+    root.present()?;
+    Ok(())
 }

@@ -458,60 +458,48 @@ pub fn plots(results: &Results, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
     let lines = results
         .targets
         .iter()
-        .map(|t| chart::Line {
-            name: Some(t.kind.name().to_string()),
-            color: color(t.kind),
-            points: t
-                .http
-                .iter()
-                .map(|h| (h.rps, h.p99_us as f64 / 1000.0))
-                .collect(),
-            marker: 4,
+        .map(|t| {
+            let points = t.http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
+            target_line(t.kind, points.collect(), 4)
         })
         .collect();
-    let frame = chart::Frame {
-        caption: "p99 latency against request rate (each point: one concurrency level)",
-        x_desc: "requests per second",
-        y_desc: "p99 latency (ms)",
-        y_headroom: 1.1,
-    };
-    chart::lines(&root, &frame, lines)?;
-    root.present()?;
-    Ok(())
+    let frame = chart::Frame::new(
+        "p99 latency against request rate (each point: one concurrency level)",
+        "requests per second",
+        "p99 latency (ms)",
+    );
+    chart::png(file, &frame, lines)
 }
 
 fn memory_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(file, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
     let lines = results
         .targets
         .iter()
         .filter_map(|t| {
-            let idle = t.idle_tunnels.as_ref()?;
-            Some(chart::Line {
-                name: Some(t.kind.name().to_string()),
-                color: color(t.kind),
-                points: idle
-                    .samples
-                    .iter()
-                    .map(|&(n, rss)| (n as f64, rss as f64 / 1048576.0))
-                    .collect(),
-                marker: 3,
-            })
+            let samples = &t.idle_tunnels.as_ref()?.samples;
+            let points = samples
+                .iter()
+                .map(|&(n, rss)| (n as f64, rss as f64 / 1048576.0));
+            Some(target_line(t.kind, points.collect(), 3))
         })
         .collect();
-    let frame = chart::Frame {
-        caption: "Resident memory against open idle tunnels",
-        x_desc: "open tunnels",
-        y_desc: "RSS (MiB)",
-        y_headroom: 1.1,
-    };
-    chart::lines(&root, &frame, lines)?;
-    root.present()?;
-    Ok(())
+    let frame = chart::Frame::new(
+        "Resident memory against open idle tunnels",
+        "open tunnels",
+        "RSS (MiB)",
+    );
+    chart::png(file, &frame, lines)
+}
+
+/// A target's line, named and coloured after it.
+fn target_line(kind: Kind, points: Vec<(f64, f64)>, marker: u32) -> chart::Line {
+    chart::Line {
+        name: Some(kind.name().to_string()),
+        color: color(kind),
+        points,
+        marker,
+    }
 }

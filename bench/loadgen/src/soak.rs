@@ -583,10 +583,12 @@ fn plot(samples: &[Sample], warmup: f64, file: &Path) -> anyhow::Result<()> {
     let max_rss = rss.iter().map(|p| p.1).fold(1.0, f64::max);
 
     let rss_frame = chart::Frame {
-        caption: "switchyard soak: resident memory (dashed: end of warm-up)",
-        x_desc: "seconds",
-        y_desc: "RSS (MiB)",
         y_headroom: 1.2,
+        ..chart::Frame::new(
+            "switchyard soak: resident memory (dashed: end of warm-up)",
+            "seconds",
+            "RSS (MiB)",
+        )
     };
     let rss_line = chart::Line {
         name: None,
@@ -603,10 +605,8 @@ fn plot(samples: &[Sample], warmup: f64, file: &Path) -> anyhow::Result<()> {
     ))?;
 
     let count_frame = chart::Frame {
-        caption: "open descriptors and active tunnels",
-        x_desc: "seconds",
-        y_desc: "count",
         y_headroom: 1.2,
+        ..chart::Frame::new("open descriptors and active tunnels", "seconds", "count")
     };
     let count_lines = vec![
         chart::Line {
