@@ -60,7 +60,8 @@ impl Prepared {
                 limit,
                 max_connections,
                 "the open-files limit allows about {} connections, fewer than --max-connections; \
-                 raise the hard limit (ulimit -Hn, or the container runtime's nofile limit)",
+                 raise the hard limit (ulimit -Hn, or the container runtime's nofile limit) \
+                 or lower --max-connections",
                 limit.saturating_sub(HEADROOM) / 2
             ),
             _ => tracing::debug!(
