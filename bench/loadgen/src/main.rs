@@ -200,7 +200,9 @@ fn machine() -> String {
     format!(
         "- CPU: {} ({} CPUs)\n- Memory: {}\n- Kernel: {}",
         cpu.trim(),
-        shell("nproc"),
+        // `--all`: the load generator runs pinned to one CPU, and plain
+        // `nproc` counts only the CPUs it may use.
+        shell("nproc --all"),
         shell("free -h | awk '/Mem:/ {print $2}'"),
         shell("uname -sr")
     )
