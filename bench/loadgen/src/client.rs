@@ -23,7 +23,7 @@ pub struct Target {
     pub host: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HttpResult {
     pub concurrency: usize,
     pub body_bytes: usize,
@@ -246,7 +246,7 @@ const FRAME: &[u8] = &[
 ];
 const CLOSE: &[u8] = &[0x88, 0x80, 1, 2, 3, 4];
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RateResult {
     pub concurrency: usize,
     pub completed: u64,
@@ -344,7 +344,7 @@ pub async fn tunnel_download(target: &Target) -> std::io::Result<f64> {
     Ok(received as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RttResult {
     pub round_trips: u64,
     pub p50_us: u64,

@@ -503,3 +503,81 @@ fn target_line(kind: Kind, points: Vec<(f64, f64)>, marker: u32) -> chart::Line 
         marker,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{CpuPerRequest, HttpResult, RateResult, RttResult};
+    use crate::translate_bench::TranslateResult;
+
+    /// A target with one keep-alive figure at 16 connections.
+    fn measured(kind: Kind, rps: f64, user_us: f64, kernel_us: f64) -> TargetResults {
+        TargetResults {
+            kind,
+            start_to_ready_ms: 0.0,
+            idle_rss_bytes: 0,
+            http: vec![HttpResult {
+                concurrency: 16,
+                rps,
+                proxy_cpu: Some(CpuPerRequest { user_us, kernel_us }),
+                ..HttpResult::default()
+            }],
+            bodies: Vec::new(),
+            websocket_sessions: RateResult::default(),
+            tunnel_up_mb_s: 0.0,
+            tunnel_down_mb_s: 0.0,
+            tunnel_rtt: RttResult::default(),
+            idle_tunnels: None,
+            config: None,
+            loads: Vec::new(),
+        }
+    }
+
+    fn results(targets: Vec<TargetResults>) -> Results {
+        Results {
+            targets,
+            reconfig: Vec::new(),
+            translate: TranslateResult::default(),
+            nofile_limit: 0,
+        }
+    }
+
+    #[test]
+    fn a_saturated_core_turns_the_rate_targets_into_cpu_per_request() {
+        // 50,000 req/s at 20 µs each: the core is busy all the time.
+        let lines = time_budget(&results(vec![
+            measured(Kind::Switchyard, 50_000.0, 6.0, 14.0),
+            measured(Kind::Nginx, 62_500.0, 3.0, 13.0),
+            measured(Kind::Haproxy, 62_500.0, 4.0, 12.0),
+        ]));
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert!(line.contains("core busy 100 % / 100 % / 100 %"), "{line}");
+        // 1.2 × 62,500 req/s on a busy core is 13.3 µs per request.
+        assert!(
+            line.contains("1.2× nginx's rate allows 13.3 µs per request, less than switchyard's kernel time alone (14.0 µs"),
+            "{line}"
+        );
+        // 62,500 req/s is 16.0 µs per request, 2.0 of them left for user space.
+        assert!(
+            line.contains("HAProxy's rate allows 16.0 µs, which leaves 2.0 µs"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_core_with_time_to_spare_is_not_given_a_budget() {
+        let lines = time_budget(&results(vec![
+            measured(Kind::Switchyard, 5_000.0, 20.0, 50.0),
+            measured(Kind::Nginx, 6_000.0, 8.0, 42.0),
+            measured(Kind::Haproxy, 6_000.0, 16.0, 50.0),
+        ]));
+        assert!(lines[0].contains("core busy 35 %"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("The core is not the limit here"),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains("allows"), "{}", lines[0]);
+    }
+}

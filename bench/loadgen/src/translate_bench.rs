@@ -15,7 +15,7 @@ use crate::sysstat;
 
 pub const OBJECTS: usize = 10_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TranslateResult {
     pub ingresses: usize,
     pub parse_ms: f64,
