@@ -398,8 +398,13 @@ pub async fn open_idle_tunnels(
     }
 }
 
-/// Waits until a plain request to `target` answers 200 (or `limit` passes).
-pub async fn wait_serving(target: &Target, limit: Duration) -> bool {
+/// How often [`wait_serving`] tries where a few milliseconds do not
+/// matter.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until a plain request to `target` answers 200 (or `limit`
+/// passes), trying `every` so often.
+pub async fn wait_serving(target: &Target, limit: Duration, every: Duration) -> bool {
     let deadline = Instant::now() + limit;
     let request = format!(
         "GET /small HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -412,7 +417,7 @@ pub async fn wait_serving(target: &Target, limit: Duration) -> bool {
                 return true;
             }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(every).await;
     }
     false
 }

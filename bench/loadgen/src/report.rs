@@ -81,11 +81,12 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself.\n\
          - Every proxy keeps connections to the backend alive, passes WebSocket upgrades through, has access logging off, and answers 404 for unknown hosts. The configurations are at the end.\n\
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
-         - Tunnel throughput is the median of {} transfers of {} MiB each way.\n\
+         - Tunnel throughput is the median of {} transfers of {} MiB each way; start to first answer is the median of {} starts.\n\
          - Each figure records the load average and the CPU other processes used while it ran; a figure where others used more than a quarter of a core is measured again once (see the last table).\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
         crate::suite::TUNNEL_TRANSFERS,
         crate::client::TUNNEL_BYTES / (1024 * 1024),
+        crate::targets::STARTS,
         results.nofile_limit
     );
 

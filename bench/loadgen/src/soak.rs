@@ -44,7 +44,7 @@ use plotters::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{HttpResult, Target, Until, http_load_until, upgrade, wait_serving};
+use crate::client::{HttpResult, POLL, Target, Until, http_load_until, upgrade, wait_serving};
 use crate::{chart, report, suite, sysstat};
 
 pub struct Settings {
@@ -354,8 +354,8 @@ async fn drive(
         addr: http,
         host: "mixed.soak".into(),
     };
-    if !wait_serving(&stable_target, Duration::from_secs(10)).await
-        || !wait_serving(&mixed_target, Duration::from_secs(10)).await
+    if !wait_serving(&stable_target, Duration::from_secs(10), POLL).await
+        || !wait_serving(&mixed_target, Duration::from_secs(10), POLL).await
     {
         bail!("switchyard does not serve the soak routes");
     }

@@ -344,7 +344,7 @@ async fn reconfiguration(kind: Kind, setup: &Setup, plan: &Plan) -> anyhow::Resu
             addr: target.addr,
             host: host.clone(),
         };
-        if !client::wait_serving(&probe, Duration::from_secs(10)).await {
+        if !client::wait_serving(&probe, Duration::from_secs(10), client::POLL).await {
             anyhow::bail!("{}: {host} not served 10s after the change", kind.name());
         }
         delays.push(start.elapsed().as_secs_f64() * 1000.0);

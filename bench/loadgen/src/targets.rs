@@ -57,12 +57,31 @@ pub struct Running {
     hosts: Vec<String>,
 }
 
+/// Starts per proxy for the start-to-first-answer figure.
+pub const STARTS: usize = 5;
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Running {
+    /// Starts `kind` [`STARTS`] times (stopping all but the last), so
+    /// `start_to_ready` is the median of several starts: one start is a
+    /// few milliseconds, and a single one was seen to vary threefold.
     pub async fn start(kind: Kind, setup: &Setup) -> anyhow::Result<Self> {
+        let mut times = Vec::with_capacity(STARTS);
+        loop {
+            let mut running = Self::launch(kind, setup).await?;
+            times.push(running.start_to_ready);
+            if times.len() == STARTS || kind == Kind::Direct {
+                times.sort();
+                running.start_to_ready = times[times.len() / 2];
+                return Ok(running);
+            }
+        }
+    }
+
+    async fn launch(kind: Kind, setup: &Setup) -> anyhow::Result<Self> {
         let dir = setup.workdir.join(kind.name());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("manifests"))?;
@@ -85,7 +104,8 @@ impl Running {
             Kind::Nginx => running.start_nginx(setup)?,
             Kind::Haproxy => running.start_haproxy(setup)?,
         }
-        if !wait_serving(&running.target, Duration::from_secs(30)).await {
+        let poll_every = Duration::from_millis(1);
+        if !wait_serving(&running.target, Duration::from_secs(30), poll_every).await {
             bail!("{} did not start serving within 30s", kind.name());
         }
         running.start_to_ready = spawned.elapsed();
