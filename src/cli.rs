@@ -149,7 +149,8 @@ pub struct RunArgs {
 
     /// Most connections one client address (an IPv6 client: its /64) may
     /// have open at once (upgraded ones included); more are closed as soon
-    /// as they are accepted. 0 (the default): no limit per address, only --max-connections.
+    /// as they are accepted. 0 (the default): no limit per address, only
+    /// --max-connections.
     /// Behind a load balancer or NAT that hides client addresses (a cloud
     /// LB, kube-proxy with externalTrafficPolicy: Cluster) every client
     /// shares a few addresses, so any fixed default could cap the whole
@@ -158,9 +159,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_client: u32,
 
-    /// Requests per second one client address (IPv6: its /64) may make, on average; more
-    /// are answered 429. 0 (the default): no limit, for the same reason as
-    /// --max-connections-per-client.
+    /// Requests per second one client address (IPv6: its /64) may make, on
+    /// average; more are answered 429. 0 (the default): no limit, for the
+    /// same reason as --max-connections-per-client.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_requests_per_client_per_second: u32,
 
