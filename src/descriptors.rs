@@ -48,29 +48,61 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Logs what was done, and warns when the limit is too low for the
-    /// configured connection limit (past it, accepting a connection fails
-    /// and the listener logs `accept failed`).
+    /// Logs what was done, and what the limit means for the configured
+    /// connection limit (see [`Shortfall`]).
     pub fn log(&self, max_connections: usize) {
         for failure in &self.failures {
             tracing::warn!(%failure, "open-files limit or descriptor table left as it was");
         }
-        match self.limit {
-            Some(limit) if limit < self.wanted => tracing::warn!(
-                limit,
+        let advice = "raise the hard limit (ulimit -Hn, or the container runtime's nofile \
+                      limit) or lower --max-connections";
+        match shortfall(self.limit, max_connections) {
+            Shortfall::Connections(allowed) => tracing::warn!(
+                limit = self.limit,
                 max_connections,
-                "the open-files limit allows about {} connections, fewer than --max-connections; \
-                 raise the hard limit (ulimit -Hn, or the container runtime's nofile limit) \
-                 or lower --max-connections",
-                limit.saturating_sub(HEADROOM) / 2
+                "the open-files limit allows about {allowed} connections, fewer than \
+                 --max-connections; {advice}"
             ),
-            _ => tracing::debug!(
+            Shortfall::Tunnels(allowed) => tracing::info!(
+                limit = self.limit,
+                max_connections,
+                "the open-files limit allows about {allowed} tunnels (two descriptors each), \
+                 fewer than --max-connections; plain requests share pooled backend \
+                 connections and are not limited by it; {advice}"
+            ),
+            Shortfall::None => tracing::debug!(
                 limit = ?self.limit,
                 raised_from = ?self.raised_from,
                 table_slots = self.table_slots,
                 "open-files limit"
             ),
         }
+    }
+}
+
+/// How far an open-files limit falls short of `--max-connections`.
+#[derive(Debug, PartialEq, Eq)]
+enum Shortfall {
+    None,
+    /// Every client connection fits, but not every one as a tunnel (which
+    /// holds a backend connection too): about this many tunnels fit.
+    Tunnels(u64),
+    /// Not even the client connections fit: past about this many,
+    /// accepting fails (the listener logs `accept failed`).
+    Connections(u64),
+}
+
+fn shortfall(limit: Option<u64>, max_connections: usize) -> Shortfall {
+    let Some(limit) = limit else {
+        return Shortfall::None;
+    };
+    let usable = limit.saturating_sub(HEADROOM);
+    if usable < max_connections as u64 {
+        Shortfall::Connections(usable)
+    } else if limit < wanted(max_connections) {
+        Shortfall::Tunnels(usable / 2)
+    } else {
+        Shortfall::None
     }
 }
 
@@ -164,6 +196,14 @@ mod tests {
         assert_eq!(raised_soft_limit(limit(Some(1024), None)), None);
         assert_eq!(raised_soft_limit(limit(Some(20_000), Some(20_000))), None);
         assert_eq!(raised_soft_limit(limit(None, None)), None);
+    }
+
+    #[test]
+    fn a_limit_short_of_tunnels_is_told_apart_from_one_short_of_connections() {
+        assert_eq!(shortfall(Some(20_000), 10_000), Shortfall::Tunnels(9_872));
+        assert_eq!(shortfall(Some(1_000), 3_000), Shortfall::Connections(744));
+        assert_eq!(shortfall(Some(1 << 20), 10_000), Shortfall::None);
+        assert_eq!(shortfall(None, 10_000), Shortfall::None);
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn a_hard_limit_below_what_max_connections_needs_is_logged() {
     let proxy =
         Switchyard::start_with_limits(dir.path(), "ulimit -n 1000", &["--max-connections", "3000"]);
     assert_eq!(open_files_limits(&proxy.pid().to_string()), (1000, 1000));
-    let warning = "the open-files limit allows about 372 connections, fewer than --max-connections";
+    let warning = "the open-files limit allows about 744 connections, fewer than --max-connections";
     let logged = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
         proxy.log_text().contains(warning)
