@@ -121,20 +121,25 @@ fn table_slots(wanted: u64, limit: Option<u64>) -> u64 {
     limit.map_or(wanted, |limit| wanted.min(limit))
 }
 
-/// Raises the open-files soft limit to the hard limit and grows the
-/// descriptor table for `max_connections`. Call it first thing in `main`,
-/// while the process has one thread. Failures leave things as they were
-/// and are reported, not fatal: the proxy works, with fewer connections or
-/// the occasional pause.
-pub fn prepare(max_connections: usize) -> Prepared {
-    let wanted = wanted(max_connections);
+/// The open-files soft limit after [`raise_open_files_limit`].
+#[derive(Debug)]
+pub struct OpenFilesLimit {
+    /// The soft limit in force now (`None`: unlimited).
+    pub limit: Option<u64>,
+    /// The soft limit before, when it was raised.
+    pub raised_from: Option<u64>,
+    /// Why it could not be raised, if so (it is then as it was).
+    pub failure: Option<rustix::io::Errno>,
+}
+
+/// Raises the open-files soft limit to the hard limit. Children inherit
+/// it (the benchmark raises its own limit, and its proxies', with this).
+pub fn raise_open_files_limit() -> OpenFilesLimit {
     let current = getrlimit(Resource::Nofile);
-    let mut prepared = Prepared {
+    let mut raised = OpenFilesLimit {
         limit: current.current,
         raised_from: None,
-        table_slots: 0,
-        failures: Vec::new(),
-        wanted,
+        failure: None,
     };
     if let Some(soft) = raised_soft_limit(current) {
         let new = Rlimit {
@@ -143,13 +148,34 @@ pub fn prepare(max_connections: usize) -> Prepared {
         };
         match setrlimit(Resource::Nofile, new) {
             Ok(()) => {
-                prepared.raised_from = current.current;
-                prepared.limit = Some(soft);
+                raised.raised_from = current.current;
+                raised.limit = Some(soft);
             }
-            Err(e) => prepared
-                .failures
-                .push(format!("raising the open-files limit: {e}")),
+            Err(e) => raised.failure = Some(e),
         }
+    }
+    raised
+}
+
+/// Raises the open-files soft limit to the hard limit and grows the
+/// descriptor table for `max_connections`. Call it first thing in `main`,
+/// while the process has one thread. Failures leave things as they were
+/// and are reported, not fatal: the proxy works, with fewer connections or
+/// the occasional pause.
+pub fn prepare(max_connections: usize) -> Prepared {
+    let wanted = wanted(max_connections);
+    let raised = raise_open_files_limit();
+    let mut prepared = Prepared {
+        limit: raised.limit,
+        raised_from: raised.raised_from,
+        table_slots: 0,
+        failures: Vec::new(),
+        wanted,
+    };
+    if let Some(e) = raised.failure {
+        prepared
+            .failures
+            .push(format!("raising the open-files limit: {e}"));
     }
     let slots = table_slots(wanted, prepared.limit);
     match grow_table(slots) {

@@ -108,19 +108,11 @@ pub fn ticks_per_second() -> f64 {
 }
 
 /// Raises the open-files soft limit to the hard limit (children inherit
-/// it); returns the new limit.
+/// it), as `switchyard run` does for itself; returns the limit in force.
 pub fn raise_nofile_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write `limit`.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
+    switchyard::descriptors::raise_open_files_limit()
+        .limit
+        .unwrap_or(u64::MAX)
 }
 
 /// A window over which to account for CPU used outside the benchmark.
