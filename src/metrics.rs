@@ -173,7 +173,7 @@ impl Metrics {
             upstream_timeouts: counter_vec(
                 &r,
                 "switchyard_upstream_timeouts_total",
-                "Backend connects or responses that timed out.",
+                "Backend connects, response heads and response bodies that timed out (each attempt).",
                 ROUTE,
             ),
             upstream_ejections: counter_vec(
