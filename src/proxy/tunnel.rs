@@ -676,8 +676,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn bulk_data_between_sockets_goes_by_splice_early_data_first() {
+    /// Sends 4 MB from one socket, through `pipe`, to another; returns
+    /// the pipe afterwards, the bytes sent and the bytes that arrived.
+    async fn copy_bulk_between_sockets(mut pipe: Pipe) -> (Pipe, Vec<u8>, Vec<u8>) {
         use crate::proxy::splice::tests::socket_pair;
         let (mut source, mut from) = socket_pair().await;
         let (mut to, mut sink) = socket_pair().await;
@@ -692,19 +693,37 @@ mod tests {
             sink.read_to_end(&mut got).await.unwrap();
             got
         });
-        let counter = counters().client_to_backend;
-        let mut pipe = Pipe::new(counter, Bytes::from_static(b"early "));
         let copied = poll_fn(|cx| pipe.poll_copy(cx, &mut from, &mut to, &mut false)).await;
         assert!(copied.is_ok(), "the copy ended cleanly");
+        writer.await.unwrap();
+        (pipe, data, reader.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn bulk_data_between_sockets_goes_by_splice_early_data_first() {
+        let pipe = Pipe::new(counters().client_to_backend, Bytes::from_static(b"early "));
+        let (pipe, data, got) = copy_bulk_between_sockets(pipe).await;
         assert!(
             matches!(pipe.splice, Splice::Active(_)),
             "bulk data went through a kernel pipe"
         );
-        writer.await.unwrap();
-        let got = reader.await.unwrap();
         assert_eq!(&got[..6], b"early ");
         assert!(got[6..] == data[..], "every byte, in order");
         assert_eq!(pipe.bytes, 6 + data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_direction_without_a_pipe_copies_bulk_data_for_good() {
+        let mut pipe = Pipe::new(counters().client_to_backend, Bytes::new());
+        // As after `KernelPipe::new` failed (out of descriptors).
+        pipe.splice = Splice::Unavailable;
+        let (pipe, data, got) = copy_bulk_between_sockets(pipe).await;
+        assert!(
+            matches!(pipe.splice, Splice::Unavailable),
+            "full reads did not try for a pipe again"
+        );
+        assert!(got == data, "every byte, in order");
+        assert_eq!(pipe.bytes, data.len() as u64);
     }
 
     #[tokio::test]
