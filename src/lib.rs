@@ -15,6 +15,7 @@ pub mod descriptors;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod route_metrics;
 pub mod routes;
 pub mod runtime;
 pub mod shutdown;

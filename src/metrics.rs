@@ -4,12 +4,9 @@
 //! (namespace, ingress, service, a code class or a fixed reason; never a
 //! raw path or a client address).
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::routes::RouteLabels;
@@ -44,7 +41,7 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     /// Endpoints out of rotation now, by the route whose request ejected them.
     pub upstream_ejected_endpoints: IntGaugeVec,
-    /// Upgrade handshakes by `result` (see [`crate::proxy::upgrade::UpgradeResult`]).
+    /// Upgrade handshakes by `result` (see [`crate::route_metrics::UpgradeResult`]).
     pub upgrades: IntCounterVec,
     pub tunnels_active: IntGaugeVec,
     /// Tunnel payload by `direction`: `client_to_backend`, `backend_to_client`.
@@ -324,66 +321,4 @@ impl Metrics {
 /// The label values of a route, as metric families take them.
 pub fn route_values(labels: &RouteLabels) -> [&str; 3] {
     [&labels.namespace, &labels.ingress, &labels.service]
-}
-
-/// `2xx`, `4xx`, ... for a status code.
-pub fn code_class(status: http::StatusCode) -> &'static str {
-    CODE_CLASSES[code_class_index(status)]
-}
-
-const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-fn code_class_index(status: http::StatusCode) -> usize {
-    match status.as_u16() {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
-    }
-}
-
-/// One route's request counters and duration histogram, resolved once
-/// (a route keeps them for as long as it lives) instead of by label lookup
-/// on every request: that lookup hashes three label strings and takes a
-/// lock. A status class's series is created by its first request, as with
-/// a lookup, so classes never seen are not exported.
-pub struct RouteRequestMetrics {
-    requests: IntCounterVec,
-    labels: [String; 3],
-    by_class: [OnceLock<IntCounter>; 5],
-    duration: Histogram,
-}
-
-impl RouteRequestMetrics {
-    pub fn new(metrics: &Metrics, labels: &RouteLabels) -> Self {
-        let values = route_values(labels);
-        Self {
-            requests: metrics.requests.clone(),
-            labels: values.map(str::to_string),
-            by_class: Default::default(),
-            duration: metrics.request_duration.with_label_values(&values),
-        }
-    }
-
-    /// Counts one answered request and how long it took.
-    pub fn observe(&self, status: http::StatusCode, elapsed: Duration) {
-        let class = code_class_index(status);
-        self.by_class[class]
-            .get_or_init(|| {
-                let [ns, ingress, service] = &self.labels;
-                self.requests
-                    .with_label_values(&[ns, ingress, service, CODE_CLASSES[class]])
-            })
-            .inc();
-        self.duration.observe(elapsed.as_secs_f64());
-    }
-}
-
-impl std::fmt::Debug for RouteRequestMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteRequestMetrics")
-            .field("labels", &self.labels)
-            .finish_non_exhaustive()
-    }
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode};
 
-use crate::metrics::{Metrics, RouteRequestMetrics, code_class, route_values};
+use crate::metrics::{Metrics, route_values};
+use crate::route_metrics::{CodeClass, FixedLabel};
 use crate::routes::{Route, RouteLabels};
 
 /// The tracing target of access log lines, for filtering
@@ -28,7 +29,7 @@ pub fn record_parser_refusal(metrics: &Metrics) {
     let [ns, ingress, service] = route_values(&NO_ROUTE);
     metrics
         .requests
-        .with_label_values(&[ns, ingress, service, "4xx"])
+        .with_label_values(&[ns, ingress, service, CodeClass::ClientError.as_str()])
         .inc();
 }
 
@@ -100,14 +101,16 @@ impl Drop for RequestRecord {
         let elapsed = self.start.elapsed();
         let [ns, ingress, service] = route_values(self.labels());
         match &self.route {
-            Some(route) => route
-                .request_metrics
-                .get_or_init(|| RouteRequestMetrics::new(&self.metrics, &route.labels))
-                .observe(self.status, elapsed),
+            Some(route) => {
+                route
+                    .metrics
+                    .count_request(&self.metrics, &route.labels, self.status, elapsed)
+            }
             None => {
+                let class = CodeClass::of(self.status).as_str();
                 self.metrics
                     .requests
-                    .with_label_values(&[ns, ingress, service, code_class(self.status)])
+                    .with_label_values(&[ns, ingress, service, class])
                     .inc();
                 self.metrics
                     .request_duration

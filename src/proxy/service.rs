@@ -27,9 +27,10 @@ use super::forward::{Origin, forward};
 use super::headers::{X_REQUEST_ID, ensure_request_id, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
-use super::upgrade::{self, UpgradeRequest, UpgradeResult};
+use super::upgrade::{self, UpgradeRequest};
 use super::upstream::UpstreamError;
 use super::{ConnInfo, Proxy};
+use crate::route_metrics::UpgradeResult;
 use crate::routes::Route;
 
 pub async fn handle(

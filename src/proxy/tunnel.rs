@@ -25,67 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::splice::KernelPipe;
 use crate::metrics::{Metrics, route_values};
-use crate::routes::RouteLabels;
-
-/// Why a tunnel closed. The label values are fixed, so the metric's
-/// cardinality is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both ends closed their side cleanly.
-    Completed,
-    /// Reading from or writing to the client failed (a reset, say).
-    ClientError,
-    /// Reading from or writing to the backend failed.
-    BackendError,
-    IdleTimeout,
-    MaxLifetime,
-    /// The drain period after SIGTERM ran out.
-    Shutdown,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::ClientError => "client_error",
-            Self::BackendError => "backend_error",
-            Self::IdleTimeout => "idle_timeout",
-            Self::MaxLifetime => "max_lifetime",
-            Self::Shutdown => "shutdown",
-        }
-    }
-
-    fn is_error(self) -> bool {
-        self != Self::Completed
-    }
-}
+use crate::route_metrics::{CloseReason, FixedLabel, TunnelBytes};
+use crate::routes::Route;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelLimits {
     pub idle_timeout: Duration,
     pub max_lifetime: Option<Duration>,
-}
-
-/// Byte counters the tunnel feeds as data moves, so long-lived tunnels show
-/// up in metrics before they close.
-pub struct TunnelCounters {
-    pub client_to_backend: IntCounter,
-    pub backend_to_client: IntCounter,
-}
-
-impl TunnelCounters {
-    pub fn for_route(metrics: &Metrics, labels: &RouteLabels) -> Self {
-        let [ns, ingress, service] = route_values(labels);
-        let counter = |direction| {
-            metrics
-                .tunnel_bytes
-                .with_label_values(&[ns, ingress, service, direction])
-        };
-        Self {
-            client_to_backend: counter("client_to_backend"),
-            backend_to_client: counter("backend_to_client"),
-        }
-    }
 }
 
 /// Both halves of an upgraded connection.
@@ -94,7 +40,7 @@ pub struct Tunnel<C, B> {
     backend: B,
     limits: TunnelLimits,
     shutdown: CancellationToken,
-    counters: TunnelCounters,
+    counters: TunnelBytes,
     /// (to the backend, to the client): see [`Tunnel::with_early_data`].
     early: (Bytes, Bytes),
 }
@@ -201,23 +147,14 @@ impl TunnelOutcome {
     /// Counts the close and writes the tunnel's log line. Ordinary ends,
     /// abrupt ones included, are never logged above debug level; the access
     /// log line (when enabled) carries the close reason.
-    pub fn record(self, metrics: &Metrics, labels: &RouteLabels, access_log: bool) {
-        let [ns, ingress, service] = route_values(labels);
+    pub fn record(self, metrics: &Metrics, route: &Route, access_log: bool) {
         let reason = self.reason.as_str();
-        metrics
-            .tunnel_closes
-            .with_label_values(&[ns, ingress, service, reason])
-            .inc();
-        if self.reason.is_error() {
-            metrics
-                .tunnel_errors
-                .with_label_values(&[ns, ingress, service, reason])
-                .inc();
-        }
-        metrics
-            .tunnel_duration
-            .with_label_values(&[ns, ingress, service])
-            .observe(self.duration.as_secs_f64());
+        route.metrics.tunnels(metrics, &route.labels).count_close(
+            metrics,
+            &route.labels,
+            self.reason,
+            self.duration,
+        );
         tracing::debug!(
             reason,
             error = self
@@ -228,6 +165,7 @@ impl TunnelOutcome {
             "tunnel closed"
         );
         if access_log {
+            let [ns, ingress, service] = route_values(&route.labels);
             tracing::info!(
                 target: super::observe::ACCESS_TARGET,
                 namespace = ns,
@@ -253,7 +191,7 @@ where
         backend: B,
         limits: TunnelLimits,
         shutdown: CancellationToken,
-        counters: TunnelCounters,
+        counters: TunnelBytes,
     ) -> Self {
         Self {
             client,
@@ -614,11 +552,13 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route_metrics::TunnelSeries;
+    use crate::routes::RouteLabels;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    fn counters() -> TunnelCounters {
+    fn counters() -> TunnelBytes {
         let metrics = Metrics::new();
-        TunnelCounters::for_route(&metrics, &RouteLabels::default())
+        TunnelSeries::new(&metrics, &RouteLabels::default()).bytes
     }
 
     /// A tunnel between two 64-byte in-memory pipes, running; returns its

@@ -19,10 +19,10 @@ use tokio::net::TcpStream;
 use super::body::{ResponseBody, TimeoutBody};
 use super::forward::{Origin, path_and_query, prepare_headers, relay};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
-use super::tunnel::{Tunnel, TunnelCounters, TunnelEnd, TunnelOutcome};
+use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{ConnInfo, Proxy};
-use crate::metrics::route_values;
+use crate::route_metrics::UpgradeResult;
 use crate::routes::{Pick, Route};
 
 /// What a request asks for in the way of an upgrade.
@@ -53,44 +53,10 @@ pub fn classify(version: Version, headers: &HeaderMap) -> UpgradeRequest {
     }
 }
 
-/// How an upgrade handshake ended (the `result` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpgradeResult {
-    /// 101 relayed; the connections are a tunnel now.
-    Switched,
-    /// The backend answered with something other than 101.
-    Declined,
-    /// The backend answered 101 with a protocol the client did not ask for.
-    ProtocolMismatch,
-    /// No protocol the client asked for is allowed on the route; the
-    /// request was forwarded without its upgrade headers.
-    NotAllowed,
-    ConnectError,
-    Timeout,
-    Failed,
-}
-
-impl UpgradeResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Switched => "switched",
-            Self::Declined => "declined",
-            Self::ProtocolMismatch => "protocol_mismatch",
-            Self::NotAllowed => "not_allowed",
-            Self::ConnectError => "connect_error",
-            Self::Timeout => "timeout",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
-    let [ns, ingress, service] = route_values(&route.labels);
-    proxy
+    route
         .metrics
-        .upgrades
-        .with_label_values(&[ns, ingress, service, result.as_str()])
-        .inc();
+        .count_upgrade(&proxy.metrics, &route.labels, result);
 }
 
 /// Performs the handshake with the backend over a fresh connection to
@@ -218,12 +184,8 @@ async fn handshake(
     proxy.shutdown.tracker().spawn(Box::pin(async move {
         let proxy = tunnel_proxy;
         let route = tunnel_route;
-        let [ns, ingress, service] = route_values(&route.labels);
-        let active = proxy
-            .metrics
-            .tunnels_active
-            .with_label_values(&[ns, ingress, service]);
-        active.inc();
+        let series = route.metrics.tunnels(&proxy.metrics, &route.labels);
+        series.active.inc();
         let outcome = match client_upgrade.await {
             Ok(client) => {
                 let (client, to_backend) = TunnelEnd::new(client);
@@ -233,7 +195,7 @@ async fn handshake(
                     backend,
                     proxy.config.tunnel,
                     proxy.shutdown.force_token(),
-                    TunnelCounters::for_route(&proxy.metrics, &route.labels),
+                    series.bytes.clone(),
                 )
                 .with_early_data(to_backend, to_client)
                 .run()
@@ -241,8 +203,8 @@ async fn handshake(
             }
             Err(e) => TunnelOutcome::client_gone(e),
         };
-        active.dec();
-        outcome.record(&proxy.metrics, &route.labels, proxy.config.access_log);
+        series.active.dec();
+        outcome.record(&proxy.metrics, &route, proxy.config.access_log);
         // The client connection's slot is given back only now.
         drop(tunnel_conn);
     }));

@@ -13,14 +13,14 @@
 /// inserts here (and the seed is random per process all the same).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use super::host::{HostPattern, normalize_request_host, wildcard_suffix};
 use super::passive_health::{EndpointHealth, HealthGeneration, HealthRegistry, LazyNow};
 use super::path::{prefix_candidates, rule_key};
 use super::spec::{RouteSpec, RouteTableSpec};
-use crate::metrics::RouteRequestMetrics;
+use crate::route_metrics::RouteMetrics;
 
 /// One route: where requests go and what policy applies. The place later
 /// per-route policy (timeouts, limits, rewrites, ...) is added.
@@ -30,8 +30,8 @@ pub struct Route {
     pub backend: Backend,
     /// Lower-case upgrade tokens this route may tunnel.
     pub upgrades: Box<[Box<str>]>,
-    /// This route's request metrics, resolved by its first request.
-    pub request_metrics: OnceLock<RouteRequestMetrics>,
+    /// This route's metric series, resolved by their first use.
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
@@ -49,7 +49,7 @@ impl Route {
             },
             backend: Backend::new(&spec.backend.endpoints, health),
             upgrades: spec.upgrades.iter().map(|u| u.as_str().into()).collect(),
-            request_metrics: OnceLock::new(),
+            metrics: RouteMetrics::new(),
         }
     }
 
