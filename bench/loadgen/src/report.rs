@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::chart;
-use crate::suite::{Results, TargetResults};
+use crate::suite::{CoreUse, Results, TargetResults};
 use crate::targets::Kind;
 
 pub struct Context {
@@ -267,6 +267,21 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
             let _ = writeln!(out, "- {line}");
         }
     }
+    let tunnels = tunnel_limits(results);
+    if !tunnels.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### What limits tunnel throughput\n\n\
+             The client and the backend share the generator's CPU; the proxy has its own. \
+             Direct, each byte is written once and read once on that CPU. Through a proxy the \
+             same writes and reads happen there, plus the loopback hops to and from the proxy \
+             and a wake-up across CPUs at every hand-off. The generator's CPU time per MB \
+             shows that cost, which also depends on how each proxy hands data on.\n"
+        );
+        for line in tunnels {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
     let _ = writeln!(
         out,
         "\n## Plots\n\n![Latency against load](bench/plots/latency.png)\n\n![Memory against open tunnels](bench/plots/memory.png)\n"
@@ -367,6 +382,66 @@ fn time_budget(results: &Results) -> Vec<String> {
             (haproxy_budget - s.kernel_us).max(0.0),
             s.user_us,
         ));
+    }
+    lines
+}
+
+/// For each tunnel direction: which CPU was full, and the generator's CPU
+/// time per MB moved through each proxy against direct.
+fn tunnel_limits(results: &Results) -> Vec<String> {
+    let (Some(direct), Some(sy)) = (
+        target(results, Kind::Direct),
+        target(results, Kind::Switchyard),
+    ) else {
+        return Vec::new();
+    };
+    type Figure = fn(&TargetResults) -> (f64, CoreUse);
+    let directions: [(&str, Figure); 2] = [
+        ("client→backend", |t| {
+            (t.tunnel_up_mb_s, t.tunnel_up_cores)
+        }),
+        ("backend→client", |t| {
+            (t.tunnel_down_mb_s, t.tunnel_down_cores)
+        }),
+    ];
+    // Microseconds of the generator's CPU per MB moved.
+    let cost = |(mb_s, cores): (f64, CoreUse)| cores.generator * 1e6 / mb_s;
+    let mut lines = Vec::new();
+    for (name, figure) in directions {
+        let (direct_mb_s, _) = figure(direct);
+        let (sy_mb_s, sy_cores) = figure(sy);
+        if direct_mb_s <= 0.0 || sy_mb_s <= 0.0 || sy_cores.generator <= 0.0 {
+            continue;
+        }
+        let others: String = [Kind::Nginx, Kind::Haproxy]
+            .into_iter()
+            .filter_map(|kind| {
+                let measured = figure(target(results, kind)?);
+                (measured.0 > 0.0).then(|| format!(", {} {:.0}", kind.name(), cost(measured)))
+            })
+            .collect();
+        let measured = format!(
+            "{name}: switchyard's CPU busy {:.0} %, the generator's {:.0} %. The generator's CPU \
+             spent {:.0} µs per MB through switchyard and {:.0} direct{others}.",
+            sy_cores.proxy * 100.0,
+            sy_cores.generator * 100.0,
+            cost(figure(sy)),
+            cost(figure(direct)),
+        );
+        let verdict = if sy_cores.proxy >= 0.9 {
+            " switchyard's CPU is the full one: the proxy is the limit here.".to_string()
+        } else if sy_cores.generator >= 0.85 {
+            // At the same cost per MB with its CPU busy all the time.
+            let ceiling = sy_mb_s / direct_mb_s / sy_cores.generator;
+            format!(
+                " The generator's CPU is the full one, so its cost per MB, not switchyard's \
+                 speed, sets the ratio to direct: with that CPU busy all the time it would be \
+                 {ceiling:.2}×."
+            )
+        } else {
+            " Neither CPU is full: the transfer waits on the hand-offs between them.".to_string()
+        };
+        lines.push(measured + &verdict);
     }
     lines
 }
@@ -527,6 +602,8 @@ mod tests {
             websocket_sessions: RateResult::default(),
             tunnel_up_mb_s: 0.0,
             tunnel_down_mb_s: 0.0,
+            tunnel_up_cores: CoreUse::default(),
+            tunnel_down_cores: CoreUse::default(),
             tunnel_rtt: RttResult::default(),
             idle_tunnels: None,
             config: None,
@@ -580,5 +657,53 @@ mod tests {
             lines[0]
         );
         assert!(!lines[0].contains("allows"), "{}", lines[0]);
+    }
+
+    /// A target whose tunnel moved `mb_s` both ways with these CPUs busy.
+    fn tunnelled(kind: Kind, mb_s: f64, proxy: f64, generator: f64) -> TargetResults {
+        let cores = CoreUse { proxy, generator };
+        TargetResults {
+            tunnel_up_mb_s: mb_s,
+            tunnel_down_mb_s: mb_s,
+            tunnel_up_cores: cores,
+            tunnel_down_cores: cores,
+            ..measured(kind, 0.0, 0.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn a_full_generator_cpu_sets_the_tunnel_ceiling_from_its_cost_per_mb() {
+        let lines = tunnel_limits(&results(vec![
+            tunnelled(Kind::Direct, 3000.0, 0.0, 1.0),
+            tunnelled(Kind::Switchyard, 2000.0, 0.45, 0.9),
+            tunnelled(Kind::Haproxy, 1500.0, 0.6, 0.9),
+        ]));
+        assert_eq!(lines.len(), 2, "one line per direction");
+        let line = &lines[0];
+        assert!(
+            line.starts_with("client→backend: switchyard's CPU busy 45 %, the generator's 90 %"),
+            "{line}"
+        );
+        // 0.9 s of CPU per 2,000 MB is 450 µs per MB; direct 1 s per 3,000 MB.
+        assert!(
+            line.contains("spent 450 µs per MB through switchyard and 333 direct, haproxy 600."),
+            "{line}"
+        );
+        // 2000 / 3000 = 0.67× with the generator's CPU 90 % busy: 0.74× at 100 %.
+        assert!(line.contains("it would be 0.74×"), "{line}");
+    }
+
+    #[test]
+    fn a_full_proxy_cpu_is_named_as_the_tunnel_limit() {
+        let lines = tunnel_limits(&results(vec![
+            tunnelled(Kind::Direct, 3000.0, 0.0, 1.0),
+            tunnelled(Kind::Switchyard, 1000.0, 0.97, 0.5),
+        ]));
+        assert!(
+            lines[0].contains("the proxy is the limit here"),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains("would be"), "{}", lines[0]);
     }
 }

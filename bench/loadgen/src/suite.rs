@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{self, CpuPerRequest, HttpResult, RateResult, RttResult, Target, Until};
-use crate::sysstat::{self, Disturbance};
+use crate::sysstat::{self, CoreWindow, Disturbance};
 use crate::targets::{Kind, Running, Setup};
 use crate::translate_bench::{self, TranslateResult};
 
@@ -50,6 +50,47 @@ pub struct IdleTunnels {
     pub samples: Vec<(usize, u64)>,
 }
 
+/// How busy the proxy's CPUs and the load generator's were while a figure
+/// ran, as shares of their time (0 to 1). The backend runs on the
+/// generator's CPUs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CoreUse {
+    pub proxy: f64,
+    pub generator: f64,
+}
+
+/// The CPUs a target's proxy runs on and the ones the generator runs on.
+struct Cpus {
+    proxy: Vec<usize>,
+    generator: Vec<usize>,
+}
+
+impl Cpus {
+    fn of(setup: &Setup) -> Self {
+        let proxy = sysstat::parse_cpu_list(&setup.proxy_cpu);
+        let generator = sysstat::own_cpus()
+            .into_iter()
+            .filter(|cpu| !proxy.contains(cpu))
+            .collect();
+        Self { proxy, generator }
+    }
+}
+
+/// Runs `figure` and measures how busy each side's CPUs were meanwhile.
+async fn with_core_use<T, E>(
+    cpus: &Cpus,
+    figure: impl Future<Output = Result<T, E>>,
+) -> Result<(T, CoreUse), E> {
+    let proxy = CoreWindow::start(&cpus.proxy);
+    let generator = CoreWindow::start(&cpus.generator);
+    let result = figure.await?;
+    let use_ = CoreUse {
+        proxy: proxy.busy(),
+        generator: generator.busy(),
+    };
+    Ok((result, use_))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetResults {
     pub kind: Kind,
@@ -60,6 +101,10 @@ pub struct TargetResults {
     pub websocket_sessions: RateResult,
     pub tunnel_up_mb_s: f64,
     pub tunnel_down_mb_s: f64,
+    /// CPU use during the tunnel transfers, for the report's account of
+    /// what limits them.
+    pub tunnel_up_cores: CoreUse,
+    pub tunnel_down_cores: CoreUse,
     pub tunnel_rtt: RttResult,
     pub idle_tunnels: Option<IdleTunnels>,
     pub config: Option<String>,
@@ -221,12 +266,19 @@ async fn measure_target(
         "  websocket sessions: {:.0}/s",
         websocket_sessions.per_second
     );
-    let tunnel_up_mb_s = measured("tunnel up", &ours, &mut loads, || {
-        median_of(TUNNEL_TRANSFERS, || client::tunnel_upload(&target))
+    let cpus = Cpus::of(setup);
+    let (tunnel_up_mb_s, tunnel_up_cores) = measured("tunnel up", &ours, &mut loads, || {
+        with_core_use(
+            &cpus,
+            median_of(TUNNEL_TRANSFERS, || client::tunnel_upload(&target)),
+        )
     })
     .await?;
-    let tunnel_down_mb_s = measured("tunnel down", &ours, &mut loads, || {
-        median_of(TUNNEL_TRANSFERS, || client::tunnel_download(&target))
+    let (tunnel_down_mb_s, tunnel_down_cores) = measured("tunnel down", &ours, &mut loads, || {
+        with_core_use(
+            &cpus,
+            median_of(TUNNEL_TRANSFERS, || client::tunnel_download(&target)),
+        )
     })
     .await?;
     let tunnel_rtt = measured("tunnel rtt", &ours, &mut loads, || {
@@ -257,6 +309,8 @@ async fn measure_target(
         websocket_sessions,
         tunnel_up_mb_s,
         tunnel_down_mb_s,
+        tunnel_up_cores,
+        tunnel_down_cores,
         tunnel_rtt,
         idle_tunnels,
         config: running.config_text(),

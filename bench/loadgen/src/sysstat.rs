@@ -143,3 +143,125 @@ impl Disturbance {
         busy.saturating_sub(mine) as f64 / ticks_per_second() / seconds
     }
 }
+
+/// CPUs named by a taskset list (`0`, `0,2`, `1-3`).
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(first), Ok(last)) = (first.parse::<usize>(), last.parse::<usize>()) {
+            cpus.extend(first..=last);
+        }
+    }
+    cpus
+}
+
+/// The CPUs this process may run on (the load generator's, when it runs
+/// pinned as `bench/run.sh` starts it).
+pub fn own_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Busy and total clock ticks of `cpus`, from the text of /proc/stat.
+///
+/// Busy is user, nice, system, irq and softirq time. Unlike
+/// [`machine_busy_ticks`], interrupt time counts here: this is about what
+/// a CPU spent, and the kernel's loopback TCP work runs as softirq.
+fn cpu_ticks_in(stat: &str, cpus: &[usize]) -> (u64, u64) {
+    let mut busy = 0;
+    let mut total = 0;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|name| name.strip_prefix("cpu")?.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already in user).
+        let ticks: Vec<u64> = fields.take(8).filter_map(|v| v.parse().ok()).collect();
+        if ticks.len() == 8 {
+            busy += ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+            total += ticks.iter().sum::<u64>();
+        }
+    }
+    (busy, total)
+}
+
+/// How busy some CPUs were over a window, all their time counted.
+pub struct CoreWindow {
+    cpus: Vec<usize>,
+    start: (u64, u64),
+}
+
+impl CoreWindow {
+    pub fn start(cpus: &[usize]) -> Self {
+        Self {
+            cpus: cpus.to_vec(),
+            start: Self::ticks(cpus),
+        }
+    }
+
+    /// The share of the CPUs' time spent busy since `start` (0 to 1).
+    pub fn busy(&self) -> f64 {
+        let (busy, total) = Self::ticks(&self.cpus);
+        let total = total.saturating_sub(self.start.1);
+        if total == 0 {
+            return 0.0;
+        }
+        busy.saturating_sub(self.start.0) as f64 / total as f64
+    }
+
+    fn ticks(cpus: &[usize]) -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        cpu_ticks_in(&stat, cpus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taskset_lists_name_single_cpus_and_ranges() {
+        assert_eq!(parse_cpu_list("0"), vec![0]);
+        assert_eq!(parse_cpu_list("0,2"), vec![0, 2]);
+        assert_eq!(parse_cpu_list("1-3, 6"), vec![1, 2, 3, 6]);
+        assert_eq!(parse_cpu_list(""), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_cpus_busy_time_includes_interrupts_but_not_idle_or_steal() {
+        let stat = "cpu  900 0 900 900 0 0 0 0 0 0\n\
+                    cpu0 100 1 20 300 4 5 60 7 0 0\n\
+                    cpu1 800 0 880 600 0 0 0 0 0 0\n\
+                    intr 12345\n";
+        // user + nice + system + irq + softirq; all eight fields in total.
+        assert_eq!(cpu_ticks_in(stat, &[0]), (186, 497));
+        assert_eq!(cpu_ticks_in(stat, &[0, 1]), (186 + 1680, 497 + 2280));
+        assert_eq!(cpu_ticks_in(stat, &[5]), (0, 0));
+    }
+
+    #[test]
+    fn this_process_may_run_on_some_cpu() {
+        let cpus = own_cpus();
+        assert!(!cpus.is_empty());
+        let window = CoreWindow::start(&cpus);
+        let busy = window.busy();
+        assert!((0.0..=1.0).contains(&busy), "{busy}");
+    }
+}
