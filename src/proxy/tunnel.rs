@@ -265,8 +265,8 @@ where
         TunnelOutcome {
             reason,
             error,
-            client_to_backend: up.bytes,
-            backend_to_client: down.bytes,
+            client_to_backend: up.moved.bytes,
+            backend_to_client: down.moved.bytes,
             duration: start.elapsed(),
         }
     }
@@ -335,8 +335,22 @@ struct Pipe {
     needs_flush: bool,
     done: bool,
     splice: Splice,
+    moved: Moved,
+}
+
+/// What a direction has carried: kept for its outcome, and added to the
+/// route's byte counter as it goes.
+struct Moved {
     bytes: u64,
     counter: IntCounter,
+}
+
+impl Moved {
+    fn add(&mut self, n: usize, progress: &mut bool) {
+        self.bytes += n as u64;
+        self.counter.inc_by(n as u64);
+        *progress = true;
+    }
 }
 
 impl Pipe {
@@ -351,16 +365,13 @@ impl Pipe {
             needs_flush: false,
             done: false,
             splice: Splice::NotYet,
-            bytes: 0,
-            counter,
+            moved: Moved { bytes: 0, counter },
         }
     }
 
     fn count(&mut self, n: usize, progress: &mut bool) {
-        self.bytes += n as u64;
-        self.counter.inc_by(n as u64);
+        self.moved.add(n, progress);
         self.needs_flush = true;
-        *progress = true;
     }
 
     /// Moves data until the reader has nothing now (Pending) or has ended
@@ -531,11 +542,8 @@ impl Pipe {
         };
         while !pipe.is_empty() {
             match pipe.poll_drain(cx, to) {
-                Poll::Ready(Ok(n)) => {
-                    self.bytes += n as u64;
-                    self.counter.inc_by(n as u64);
-                    *progress = true;
-                }
+                // Sockets need no flush, so only the count.
+                Poll::Ready(Ok(n)) => self.moved.add(n, progress),
                 Poll::Ready(Err(e)) => return Step::Failed(PipeError::Write(e)),
                 Poll::Pending => return Step::Pending,
             }
@@ -649,7 +657,7 @@ mod tests {
         );
         assert_eq!(&got[..6], b"early ");
         assert!(got[6..] == data[..], "every byte, in order");
-        assert_eq!(pipe.bytes, 6 + data.len() as u64);
+        assert_eq!(pipe.moved.bytes, 6 + data.len() as u64);
     }
 
     #[tokio::test]
@@ -663,7 +671,7 @@ mod tests {
             "full reads did not try for a pipe again"
         );
         assert!(got == data, "every byte, in order");
-        assert_eq!(pipe.bytes, data.len() as u64);
+        assert_eq!(pipe.moved.bytes, data.len() as u64);
     }
 
     #[tokio::test]
