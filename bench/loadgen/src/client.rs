@@ -60,33 +60,77 @@ pub enum Until {
 
 impl Until {
     fn done(&self, start: Instant) -> bool {
+        self.done_at(start, Instant::now())
+    }
+
+    fn done_at(&self, start: Instant, now: Instant) -> bool {
         match self {
-            Until::Elapsed(d) => start.elapsed() >= *d,
+            Until::Elapsed(d) => now.duration_since(start) >= *d,
             Until::Stopped(flag) => flag.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Keep-alive requests from `concurrency` connections for `duration`:
-/// `GET /small`, or `POST /upload` with a `body_bytes` body.
+/// How long a keep-alive figure runs: first `warm_up`, whose exchanges are
+/// not counted, then `measure`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub warm_up: Duration,
+    pub measure: Duration,
+}
+
+/// The part of a keep-alive figure before its measured window: the
+/// connections are opened and the proxy's backend connections made, so
+/// that the figure is the steady state ([`connection_burst`] measures the
+/// start on its own).
+pub const WARM_UP: Duration = Duration::from_millis(500);
+
+/// Keep-alive requests from `concurrency` connections: `GET /small`, or
+/// `POST /upload` with a `body_bytes` body. `at_measure_start` runs when
+/// the warm-up ends (to read CPU counters, say); rates and latencies are
+/// of the measured window alone.
 pub async fn http_load(
     target: &Target,
     concurrency: usize,
-    duration: Duration,
+    window: Window,
     body_bytes: usize,
+    at_measure_start: impl FnOnce(),
 ) -> HttpResult {
-    http_load_until(target, concurrency, Until::Elapsed(duration), body_bytes).await
+    let start = Instant::now();
+    let measure_from = start + window.warm_up;
+    let until = Until::Elapsed(window.warm_up + window.measure);
+    let workers = spawn_load(target, concurrency, until, body_bytes, start, measure_from);
+    tokio::time::sleep_until(measure_from.into()).await;
+    at_measure_start();
+    collect(workers, concurrency, body_bytes, measure_from).await
 }
 
-/// As [`http_load`], for as long as `until` says. A failed exchange counts
-/// as an error and the connection is opened again; requests are not
-/// retried.
+/// As [`http_load`] with no warm-up, for as long as `until` says. A failed
+/// exchange counts as an error and the connection is opened again;
+/// requests are not retried.
 pub async fn http_load_until(
     target: &Target,
     concurrency: usize,
     until: Until,
     body_bytes: usize,
 ) -> HttpResult {
+    let start = Instant::now();
+    let workers = spawn_load(target, concurrency, until, body_bytes, start, start);
+    collect(workers, concurrency, body_bytes, start).await
+}
+
+type Worker = tokio::task::JoinHandle<(Histogram<u64>, u64)>;
+
+/// The load's connections, each sending requests from `start` until
+/// `until`; exchanges started before `measure_from` are not counted.
+fn spawn_load(
+    target: &Target,
+    concurrency: usize,
+    until: Until,
+    body_bytes: usize,
+    start: Instant,
+    measure_from: Instant,
+) -> Vec<Worker> {
     let request: Arc<Vec<u8>> = Arc::new(if body_bytes == 0 {
         format!("GET /small HTTP/1.1\r\nHost: {}\r\n\r\n", target.host).into_bytes()
     } else {
@@ -98,8 +142,7 @@ pub async fn http_load_until(
         r.resize(r.len() + body_bytes, b'b');
         r
     });
-    let start = Instant::now();
-    let mut workers = Vec::new();
+    let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let request = request.clone();
         let addr = target.addr;
@@ -125,8 +168,13 @@ pub async fn http_load_until(
                     },
                 };
                 let t0 = Instant::now();
+                if until.done_at(start, t0) {
+                    break;
+                }
                 let outcome = exchange(conn, &request, &mut buf).await;
-                if outcome == Exchange::Failed {
+                if t0 < measure_from {
+                    // Warming up: neither counted nor timed.
+                } else if outcome == Exchange::Failed {
                     errors += 1;
                 } else {
                     latencies.saturating_record(t0.elapsed().as_micros() as u64);
@@ -139,6 +187,17 @@ pub async fn http_load_until(
             (latencies, errors)
         }));
     }
+    workers
+}
+
+/// The workers' counts and latencies, as rates over the time since
+/// `measured_from`.
+async fn collect(
+    workers: Vec<Worker>,
+    concurrency: usize,
+    body_bytes: usize,
+    measured_from: Instant,
+) -> HttpResult {
     let mut all = histogram();
     let mut errors = 0;
     for w in workers {
@@ -146,7 +205,7 @@ pub async fn http_load_until(
         all.add(&h).expect("same histogram bounds");
         errors += e;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = measured_from.elapsed().as_secs_f64();
     let requests = all.len();
     HttpResult {
         concurrency,
@@ -159,6 +218,54 @@ pub async fn http_load_until(
         p999_us: all.value_at_quantile(0.999),
         mb_per_s: (requests as f64 * body_bytes as f64) / elapsed / 1e6,
         proxy_cpu: None,
+    }
+}
+
+/// First responses to a burst of new connections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BurstResult {
+    pub connections: usize,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// `connections` new connections opened at once, each sending one
+/// request: the time from its connect to its complete response, as a
+/// client arriving in a burst sees it. Run on a freshly started proxy, it
+/// also times the proxy making its backend connections.
+pub async fn connection_burst(target: &Target, connections: usize) -> BurstResult {
+    let request =
+        Arc::new(format!("GET /small HTTP/1.1\r\nHost: {}\r\n\r\n", target.host).into_bytes());
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            let addr = target.addr;
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut stream = TcpStream::connect(addr).await.ok()?;
+                let _ = stream.set_nodelay(true);
+                let mut buf = Vec::new();
+                let outcome = exchange(&mut stream, &request, &mut buf).await;
+                (outcome != Exchange::Failed).then(|| start.elapsed())
+            })
+        })
+        .collect();
+    let mut latencies = histogram();
+    let mut errors = 0;
+    for client in clients {
+        match client.await.expect("burst client") {
+            Some(took) => latencies.saturating_record(took.as_micros() as u64),
+            None => errors += 1,
+        }
+    }
+    BurstResult {
+        connections,
+        errors,
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        max_us: latencies.max(),
     }
 }
 
@@ -257,9 +364,9 @@ pub struct RateResult {
 /// New WebSocket sessions per second: connect, 101, one message echoed,
 /// close.
 pub async fn ws_handshakes(target: &Target, concurrency: usize, duration: Duration) -> RateResult {
-    let deadline = Instant::now() + duration;
     let start = Instant::now();
-    let mut workers = Vec::new();
+    let deadline = start + duration;
+    let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let target = target.clone();
         workers.push(tokio::spawn(async move {
@@ -420,4 +527,80 @@ pub async fn wait_serving(target: &Target, limit: Duration, every: Duration) -> 
         tokio::time::sleep(every).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
+
+    /// A backend answering every request with a small 200, counting the
+    /// requests it answered.
+    async fn counting_backend() -> (Target, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            addr: listener.local_addr().unwrap(),
+            host: "bench.test".into(),
+        };
+        let answered = Arc::new(AtomicU64::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Ok(Some(_)) = read_head(&mut stream, &mut buf).await {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (target, answered)
+    }
+
+    #[tokio::test]
+    async fn exchanges_of_the_warm_up_are_answered_but_not_counted() {
+        let (target, answered) = counting_backend().await;
+        let window = Window {
+            warm_up: Duration::from_millis(200),
+            measure: Duration::ZERO,
+        };
+        let mut warmed_up = false;
+        let result = http_load(&target, 2, window, 0, || warmed_up = true).await;
+        assert!(warmed_up, "the measured window was announced");
+        assert!(
+            answered.load(Ordering::SeqCst) > 0,
+            "the warm-up sent requests"
+        );
+        assert_eq!(result.requests, 0, "none of them counted");
+        assert_eq!(result.errors, 0);
+    }
+
+    #[tokio::test]
+    async fn exchanges_of_the_measured_window_are_counted() {
+        let (target, answered) = counting_backend().await;
+        let window = Window {
+            warm_up: Duration::ZERO,
+            measure: Duration::from_millis(200),
+        };
+        let result = http_load(&target, 2, window, 0, || {}).await;
+        assert!(result.requests > 0);
+        assert_eq!(result.requests, answered.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_burst_times_one_request_on_each_new_connection() {
+        let (target, answered) = counting_backend().await;
+        let burst = connection_burst(&target, 8).await;
+        assert_eq!(burst.connections, 8);
+        assert_eq!(burst.errors, 0);
+        assert_eq!(answered.load(Ordering::SeqCst), 8);
+        assert!(burst.p50_us <= burst.max_us);
+    }
 }

@@ -81,9 +81,12 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself.\n\
          - Every proxy keeps connections to the backend alive, passes WebSocket upgrades through, has access logging off, and answers 404 for unknown hosts. The configurations are at the end.\n\
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
+         - Keep-alive and body figures are the steady state: their connections send requests for {} ms first, not counted, then for the figure's time. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (so with no backend connection made yet): {} connections opened at once, each timed from its connect to its first complete response.\n\
          - Tunnel throughput is the median of {} transfers of {} MiB each way; start to first answer is the median of {} starts.\n\
          - Each figure records the load average and the CPU other processes used while it ran; a figure where others used more than a quarter of a core is measured again once (see the last table).\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
+        crate::client::WARM_UP.as_millis(),
+        crate::suite::BURST_CONNECTIONS,
         crate::suite::TUNNEL_TRANSFERS,
         crate::client::TUNNEL_BYTES / (1024 * 1024),
         crate::targets::STARTS,
@@ -133,6 +136,19 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
             |t| t.http.get(i).map(|h| h.p999_us as f64),
         );
     }
+    let burst = crate::suite::BURST_CONNECTIONS;
+    row(
+        &mut out,
+        &format!("burst of {burst} new connections: first response p50 (µs)"),
+        results,
+        |t| Some(t.burst.p50_us as f64),
+    );
+    row(
+        &mut out,
+        &format!("burst of {burst} new connections: first response max (µs)"),
+        results,
+        |t| Some(t.burst.max_us as f64),
+    );
     for (i, c) in levels.iter().enumerate() {
         for kernel in [false, true] {
             let part = if kernel { "kernel" } else { "user" };
@@ -583,7 +599,7 @@ fn target_line(kind: Kind, points: Vec<(f64, f64)>, marker: u32) -> chart::Line 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{CpuPerRequest, HttpResult, RateResult, RttResult};
+    use crate::client::{BurstResult, CpuPerRequest, HttpResult, RateResult, RttResult};
     use crate::translate_bench::TranslateResult;
 
     /// A target with one keep-alive figure at 16 connections.
@@ -592,6 +608,7 @@ mod tests {
             kind,
             start_to_ready_ms: 0.0,
             idle_rss_bytes: 0,
+            burst: BurstResult::default(),
             http: vec![HttpResult {
                 concurrency: 16,
                 rps,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{self, CpuPerRequest, HttpResult, RateResult, RttResult, Target, Until};
+use crate::client::{
+    self, BurstResult, CpuPerRequest, HttpResult, RateResult, RttResult, Target, Until, Window,
+};
 use crate::sysstat::{self, CoreWindow, Disturbance};
 use crate::targets::{Kind, Running, Setup};
 use crate::translate_bench::{self, TranslateResult};
@@ -96,6 +98,9 @@ pub struct TargetResults {
     pub kind: Kind,
     pub start_to_ready_ms: f64,
     pub idle_rss_bytes: u64,
+    /// First responses to [`BURST_CONNECTIONS`] new connections at once,
+    /// measured first, while the proxy has no backend connections yet.
+    pub burst: BurstResult,
     pub http: Vec<HttpResult>,
     pub bodies: Vec<HttpResult>,
     pub websocket_sessions: RateResult,
@@ -133,6 +138,10 @@ pub struct Results {
     pub nofile_limit: u64,
 }
 
+/// Connections opened at once in the burst figure: as many as the largest
+/// keep-alive figure uses.
+pub const BURST_CONNECTIONS: usize = 256;
+
 /// Transfers per tunnel throughput figure, which reports their median:
 /// one transfer takes well under a second, and single runs on a shared
 /// machine were seen to vary by half.
@@ -168,20 +177,32 @@ where
     loop {
         let window = Disturbance::start(ours.to_vec());
         let result = figure().await;
-        let other_cores = window.others_cores();
+        let other_cores = record_load(name, &window, loads, measured_again);
         let disturbed = other_cores > DISTURBED_CORES;
-        loads.push(FigureLoad {
-            figure: name.to_string(),
-            load_average: sysstat::load_average(),
-            other_cores,
-            measured_again,
-        });
         if !disturbed || measured_again {
             return result;
         }
         eprintln!("  {name}: other processes used {other_cores:.2} cores; measuring again");
         measured_again = true;
     }
+}
+
+/// Records the load while a figure ran; returns the CPU other processes
+/// used, in cores.
+fn record_load(
+    name: &str,
+    window: &Disturbance,
+    loads: &mut Vec<FigureLoad>,
+    measured_again: bool,
+) -> f64 {
+    let other_cores = window.others_cores();
+    loads.push(FigureLoad {
+        figure: name.to_string(),
+        load_average: sysstat::load_average(),
+        other_cores,
+        measured_again,
+    });
+    other_cores
 }
 
 pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result<Results> {
@@ -224,12 +245,28 @@ async fn measure_target(
     let seconds = Duration::from_secs(plan.figure_seconds);
     let mut loads = Vec::new();
 
+    // Measured once however disturbed: a second burst would find the
+    // backend connections the first one made.
+    let disturbance = Disturbance::start(ours.to_vec());
+    let burst = client::connection_burst(&target, BURST_CONNECTIONS).await;
+    record_load("connection burst", &disturbance, &mut loads, false);
+    eprintln!(
+        "  burst of {} connections: first response p50 {} us, max {} us ({} errors)",
+        burst.connections, burst.p50_us, burst.max_us, burst.errors
+    );
+    let window = Window {
+        warm_up: client::WARM_UP,
+        measure: seconds,
+    };
     let proxy_pids = running.pid().map(sysstat::process_tree).unwrap_or_default();
     let mut http = Vec::new();
     for &c in &plan.concurrency {
         let r = measured(&format!("http c={c}"), &ours, &mut loads, || async {
-            let before = sysstat::cpu_split_ticks(&proxy_pids);
-            let mut r = client::http_load(&target, c, seconds, 0).await;
+            let mut before = (0, 0);
+            let mut r = client::http_load(&target, c, window, 0, || {
+                before = sysstat::cpu_split_ticks(&proxy_pids);
+            })
+            .await;
             let after = sysstat::cpu_split_ticks(&proxy_pids);
             if !proxy_pids.is_empty() && r.requests > 0 {
                 let us = |ticks: u64| {
@@ -252,7 +289,7 @@ async fn measure_target(
     let mut bodies = Vec::new();
     for (size, c) in [(64 * 1024, 8), (1024 * 1024, 4)] {
         let r = measured(&format!("body {size}"), &ours, &mut loads, || {
-            client::http_load(&target, c, seconds, size)
+            client::http_load(&target, c, window, size, || {})
         })
         .await;
         eprintln!("  body {size}: {:.0} MB/s", r.mb_per_s);
@@ -304,6 +341,7 @@ async fn measure_target(
         kind,
         start_to_ready_ms: running.start_to_ready.as_secs_f64() * 1000.0,
         idle_rss_bytes,
+        burst,
         http,
         bodies,
         websocket_sessions,
