@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod descriptors;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod route_metrics;

@@ -5,15 +5,18 @@ use std::process::ExitCode;
 
 /// mimalloc: faster than the system allocator for many small, short-lived
 /// allocations across threads, and it hands freed memory back to the OS
-/// instead of keeping it in per-thread arenas.
+/// instead of keeping it in per-thread arenas. Built without its requests
+/// for huge pages: see [`switchyard::memory`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use switchyard::cli::{Cli, Command, LogFormat};
-use switchyard::{config, descriptors, logging, runtime};
+use switchyard::{config, descriptors, logging, memory, runtime};
 
 fn main() -> ExitCode {
+    // First, so that every allocation from here on gets small pages.
+    memory::use_small_pages();
     let args = match config::merged_args(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
