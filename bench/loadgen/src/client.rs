@@ -234,7 +234,7 @@ pub struct BurstResult {
 /// `connections` new connections opened at once, each sending one
 /// request: the time from its connect to its complete response, as a
 /// client arriving in a burst sees it. Run on a freshly started proxy, it
-/// also times the proxy making its backend connections.
+/// also times the proxy opening its backend connections.
 pub async fn connection_burst(target: &Target, connections: usize) -> BurstResult {
     let request =
         Arc::new(format!("GET /small HTTP/1.1\r\nHost: {}\r\n\r\n", target.host).into_bytes());

@@ -99,7 +99,8 @@ pub struct TargetResults {
     pub start_to_ready_ms: f64,
     pub idle_rss_bytes: u64,
     /// First responses to [`BURST_CONNECTIONS`] new connections at once,
-    /// measured first, while the proxy has no backend connections yet.
+    /// measured first, while the proxy holds at most the backend connection
+    /// its readiness check made.
     pub burst: BurstResult,
     pub http: Vec<HttpResult>,
     pub bodies: Vec<HttpResult>,
