@@ -44,6 +44,9 @@ pub async fn handle(
         request_id: None,
         access: None,
     };
+    // Both forms, made once: the value is sent on as it is, and the text
+    // (for validation, routing and the log) would otherwise be checked to
+    // be a string again at each use.
     let authority_value = request_authority(&request);
     let authority = authority_value.as_ref().and_then(|v| v.to_str().ok());
     if proxy.config.access_log {
