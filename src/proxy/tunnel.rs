@@ -213,9 +213,13 @@ where
     /// Copies until the tunnel ends, then reports how.
     pub async fn run(mut self) -> TunnelOutcome {
         let start = Instant::now();
-        let (to_backend, to_client) = std::mem::take(&mut self.early);
-        let mut up = Pipe::new(self.counters.client_to_backend.clone(), to_backend);
-        let mut down = Pipe::new(self.counters.backend_to_client.clone(), to_client);
+        let (to_backend, to_client) = self.early;
+        let TunnelBytes {
+            client_to_backend,
+            backend_to_client,
+        } = self.counters;
+        let mut up = Pipe::new(client_to_backend, to_backend);
+        let mut down = Pipe::new(backend_to_client, to_client);
         let mut last_activity = start;
         let mut idle = Box::pin(sleep(self.limits.idle_timeout));
         let mut lifetime: Option<Pin<Box<Sleep>>> =
@@ -426,9 +430,16 @@ impl Pipe {
                 }
                 continue;
             }
-            let step = match (self.splice.wanted(), socket(reader), socket(writer)) {
-                (true, Some(from), Some(to)) => self.splice(cx, from, to, progress),
-                _ => self.read_and_write(cx, reader, writer, progress),
+            // The sockets are looked for only once bulk data was seen.
+            let step = if !self.splice.wanted() {
+                self.read_and_write(cx, reader, writer, progress)
+            } else if let (Some(from), Some(to)) = (socket(reader), socket(writer)) {
+                self.splice(cx, from, to, progress)
+            } else {
+                // A side hyper keeps as its own upgraded stream: copying,
+                // for good.
+                self.splice = Splice::Unavailable;
+                self.read_and_write(cx, reader, writer, progress)
             };
             match step {
                 Step::Moved => {}
@@ -506,7 +517,7 @@ enum Splice {
     /// Bulk data seen: the next step makes the pipe and splices.
     Wanted,
     Active(KernelPipe),
-    /// No pipe could be made: copying, for good.
+    /// No pipe could be made, or a side is not a socket: copying, for good.
     Unavailable,
 }
 
@@ -626,10 +637,26 @@ mod tests {
 
     /// Sends 4 MB from one socket, through `pipe`, to another; returns
     /// the pipe afterwards, the bytes sent and the bytes that arrived.
-    async fn copy_bulk_between_sockets(mut pipe: Pipe) -> (Pipe, Vec<u8>, Vec<u8>) {
+    async fn copy_bulk_between_sockets(pipe: Pipe) -> (Pipe, Vec<u8>, Vec<u8>) {
         use crate::proxy::splice::tests::socket_pair;
-        let (mut source, mut from) = socket_pair().await;
-        let (mut to, mut sink) = socket_pair().await;
+        let (source, from) = socket_pair().await;
+        let (to, sink) = socket_pair().await;
+        copy_bulk(pipe, (source, from), (to, sink)).await
+    }
+
+    /// Sends 4 MB into `source`, through `pipe` from `from` to `to`, and
+    /// reads what comes out of `sink`.
+    async fn copy_bulk<S, F, T, K>(
+        mut pipe: Pipe,
+        (mut source, mut from): (S, F),
+        (mut to, mut sink): (T, K),
+    ) -> (Pipe, Vec<u8>, Vec<u8>)
+    where
+        S: AsyncWrite + Unpin + Send + 'static,
+        F: AsyncRead + Unpin + 'static,
+        T: AsyncWrite + Unpin + 'static,
+        K: AsyncRead + Unpin + Send + 'static,
+    {
         let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {
@@ -645,6 +672,19 @@ mod tests {
         assert!(copied.is_ok(), "the copy ended cleanly");
         writer.await.unwrap();
         (pipe, data, reader.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn bulk_data_between_streams_that_are_not_sockets_is_copied_for_good() {
+        let pipe = Pipe::new(counters().client_to_backend, Bytes::new());
+        // Room for whole scratch-buffer reads, which mark bulk data.
+        let (pipe, data, got) = copy_bulk(pipe, duplex(1 << 20), duplex(1 << 20)).await;
+        assert!(
+            matches!(pipe.splice, Splice::Unavailable),
+            "no socket to splice between, and no looking for one again"
+        );
+        assert!(got == data, "every byte, in order");
+        assert_eq!(pipe.moved.bytes, data.len() as u64);
     }
 
     #[tokio::test]
