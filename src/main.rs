@@ -16,7 +16,7 @@ use switchyard::{config, descriptors, logging, memory, runtime};
 
 fn main() -> ExitCode {
     // First, so that every allocation from here on gets small pages.
-    memory::use_small_pages();
+    let small_pages = memory::use_small_pages();
     let args = match config::merged_args(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -44,6 +44,9 @@ fn main() -> ExitCode {
     }
     if let Some((prepared, max_connections)) = &descriptors {
         prepared.log(*max_connections);
+    }
+    if let Err(error) = small_pages {
+        tracing::warn!(%error, "transparent huge pages left as they were");
     }
     let workers = match &command {
         Command::Run(run) => run.worker_threads,

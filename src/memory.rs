@@ -11,13 +11,10 @@
 //! held 18 MiB instead of 11.
 
 /// Turns transparent huge pages off for this process, from here on (the
-/// setting is the process's, inherited by any child). Best effort: where
-/// the kernel has no such setting, nothing changes.
-pub fn use_small_pages() {
+/// setting is the process's, inherited by any child). A failure changes
+/// nothing else; the caller logs it once logging is set up.
+pub fn use_small_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
-        // Logging is not set up yet; this is worth a line on stderr only
-        // when it fails, which no supported kernel does.
-        eprintln!("warning: could not turn transparent huge pages off: {error}");
-    }
+    rustix::thread::disable_transparent_huge_pages(true)?;
+    Ok(())
 }
