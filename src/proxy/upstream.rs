@@ -1,8 +1,8 @@
 //! Talking to backends: opening connections (kept alive by
 //! [`super::pool`] for ordinary requests, dedicated for upgrades), the
-//! classification of failures
-//! into the answer the client gets, when a failed attempt is tried again on
-//! another endpoint, and what each attempt tells passive health.
+//! classification of failures into the answer the client gets, when a
+//! failed attempt is tried again on another endpoint, and what each
+//! attempt tells passive health.
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -7,11 +7,6 @@
 //! virtual host in nginx); a request whose path matches none of them goes
 //! to the default backend, then the fallback, else 404.
 
-/// The table's maps. Lookups hash the request's host and path, so the
-/// hash is on the hot path; foldhash is several times cheaper than the
-/// standard SipHash. Hash flooding needs inserts, and only configuration
-/// inserts here (and the seed is random per process all the same).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +16,12 @@ use super::passive_health::{EndpointHealth, HealthGeneration, HealthRegistry, La
 use super::path::{prefix_candidates, rule_key};
 use super::spec::{RouteSpec, RouteTableSpec};
 use crate::route_metrics::RouteMetrics;
+
+/// The table's maps. Lookups hash the request's host and path, so the
+/// hash is on the hot path; foldhash is several times cheaper than the
+/// standard SipHash. Hash flooding needs inserts, and only configuration
+/// inserts here (and the seed is random per process all the same).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One route: where requests go and what policy applies. The place later
 /// per-route policy (timeouts, limits, rewrites, ...) is added.
