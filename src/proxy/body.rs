@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h1::BackendBody;
 use super::observe::RequestRecord;
-use super::pool::Checkin;
 use super::stall::StallTimer;
 
 /// A client that stops sending its request body for longer than this is cut off.
@@ -38,6 +38,12 @@ pub struct ClientBodyError(Box<dyn std::error::Error + Send + Sync>);
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "request body could not be read: {}", self.0)
+    }
+}
+
+impl ClientBodyError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
     }
 }
 
@@ -220,12 +226,11 @@ impl std::fmt::Display for BackendBodyStalled {
 
 impl std::error::Error for BackendBodyStalled {}
 
-/// A backend's response body on its way: the right to pool its connection
-/// again once the body has been read to its end, and the longest the
-/// backend may pause between two frames.
+/// A backend's response body on its way, with the longest the backend
+/// may pause between two frames. (The body itself gives its connection
+/// back to the pool at its end.)
 struct FromBackend {
-    body: Incoming,
-    checkin: Option<Checkin>,
+    body: BackendBody,
     stall: StallTimer,
 }
 
@@ -233,13 +238,7 @@ impl FromBackend {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             self.stall.progress();
-            // At the end, or the frame that reaches it (hyper does not
-            // poll again after that).
-            let ended = matches!(frame, None | Some(Ok(_))) && self.body.is_end_stream();
-            if ended && let Some(checkin) = self.checkin.as_mut() {
-                checkin.release();
-            }
-            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+            return Poll::Ready(frame);
         }
         ready!(self.stall.poll_stalled(cx));
         Poll::Ready(Some(Err(Box::new(BackendBodyStalled))))
@@ -264,18 +263,10 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A backend's body; `stall_limit` is the longest the backend may
     /// pause between two frames.
-    pub fn upstream(body: Incoming, mut checkin: Option<Checkin>, stall_limit: Duration) -> Self {
-        // hyper never polls a body that says it is over (no body, or
-        // `Content-Length: 0`): its connection is free now.
-        if body.is_end_stream()
-            && let Some(checkin) = checkin.as_mut()
-        {
-            checkin.release();
-        }
+    pub fn upstream(body: BackendBody, stall_limit: Duration) -> Self {
         Self {
             inner: Inner::Upstream(FromBackend {
                 body,
-                checkin,
                 stall: StallTimer::new(stall_limit),
             }),
             record: None,

@@ -11,8 +11,9 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
+use super::h1::{BackendBody, RequestFraming};
 use super::headers::{set_forwarded, strip_hop_by_hop};
-use super::pool::Checkin;
+use super::pool::Outgoing;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{Proxy, ProxyConfig};
 use crate::routes::{Pick, Route};
@@ -58,8 +59,11 @@ pub async fn forward(
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
     let (mut parts, body) = request.into_parts();
     prepare_headers(&mut parts, origin);
-    let path = path_and_query(&parts.uri);
+    let target = path_and_query(&parts.uri);
     let bodiless = body.is_end_stream();
+    let Some(framing) = RequestFraming::of(&parts.headers, bodiless) else {
+        return (first.addr, Err(UpstreamError::invalid_content_length()));
+    };
     let mut attempts = Attempts::new(&route.backend, first, may_retry(&parts.method, bodiless));
     // A body is sent once: a request with one is never retried.
     let (mut streamed, progress) = if bodiless {
@@ -71,26 +75,18 @@ pub async fn forward(
         (Some(UpstreamBody::Streamed(body)), Some(progress))
     };
 
-    let mut head = Some(parts);
+    let outgoing = Outgoing {
+        parts: &parts,
+        target: &target,
+        framing,
+    };
     let mut endpoint = first;
     loop {
-        // Only a request that may be sent again costs a copy of its head.
-        let mut parts = if attempts.is_last() {
-            head.take().expect("the last attempt takes the head")
-        } else {
-            copy_head(head.as_ref().expect("the head is kept for retries"))
-        };
-        // Origin form: the connection is to the endpoint already.
-        parts.uri = Uri::from(path.clone());
         let body = streamed.take().unwrap_or(UpstreamBody::Empty);
-        let request = Request::from_parts(parts, body);
-        let result = send(proxy, endpoint.addr, request, progress.as_deref()).await;
+        let result = send(proxy, endpoint.addr, &outgoing, body, progress.as_deref()).await;
         record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
         match result {
-            Ok((response, checkin)) => {
-                let response = relay(response, Some(checkin), &proxy.config);
-                return (endpoint.addr, Ok(response));
-            }
+            Ok(response) => return (endpoint.addr, Ok(relay(response, &proxy.config))),
             Err(error) => match attempts.retry(&route.backend, &error) {
                 Some(next) => endpoint = next,
                 None => return (endpoint.addr, Err(error)),
@@ -102,11 +98,12 @@ pub async fn forward(
 async fn send(
     proxy: &Proxy,
     addr: SocketAddr,
-    request: Request<UpstreamBody>,
+    request: &Outgoing<'_>,
+    body: UpstreamBody,
     progress: Option<&BodyProgress>,
-) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+) -> Result<Response<BackendBody>, UpstreamError> {
     upstream::within_response_timeout(
-        proxy.pool.send(addr, request),
+        proxy.pool.send(addr, request, body),
         proxy.config.upstream_response_timeout,
         progress,
     )
@@ -114,28 +111,12 @@ async fn send(
     .ok_or(UpstreamError::ResponseTimeout)?
 }
 
-/// The head of a request, for another attempt (extensions are not sent to
-/// a backend, and are left out).
-fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
-    let mut request = Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    request.into_parts().0
-}
-
 /// A backend response on its way to the client, hop-by-hop headers
-/// removed; a pooled connection goes back with `checkin` once its body
-/// has been read to its end. The backend may pause its body for at most
-/// the response timeout at a time.
-pub fn relay(
-    response: Response<Incoming>,
-    checkin: Option<Checkin>,
-    config: &ProxyConfig,
-) -> Response<ResponseBody> {
+/// removed. The backend may pause its body for at most the response
+/// timeout at a time.
+pub fn relay(response: Response<BackendBody>, config: &ProxyConfig) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = ResponseBody::upstream(body, checkin, config.upstream_response_timeout);
+    let body = ResponseBody::upstream(body, config.upstream_response_timeout);
     Response::from_parts(parts, body)
 }

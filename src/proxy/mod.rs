@@ -5,6 +5,7 @@
 pub mod body;
 pub mod client_limits;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 pub mod observe;

@@ -3,17 +3,18 @@
 //! exchange on them has ended.
 //!
 //! A connection goes back to the pool when the response body it carried
-//! has been read to its end ([`Checkin`], which the response body holds);
-//! a response whose body is abandoned (the client went away) takes its
-//! connection with it, closed. A request sent on a pooled connection that
-//! the backend closed meanwhile (the keep-alive race every proxy meets) is
-//! sent again on a fresh connection, which is safe because hyper hands it
-//! back unsent. Idle connections are closed after [`IDLE_TIMEOUT`].
+//! has been read to its end ([`Checkin`], which the body holds); a
+//! response whose body is abandoned (the client went away) takes its
+//! connection with it, closed. An idle connection is checked with one
+//! non-blocking read before it is used: one the backend has closed
+//! meanwhile (the keep-alive race every proxy meets) is dropped and the
+//! request goes on another. A backend that closes just as a request
+//! arrives is caught after the fact: a request that can be sent again
+//! (bodiless and idempotent) is, on a fresh connection. Idle connections
+//! are closed after [`IDLE_TIMEOUT`].
 //!
-//! Hand-rolled over hyper's connection API rather than hyper-util's
-//! general-purpose client: keyed by socket address (no URI to format,
-//! parse and hash per request) and returned to the pool by the body that
-//! ends the exchange (no background task per request to wait for that).
+//! Keyed by socket address: no URI to format, parse and hash per request.
+//! The exchange itself runs in the request's task ([`super::h1`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,12 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use http::Response;
+use http::request::Parts;
+use http::uri::PathAndQuery;
 
 use super::body::UpstreamBody;
-use super::upstream::{StallGuard, UpstreamError, connect};
+use super::h1::{BackendBody, Connection, RequestFraming};
+use super::upstream::{UpstreamError, connect};
 
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,26 +36,32 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// exchange ended is closed. Bounds what a burst leaves behind.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
-type Sender = http1::SendRequest<UpstreamBody>;
-
 /// The pool. Shared by every connection of the proxy.
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
-    /// See [`StallGuard`].
+    /// The longest a backend may take no request bytes.
     write_stall: Duration,
     sweeper_started: AtomicBool,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Connection,
     since: Instant,
 }
 
 impl Idle {
-    fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < IDLE_TIMEOUT
     }
+}
+
+/// A request as the pool sends it: the head rewritten for the backend
+/// (`Host` set), its target in origin form, and how its body is framed.
+pub struct Outgoing<'a> {
+    pub parts: &'a Parts,
+    pub target: &'a PathAndQuery,
+    pub framing: RequestFraming,
 }
 
 impl Pool {
@@ -66,80 +74,78 @@ impl Pool {
         })
     }
 
-    /// Sends `request` (its URI in origin form, `Host` set) to `addr` on a
-    /// pooled connection or a new one. The [`Checkin`] returns the
-    /// connection when the response body has been read to its end.
+    /// Sends `request` to `addr` on a pooled connection or a new one, and
+    /// returns the response once its head is in. Its body returns the
+    /// connection when it has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut request: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Checkin), UpstreamError> {
+        request: &Outgoing<'_>,
+        body: UpstreamBody,
+    ) -> Result<Response<BackendBody>, UpstreamError> {
+        let replayable =
+            matches!(body, UpstreamBody::Empty) && request.parts.method.is_idempotent();
+        let mut body = Some(body);
         loop {
-            let (mut sender, reused) = match self.checkout(addr).await {
-                Some(sender) => (sender, true),
-                None => (self.open(addr).await?, false),
+            let (mut conn, reused) = match self.checkout(addr) {
+                Some(conn) => (conn, true),
+                None => (
+                    Connection::new(connect(addr, self.connect_timeout).await?),
+                    false,
+                ),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
+            let sent = conn
+                .exchange(
+                    request.parts,
+                    request.target,
+                    body.take().expect("a body for each attempt"),
+                    request.framing,
+                    self.write_stall,
+                )
+                .await;
+            match sent {
+                Ok((head, whole)) => {
                     let checkin = Checkin {
                         pool: Arc::downgrade(self),
                         addr,
-                        sender: Some(sender),
                     };
-                    return Ok((response, checkin));
+                    let reusable = whole && head.keep_alive;
+                    return Ok(head.into_response(|framing| {
+                        BackendBody::new(framing, conn, reusable, Some(checkin))
+                    }));
                 }
-                Err(mut error) => match error.take_message() {
-                    // Not sent: a pooled connection closed under us. A new
-                    // connection's failure is the backend's answer.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::from_hyper(error.into_error())),
-                },
+                // The backend closed this kept-alive connection as the
+                // request went out: nothing reached it.
+                Err(error) if reused && replayable && error.is_stale_connection() => {
+                    body = Some(UpstreamBody::Empty);
+                }
+                Err(error) => return Err(error.into()),
             }
         }
     }
 
-    /// The most recently used idle connection to `addr` that is still
-    /// open, once it is ready for another request.
-    async fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    /// The most recently used idle connection to `addr` that the backend
+    /// has not closed.
+    fn checkout(&self, addr: SocketAddr) -> Option<Connection> {
         loop {
-            let mut idle = {
+            let idle = {
                 let mut pool = self.idle.lock().expect("pool lock");
                 let now = Instant::now();
                 let list = pool.get_mut(&addr)?;
                 loop {
                     let candidate = list.pop()?;
-                    if candidate.usable(now) {
+                    if candidate.fresh(now) {
                         break candidate;
                     }
                 }
             };
-            // Checked in at the end of its response body, the connection
-            // may not have noticed yet that the exchange is over; it is
-            // ready within a turn of its task, or it is closing.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            if idle.conn.is_open() {
+                return Some(idle.conn);
             }
         }
     }
 
-    async fn open(&self, addr: SocketAddr) -> Result<Sender, UpstreamError> {
-        let stream = connect(addr, self.connect_timeout).await?;
-        let io = StallGuard::new(stream, self.write_stall);
-        let (sender, connection) = http1::handshake::<_, UpstreamBody>(io)
-            .await
-            .map_err(UpstreamError::from_hyper)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "backend connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
-    fn checkin(self: &Arc<Self>, addr: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(self: &Arc<Self>, addr: SocketAddr, conn: Connection) {
         {
             let mut pool = self.idle.lock().expect("pool lock");
             let list = pool.entry(addr).or_default();
@@ -147,7 +153,7 @@ impl Pool {
                 return;
             }
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -156,13 +162,14 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections past their time and forgets closed ones
-    /// (and endpoints left with none).
+    /// Closes idle connections past their time or closed by their backend
+    /// (which frees their descriptors), and forgets endpoints left with
+    /// none.
     fn sweep_once(&self) {
         let now = Instant::now();
         let mut pool = self.idle.lock().expect("pool lock");
         pool.retain(|_, list| {
-            list.retain(|idle| idle.usable(now));
+            list.retain(|idle| idle.fresh(now) && idle.conn.is_open());
             !list.is_empty()
         });
     }
@@ -188,20 +195,18 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// The right to put a connection back in the pool, held by the response
-/// body it carries: used when that body has been read to its end, dropped
-/// (and the connection with it) otherwise.
+/// Where a connection goes back when the response body it carries has
+/// been read to its end; dropped (and the connection closed) otherwise.
 pub struct Checkin {
     pool: Weak<Pool>,
     addr: SocketAddr,
-    sender: Option<Sender>,
 }
 
 impl Checkin {
-    /// The exchange is complete: the connection may carry another.
-    pub fn release(&mut self) {
-        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
-            pool.checkin(self.addr, sender);
+    /// The exchange on `conn` is complete: it may carry another.
+    pub fn release(self, conn: Connection) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.checkin(self.addr, conn);
         }
     }
 }
@@ -246,23 +251,44 @@ mod tests {
         (addr, accepted)
     }
 
-    fn get() -> Request<UpstreamBody> {
-        Request::builder()
+    fn get() -> Parts {
+        let request = http::Request::builder()
             .uri("/")
             .header("host", "example.com")
-            .body(UpstreamBody::Empty)
-            .unwrap()
+            .body(())
+            .unwrap();
+        request.into_parts().0
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    /// One request through the pool, its body read to the end and the
-    /// connection checked in; returns the body.
+    /// Sends a GET through the pool.
+    async fn send(
+        pool: &Arc<Pool>,
+        addr: SocketAddr,
+    ) -> Result<Response<BackendBody>, UpstreamError> {
+        send_with(pool, addr, &get(), UpstreamBody::Empty).await
+    }
+
+    async fn send_with(
+        pool: &Arc<Pool>,
+        addr: SocketAddr,
+        parts: &Parts,
+        body: UpstreamBody,
+    ) -> Result<Response<BackendBody>, UpstreamError> {
+        let outgoing = Outgoing {
+            parts,
+            target: &PathAndQuery::from_static("/"),
+            framing: RequestFraming::None,
+        };
+        pool.send(addr, &outgoing, body).await
+    }
+
+    /// One request through the pool, its body read to the end; returns
+    /// the body.
     async fn round_trip(pool: &Arc<Pool>, addr: SocketAddr) -> bytes::Bytes {
-        let (response, mut checkin) = pool.send(addr, get()).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        checkin.release();
-        body
+        let response = send(pool, addr).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
@@ -277,13 +303,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_whose_body_was_abandoned_is_not_used_again() {
-        let (addr, accepted) = backend(OK).await;
+    async fn a_response_that_arrived_whole_frees_its_connection_at_once() {
+        let (addr, _) = backend(OK).await;
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
-        let (response, checkin) = pool.send(addr, get()).await.unwrap();
-        drop((response, checkin));
+        let response = send(&pool, addr).await.unwrap();
+        assert_eq!(pool.idle_count(addr), 1, "back before its body is read");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_body_was_abandoned_is_not_used_again() {
+        // Promises four bytes, sends two: the body is never over.
+        let (addr, accepted) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nok").await;
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
+        drop(send(&pool, addr).await.unwrap());
         assert_eq!(pool.idle_count(addr), 0);
-        round_trip(&pool, addr).await;
+        drop(send(&pool, addr).await.unwrap());
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -318,6 +354,50 @@ mod tests {
         }
     }
 
+    /// A backend that answers the first request on each connection and
+    /// closes the connection when the second one arrives, unanswered: the
+    /// keep-alive race, every time.
+    async fn closes_on_the_second_request() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(OK).await;
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_replayable_request_the_backend_closed_on_goes_again_on_a_fresh_connection() {
+        let addr = closes_on_the_second_request().await;
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(&round_trip(&pool, addr).await[..], b"ok");
+        assert_eq!(&round_trip(&pool, addr).await[..], b"ok", "sent again");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_replayable_is_not_sent_twice() {
+        let addr = closes_on_the_second_request().await;
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
+        round_trip(&pool, addr).await;
+        let mut post = get();
+        post.method = http::Method::POST;
+        let Err(error) = send_with(&pool, addr, &post, UpstreamBody::Empty).await else {
+            panic!("a POST was sent again");
+        };
+        assert!(
+            error.is_retryable(),
+            "another endpoint may still take it: {error}"
+        );
+    }
+
     #[tokio::test]
     async fn idle_connections_past_their_time_are_closed_by_the_sweep() {
         let (addr, _) = backend(OK).await;
@@ -331,12 +411,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_connections_their_backend_closed_are_closed_by_the_sweep() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(OK).await;
+            drop(stream);
+            let _ = closed_tx.send(());
+        });
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
+        round_trip(&pool, addr).await;
+        closed_rx.await.unwrap();
+        // The close is seen once it has crossed the loopback.
+        for _ in 0..100 {
+            pool.sweep_once();
+            if pool.idle_count(addr) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a connection its backend closed stayed in the pool");
+    }
+
+    #[tokio::test]
     async fn a_refused_connect_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(5));
-        let Err(error) = pool.send(addr, get()).await else {
+        let Err(error) = send(&pool, addr).await else {
             panic!("a closed port answered");
         };
         assert!(error.is_connect(), "{error}");

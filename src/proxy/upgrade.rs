@@ -13,11 +13,11 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::{ResponseBody, TimeoutBody};
+use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
 use super::forward::{Origin, path_and_query, prepare_headers, relay};
+use super::h1::{BackendBody, Connection, RequestFraming};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -78,7 +78,7 @@ pub async fn upgrade(
     let mut endpoint = first;
     let connected = loop {
         match upstream::connect(endpoint.addr, proxy.config.upstream_connect_timeout).await {
-            Ok(io) => break Ok(io),
+            Ok(stream) => break Ok(stream),
             Err(error) => {
                 record_attempt(proxy, route, endpoint, Err(&error));
                 match attempts.retry(&route.backend, &error) {
@@ -89,8 +89,8 @@ pub async fn upgrade(
         }
     };
     let result = match connected {
-        Ok(io) => {
-            let result = handshake(proxy, conn, route, io, request, &protocols, origin).await;
+        Ok(stream) => {
+            let result = handshake(proxy, conn, route, stream, request, &protocols, origin).await;
             record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
             result
         }
@@ -110,7 +110,7 @@ async fn handshake(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
-    io: TokioIo<TcpStream>,
+    stream: TcpStream,
     mut request: Request<Incoming>,
     protocols: &[String],
     origin: &Origin<'_>,
@@ -120,15 +120,8 @@ async fn handshake(
     // has been written.
     let client_upgrade = hyper::upgrade::on(&mut request);
 
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(UpstreamError::from_hyper)?;
-    tokio::spawn(Box::pin(connection.with_upgrades()));
-
     let (mut parts, body) = request.into_parts();
     prepare_headers(&mut parts, origin);
-    parts.uri = path_and_query(&parts.uri).into();
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -136,47 +129,55 @@ async fn handshake(
         header::UPGRADE,
         HeaderValue::from_str(&protocols.join(", ")).expect("tokens are valid header text"),
     );
-    let upstream_request = Request::from_parts(
-        parts,
-        TimeoutBody::new(body, proxy.config.body_read_timeout),
-    );
+    let target = path_and_query(&parts.uri);
+    let bodiless = body.is_end_stream();
+    let framing = RequestFraming::of(&parts.headers, bodiless)
+        .ok_or_else(UpstreamError::invalid_content_length)?;
+    let body = if bodiless {
+        UpstreamBody::Empty
+    } else {
+        UpstreamBody::Streamed(TimeoutBody::new(body, proxy.config.body_read_timeout))
+    };
 
-    let response = upstream::within_response_timeout(
-        sender.send_request(upstream_request),
-        proxy.config.upstream_response_timeout,
+    // Never pooled: once this exchange is over (a relayed refusal, a
+    // failed check, the tunnel's end) the connection closes.
+    let mut backend = Connection::new(stream);
+    let timeout = proxy.config.upstream_response_timeout;
+    let (head, body_sent) = upstream::within_response_timeout(
+        backend.exchange(&parts, &target, body, framing, timeout),
+        timeout,
         None,
     )
     .await
-    .ok_or(UpstreamError::ResponseTimeout)?
-    .map_err(UpstreamError::from_hyper)?;
-    // No second request will use this connection: once this exchange is
-    // over (a relayed refusal, a failed check) it closes.
-    drop(sender);
+    .ok_or(UpstreamError::ResponseTimeout)??;
 
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((
-            relay(response, None, &proxy.config),
-            UpgradeResult::Declined,
-        ));
+    if head.status != StatusCode::SWITCHING_PROTOCOLS {
+        let response =
+            head.into_response(|framing| BackendBody::new(framing, backend, false, None));
+        return Ok((relay(response, &proxy.config), UpgradeResult::Declined));
     }
-    let Some(protocol) = switched_protocol(response.headers(), protocols) else {
+    let Some(protocol) = switched_protocol(&head.headers, protocols) else {
         return Ok((
             super::responses::LocalReply::UpgradeMismatch.into_response(),
             UpgradeResult::ProtocolMismatch,
         ));
     };
+    // The backend would read the rest of the request body as the new
+    // protocol: a switch before the body was sent is no switch to relay.
+    if !body_sent {
+        return Err(UpstreamError::Other(
+            "the backend switched protocols before the request body was sent".into(),
+        ));
+    }
+    // What the backend sent behind its 101 is the new protocol's first
+    // bytes, for the client.
+    let (backend, to_client) = backend.into_parts();
 
-    let mut response = response;
-    let backend = hyper::upgrade::on(&mut response)
-        .await
-        .map_err(UpstreamError::from_hyper)?;
-
-    let (mut parts, _) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(header::UPGRADE, protocol);
+    let mut response = head.into_response(|_| ResponseBody::empty());
+    let headers = response.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 
     let tunnel_proxy = proxy.clone();
     let tunnel_conn = conn.clone();
@@ -189,10 +190,9 @@ async fn handshake(
         let outcome = match client_upgrade.await {
             Ok(client) => {
                 let (client, to_backend) = TunnelEnd::new(client);
-                let (backend, to_client) = TunnelEnd::new(backend);
                 Tunnel::new(
                     client,
-                    backend,
+                    TunnelEnd::Socket(backend),
                     proxy.config.tunnel,
                     proxy.shutdown.force_token(),
                     series.bytes.clone(),
@@ -208,10 +208,7 @@ async fn handshake(
         // The client connection's slot is given back only now.
         drop(tunnel_conn);
     }));
-    Ok((
-        Response::from_parts(parts, ResponseBody::empty()),
-        UpgradeResult::Switched,
-    ))
+    Ok((response, UpgradeResult::Switched))
 }
 
 /// The backend's `Upgrade` token when it is one the client asked for.

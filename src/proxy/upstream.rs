@@ -8,129 +8,29 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::Method;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Proxy;
-use super::body::{BodyProgress, BodyReadTimeout};
+use super::body::{BodyProgress, BodyReadTimeout, ClientBodyError};
+use super::h1::ExchangeError;
 use super::responses::LocalReply;
-use super::stall::StallTimer;
 use crate::metrics::route_values;
 use crate::routes::passive_health::{Ejection, EndpointHealth};
 use crate::routes::{Backend, Pick, Route};
 
-/// A backend connection that fails its writes once the backend has taken
-/// no bytes for `limit`. Without it, a backend that stops reading a
-/// request body would keep the connection, and the client's body behind
-/// it, forever: hyper flushes what it buffered before it closes a
-/// connection, and that flush never ends. The failed write ends the
-/// connection, which lets go of the client's body, which lets the
-/// client's connection close.
-pub struct StallGuard<T> {
-    inner: T,
-    /// Runs while a write is pending.
-    stall: StallTimer,
-}
-
-impl<T> StallGuard<T> {
-    pub fn new(inner: T, limit: Duration) -> Self {
-        Self {
-            inner,
-            stall: StallTimer::new(limit),
-        }
-    }
-
-    /// Called with the result of a write: progress, or `Pending`, which
-    /// fails once the backend has taken nothing for the whole limit.
-    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if poll.is_ready() {
-            self.stall.progress();
-            return poll;
-        }
-        ready!(self.stall.poll_stalled(cx));
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, BackendStalled)))
-    }
-}
-
-/// A backend took no bytes of a request for `upstream_response_timeout`:
-/// a response timeout (504) like a backend that never answers.
-#[derive(Debug)]
-pub struct BackendStalled;
-
-impl std::fmt::Display for BackendStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the backend took no request bytes in time")
-    }
-}
-
-impl StdError for BackendStalled {}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallGuard<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.check(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.check(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_flush(cx);
-        this.check(cx, poll)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.check(cx, poll)
-    }
-}
-
 /// Opens a connection to a backend: for the pool, or for an upgrade (never
 /// pooled, so released the moment its exchange ends).
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<TcpStream>, UpstreamError> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(Err(e)) => Err(UpstreamError::Connect(e)),
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
+            Ok(stream)
         }
     }
 }
@@ -317,16 +217,10 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn from_hyper(error: hyper::Error) -> Self {
-        if caused_by::<BodyReadTimeout>(&error) {
-            Self::ClientBodyTimeout
-        } else if stalled(&error) {
-            Self::ResponseTimeout
-        } else if is_user_error(&error) {
-            Self::Local(Box::new(error))
-        } else {
-            Self::Other(Box::new(error))
-        }
+    /// A request whose `Content-Length` is not one number: refused as the
+    /// client's fault before anything is sent.
+    pub fn invalid_content_length() -> Self {
+        Self::Local(Box::new(ClientBodyError::new("invalid Content-Length")))
     }
 
     pub fn reply(&self) -> LocalReply {
@@ -377,37 +271,15 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-fn source_chain<'a>(
-    error: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    let mut next = Some(error);
-    std::iter::from_fn(move || {
-        let current = next?;
-        next = current.source();
-        Some(current)
-    })
-}
-
-fn caused_by<T: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
-    source_chain(error).any(|e| e.is::<T>())
-}
-
-/// A [`StallGuard`] gave up on the backend. (An `io::Error`'s `source` is
-/// the source of the error it wraps, not that error: look inside.)
-fn stalled(error: &(dyn StdError + 'static)) -> bool {
-    source_chain(error)
-        .filter_map(|e| e.downcast_ref::<io::Error>())
-        .any(|e| {
-            e.get_ref()
-                .is_some_and(|inner| inner.is::<BackendStalled>())
-        })
-}
-
-/// hyper blames its user: the request body failed, or the request could
-/// not be sent as it was.
-fn is_user_error(error: &(dyn StdError + 'static)) -> bool {
-    source_chain(error)
-        .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .next()
-        .is_some_and(hyper::Error::is_user)
+impl From<ExchangeError> for UpstreamError {
+    fn from(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::Stalled => Self::ResponseTimeout,
+            ExchangeError::Body(e) if e.is::<BodyReadTimeout>() => Self::ClientBodyTimeout,
+            // The body's errors are `ClientBodyError`s already.
+            ExchangeError::Body(e) => Self::Local(e),
+            ExchangeError::BodyLength => Self::Local(Box::new(ClientBodyError::new(error))),
+            other => Self::Other(Box::new(other)),
+        }
+    }
 }
