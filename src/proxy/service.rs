@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use super::body::{ResponseBody, client_body_failed};
 use super::forward::{Origin, forward};
-use super::headers::{X_REQUEST_ID, ensure_request_id, tokens};
+use super::headers::{X_REQUEST_ID, ensure_request_id, make_room_for_added_fields, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest};
@@ -113,6 +113,7 @@ pub async fn handle(
     let Some(endpoint) = route.backend.pick() else {
         return Ok(exchange.local(&proxy, LocalReply::NoEndpoints));
     };
+    make_room_for_added_fields(request.headers_mut());
     exchange.request_id = Some(ensure_request_id(request.headers_mut()));
 
     // 5. forward or upgrade; a failed attempt may go to another endpoint
