@@ -4,6 +4,9 @@
 //! over: whatever is still open, tunnels included, is closed (tunnels with
 //! reason `shutdown`).
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -29,6 +32,33 @@ impl Shutdown {
 
     pub fn is_draining(&self) -> bool {
         self.drain.is_cancelled()
+    }
+
+    /// Drives `work` until it ends (`Some` of its output) or draining
+    /// begins (`None`; `work` is left as it is, to be wound down).
+    ///
+    /// For work woken over and over, a client connection above all: the
+    /// drain signal is polled once, to be told when it fires, and after
+    /// that only once it has fired (or the task's waker changed), not at
+    /// every wake-up as `select!` would.
+    pub async fn until_draining<F: Future>(&self, mut work: Pin<&mut F>) -> Option<F::Output> {
+        let draining = self.drain.cancelled();
+        tokio::pin!(draining);
+        let mut told: Option<Waker> = None;
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            let unheard = told.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+            if unheard || self.is_draining() {
+                if draining.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                told = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Resolves when the drain period is over and everything must close.
@@ -80,4 +110,36 @@ pub async fn signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_that_ends_first_gives_its_output() {
+        let shutdown = Shutdown::new();
+        let work = std::pin::pin!(async { 7 });
+        assert_eq!(shutdown.until_draining(work).await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn draining_ends_the_wait_for_work_woken_many_times_meanwhile() {
+        let shutdown = Shutdown::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        // Never ends: wakes on every message, as a connection on every
+        // request.
+        let work = std::pin::pin!(async move { while rx.recv().await.is_some() {} });
+        let drainer = shutdown.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                tx.send(()).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            drainer.drain.cancel();
+            std::future::pending::<()>().await;
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(5), shutdown.until_draining(work));
+        assert_eq!(waited.await.expect("draining was noticed"), None);
+    }
 }

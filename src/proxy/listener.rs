@@ -129,15 +129,13 @@ impl Proxy {
         C: Future<Output = Result<(), E>>,
     {
         tokio::pin!(connection);
+        if let Some(result) = self.shutdown.until_draining(connection.as_mut()).await {
+            return result;
+        }
+        graceful(connection.as_mut());
         tokio::select! {
             result = connection.as_mut() => result,
-            _ = self.shutdown.draining() => {
-                graceful(connection.as_mut());
-                tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = self.shutdown.forced() => Ok(()),
-                }
-            }
+            _ = self.shutdown.forced() => Ok(()),
         }
     }
 }
