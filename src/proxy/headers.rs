@@ -118,9 +118,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
         return id.clone();
     }
-    let mut text = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    let id = HeaderValue::from_str(text).expect("uuid is ascii");
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    // Owned by the bytes themselves: the value goes to the backend, the
+    // response and the log, and each copy is a reference count (a value
+    // from a `String` would be copied once more on its first clone).
+    let id = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii");
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
