@@ -383,6 +383,16 @@ mod tests {
     }
 
     #[test]
+    fn too_many_header_fields_are_refused() {
+        let fields: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let raw = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        assert!(matches!(
+            head(&raw, &Method::GET),
+            Err(ProtocolError::TooManyHeaders)
+        ));
+    }
+
+    #[test]
     fn interim_responses_are_skipped_but_101_is_final() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
