@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Instructions switchyard spends per proxied request or per WebSocket
+# session, counted by callgrind: unlike time, the count is repeatable on a
+# shared or noisy machine, so it shows what one change did to the hot path.
+#
+#   scripts/instructions.sh [request|websocket] [COUNT] [BINARY]
+#
+# Starts the benchmark backend, runs BINARY (default: a fresh release
+# build) under callgrind pinned to one CPU (so with the runtime a pinned
+# benchmark run has), warms up, then counts COUNT exchanges on one client
+# connection (request) or COUNT sessions (connect, 101, one message,
+# close). Installs valgrind and python3 (Debian packages) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+workload=${1:-request}
+count=${2:-3000}
+binary=${3:-}
+case "$workload" in request | websocket) ;; *) echo "usage: $0 [request|websocket] [COUNT] [BINARY]" >&2; exit 2 ;; esac
+
+need=()
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p switchyard-bench
+if [ -z "$binary" ]; then
+    cargo build --release -q -p switchyard
+    binary=target/release/switchyard
+fi
+
+dir=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+mkdir -p "$dir/manifests"
+
+target/release/loadgen backend --addr 127.0.0.1:0 >"$dir/backend.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q 127.0.0.1 "$dir/backend.out" && break; sleep 0.1; done
+backend_port=$(grep -oE '127\.0\.0\.1:[0-9]+' "$dir/backend.out" | head -1 | cut -d: -f2)
+
+cat >"$dir/manifests/bench.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: bench, namespace: bench}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: bench
+  namespace: bench
+  labels: {kubernetes.io/service-name: bench}
+addressType: IPv4
+ports: [{name: http, port: $backend_port}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: bench, namespace: bench}
+spec:
+  ingressClassName: switchyard
+  rules:
+  - host: bench.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {service: {name: bench, port: {number: 80}}}
+YAML
+
+taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+    "$binary" run --manifests "$dir/manifests" --http-addr 127.0.0.1:0 \
+    --admin-addr 127.0.0.1:0 --access-log false --log-level warn \
+    >"$dir/switchyard.out" 2>"$dir/switchyard.err" &
+pids+=($!)
+for _ in $(seq 300); do grep -q "http=" "$dir/switchyard.out" 2>/dev/null && break; sleep 0.1; done
+port=$(grep -oE 'http=127\.0\.0\.1:[0-9]+' "$dir/switchyard.out" | cut -d: -f2)
+
+# The driver: zero the counters after the warm-up, dump after the count.
+python3 - "$port" "$count" "$workload" <<'PY'
+import socket, subprocess, sys
+
+port, count, workload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+
+def connect():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+def read_exactly(s, n, buf=b""):
+    while len(buf) < n:
+        more = s.recv(n - len(buf))
+        if not more:
+            raise SystemExit("connection closed early")
+        buf += more
+    return buf
+
+def read_head(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = s.recv(4096)
+        if not more:
+            raise SystemExit("connection closed before a response head")
+        buf += more
+    return buf.split(b"\r\n\r\n", 1)
+
+GET = b"GET /small HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: instructions\r\nAccept: */*\r\n\r\n"
+UPGRADE = (b"GET /echo HTTP/1.1\r\nHost: bench.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+FRAME = bytes([0x81, 0x85, 1, 2, 3, 4]) + bytes(c ^ k for c, k in zip(b"hello", b"\x01\x02\x03\x04\x01"))
+CLOSE = bytes([0x88, 0x80, 1, 2, 3, 4])
+client = connect() if workload == "request" else None
+
+def request():
+    client.sendall(GET)
+    head, body = read_head(client)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    read_exactly(client, length, body)
+
+def session():
+    s = connect()
+    s.sendall(UPGRADE)
+    head, rest = read_head(s)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise SystemExit(head.decode(errors="replace"))
+    s.sendall(FRAME)
+    read_exactly(s, len(FRAME), rest)
+    s.sendall(CLOSE)
+    read_exactly(s, len(CLOSE))
+    s.shutdown(socket.SHUT_WR)
+    s.recv(64)
+    s.close()
+
+one = request if workload == "request" else session
+for _ in range(max(200, count // 6)):
+    one()
+subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+for _ in range(count):
+    one()
+subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+PY
+
+dump=$(ls "$dir"/callgrind.out.* | sort | head -1)
+total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+echo "$workload: $((total / count)) instructions each ($count counted, $binary)"
