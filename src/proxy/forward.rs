@@ -11,9 +11,8 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
-use super::h1::{BackendBody, RequestFraming};
+use super::h1::{BackendBody, Outgoing, RequestFraming};
 use super::headers::{set_forwarded, strip_hop_by_hop};
-use super::pool::Outgoing;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{Proxy, ProxyConfig};
 use crate::routes::{Pick, Route};

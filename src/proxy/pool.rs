@@ -23,11 +23,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use http::Response;
-use http::request::Parts;
-use http::uri::PathAndQuery;
 
 use super::body::UpstreamBody;
-use super::h1::{BackendBody, Connection, RequestFraming};
+use super::h1::{BackendBody, Connection, Outgoing};
 use super::upstream::{UpstreamError, connect};
 
 /// How long an idle connection is kept.
@@ -56,14 +54,6 @@ impl Idle {
     }
 }
 
-/// A request as the pool sends it: the head rewritten for the backend
-/// (`Host` set), its target in origin form, and how its body is framed.
-pub struct Outgoing<'a> {
-    pub parts: &'a Parts,
-    pub target: &'a PathAndQuery,
-    pub framing: RequestFraming,
-}
-
 impl Pool {
     pub fn new(connect_timeout: Duration, write_stall: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -85,7 +75,7 @@ impl Pool {
     ) -> Result<Response<BackendBody>, UpstreamError> {
         let replayable =
             matches!(body, UpstreamBody::Empty) && request.parts.method.is_idempotent();
-        let mut body = Some(body);
+        let mut unsent = Some(body);
         loop {
             let (mut conn, reused) = match self.checkout(addr) {
                 Some(conn) => (conn, true),
@@ -94,15 +84,8 @@ impl Pool {
                     false,
                 ),
             };
-            let sent = conn
-                .exchange(
-                    request.parts,
-                    request.target,
-                    body.take().expect("a body for each attempt"),
-                    request.framing,
-                    self.write_stall,
-                )
-                .await;
+            let body = unsent.take().expect("a body for each attempt");
+            let sent = conn.exchange(request, body, self.write_stall).await;
             match sent {
                 Ok((head, whole)) => {
                     let checkin = Checkin {
@@ -117,7 +100,7 @@ impl Pool {
                 // The backend closed this kept-alive connection as the
                 // request went out: nothing reached it.
                 Err(error) if reused && replayable && error.is_stale_connection() => {
-                    body = Some(UpstreamBody::Empty);
+                    unsent = Some(UpstreamBody::Empty);
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -214,6 +197,9 @@ impl Checkin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::h1::RequestFraming;
+    use http::request::Parts;
+    use http::uri::PathAndQuery;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

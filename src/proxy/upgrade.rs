@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
 use super::forward::{Origin, path_and_query, prepare_headers, relay};
-use super::h1::{BackendBody, Connection, RequestFraming};
+use super::h1::{BackendBody, Connection, Outgoing, RequestFraming};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -143,8 +143,13 @@ async fn handshake(
     // failed check, the tunnel's end) the connection closes.
     let mut backend = Connection::new(stream);
     let timeout = proxy.config.upstream_response_timeout;
+    let outgoing = Outgoing {
+        parts: &parts,
+        target: &target,
+        framing,
+    };
     let (head, body_sent) = upstream::within_response_timeout(
-        backend.exchange(&parts, &target, body, framing, timeout),
+        backend.exchange(&outgoing, body, timeout),
         timeout,
         None,
     )

@@ -107,7 +107,7 @@ impl Attempts {
     }
 
     /// Whether the attempt under way is the last one allowed.
-    pub fn is_last(&self) -> bool {
+    fn is_last(&self) -> bool {
         self.count >= self.limit
     }
 

@@ -46,6 +46,16 @@ pub struct Connection {
     head: Vec<u8>,
 }
 
+/// A request as it goes to a backend: the head rewritten for it (`Host`
+/// set, hop-by-hop fields gone), its target in origin form, and how its
+/// body is framed. Borrowed, so that another attempt costs no copy.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub parts: &'a Parts,
+    pub target: &'a PathAndQuery,
+    pub framing: RequestFraming,
+}
+
 /// Why an exchange produced no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -119,18 +129,20 @@ impl Connection {
         (self.stream, self.read.freeze())
     }
 
-    /// Sends a request (`parts` as rewritten for the backend, `target` in
-    /// origin form) and reads the final response head. Returns it with
-    /// whether the request body was sent to its end. `write_stall` is the
-    /// longest the backend may take no request bytes.
+    /// Sends `request` with `body` and reads the final response head.
+    /// Returns it with whether the request body was sent to its end.
+    /// `write_stall` is the longest the backend may take no request bytes.
     pub async fn exchange(
         &mut self,
-        parts: &Parts,
-        target: &PathAndQuery,
+        request: &Outgoing<'_>,
         body: UpstreamBody,
-        framing: RequestFraming,
         write_stall: Duration,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
+        let Outgoing {
+            parts,
+            target,
+            framing,
+        } = *request;
         self.head.clear();
         encode::request_head(
             &mut self.head,

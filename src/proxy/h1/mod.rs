@@ -19,7 +19,7 @@ pub mod decode;
 pub mod encode;
 pub mod reader;
 
-pub use connection::{Connection, ExchangeError};
+pub use connection::{Connection, ExchangeError, Outgoing};
 pub use decode::ResponseHead;
 pub use encode::RequestFraming;
 pub use reader::BackendBody;
