@@ -83,7 +83,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
          - Keep-alive and body figures are the steady state: their connections send requests for {} ms first, not counted, then for the figure's time. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (which holds at most the backend connection its readiness check made): {} connections opened at once, each timed from its connect to its first complete response.\n\
          - Tunnel throughput is the median of {} transfers of {} MiB each way; start to first answer is the median of {} starts.\n\
-         - Each figure records the load average and the CPU other processes used while it ran; a figure where others used more than a quarter of a core is measured again once (see the last table).\n\
+         - Each figure records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a figure where these took more than a quarter of a core together is measured again once (see the last table).\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
         crate::client::WARM_UP.as_millis(),
         crate::suite::BURST_CONNECTIONS,
@@ -306,18 +306,19 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     let _ = writeln!(out, "## Load while measuring\n");
     let _ = writeln!(
         out,
-        "| target | figure | load average | other processes (cores) | measured again |"
+        "| target | figure | load average | other processes (cores) | stolen by the hypervisor (cores) | measured again |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
     for t in &results.targets {
         for l in &t.loads {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} |",
                 t.kind.name(),
                 l.figure,
                 l.load_average,
                 l.other_cores,
+                l.stolen_cores,
                 if l.measured_again { "yes" } else { "" }
             );
         }

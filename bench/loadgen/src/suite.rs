@@ -1,7 +1,7 @@
 //! The whole benchmark, one figure after another, each target started
-//! fresh: the figures of BENCHMARKS.md with the load average and the CPU
-//! other processes used while each was measured. A figure disturbed by
-//! other processes is measured again once.
+//! fresh: the figures of BENCHMARKS.md with the load average, the CPU
+//! other processes used and the CPU the hypervisor took (steal) while
+//! each was measured. A figure disturbed by either is measured again once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +19,8 @@ use crate::sysstat::{self, CoreWindow, Disturbance};
 use crate::targets::{Kind, Running, Setup};
 use crate::translate_bench::{self, TranslateResult};
 
-/// CPU used by other processes above which a figure is measured again.
+/// CPU taken by others (other processes and steal) above which a figure
+/// is measured again.
 const DISTURBED_CORES: f64 = 0.25;
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct FigureLoad {
     pub figure: String,
     pub load_average: f64,
     pub other_cores: f64,
+    /// CPU the hypervisor gave to other machines meanwhile (steal).
+    pub stolen_cores: f64,
     pub measured_again: bool,
 }
 
@@ -162,8 +165,9 @@ where
     Ok(values[n / 2])
 }
 
-/// Runs `figure` and measures it again once if other processes used more
-/// than [`DISTURBED_CORES`] meanwhile.
+/// Runs `figure` and measures it again once if other processes, or other
+/// machines on the same host (steal), used more than [`DISTURBED_CORES`]
+/// meanwhile.
 async fn measured<T, F, Fut>(
     name: &str,
     ours: &[u32],
@@ -178,18 +182,17 @@ where
     loop {
         let window = Disturbance::start(ours.to_vec());
         let result = figure().await;
-        let other_cores = record_load(name, &window, loads, measured_again);
-        let disturbed = other_cores > DISTURBED_CORES;
-        if !disturbed || measured_again {
+        let taken = record_load(name, &window, loads, measured_again);
+        if taken <= DISTURBED_CORES || measured_again {
             return result;
         }
-        eprintln!("  {name}: other processes used {other_cores:.2} cores; measuring again");
+        eprintln!("  {name}: others took {taken:.2} cores; measuring again");
         measured_again = true;
     }
 }
 
-/// Records the load while a figure ran; returns the CPU other processes
-/// used, in cores.
+/// Records the load while a figure ran; returns the CPU others took
+/// (other processes and steal), in cores.
 fn record_load(
     name: &str,
     window: &Disturbance,
@@ -197,13 +200,15 @@ fn record_load(
     measured_again: bool,
 ) -> f64 {
     let other_cores = window.others_cores();
+    let stolen_cores = window.stolen_cores();
     loads.push(FigureLoad {
         figure: name.to_string(),
         load_average: sysstat::load_average(),
         other_cores,
+        stolen_cores,
         measured_again,
     });
-    other_cores
+    other_cores + stolen_cores
 }
 
 pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result<Results> {

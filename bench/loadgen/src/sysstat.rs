@@ -83,15 +83,29 @@ pub fn cpu_split_ticks(pids: &[u32]) -> (u64, u64) {
 /// it would make the benchmark's own packets look like someone else's work.
 pub fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().next() else {
-        return 0;
-    };
-    // Fields: user nice system idle iowait irq softirq steal ...
-    cpu.split_whitespace()
-        .skip(1)
-        .take(3)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
+    machine_fields(&stat).iter().take(3).sum()
+}
+
+/// Time the hypervisor gave the machine's CPUs to someone else (steal):
+/// on a shared VM, the other processes that no process list shows.
+pub fn machine_steal_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    machine_fields(&stat).get(7).copied().unwrap_or(0)
+}
+
+/// The all-CPU line of /proc/stat: user nice system idle iowait irq
+/// softirq steal ...
+fn machine_fields(stat: &str) -> Vec<u64> {
+    stat.lines()
+        .next()
+        .filter(|line| line.starts_with("cpu "))
+        .map(|line| {
+            line.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn load_average() -> f64 {
@@ -120,6 +134,7 @@ pub struct Disturbance {
     ours: Vec<u32>,
     busy: u64,
     mine: u64,
+    steal: u64,
     at: std::time::Instant,
 }
 
@@ -130,6 +145,7 @@ impl Disturbance {
         Self {
             busy: machine_busy_ticks(),
             mine: cpu_ticks(&all),
+            steal: machine_steal_ticks(),
             ours: all,
             at: std::time::Instant::now(),
         }
@@ -141,6 +157,13 @@ impl Disturbance {
         let mine = cpu_ticks(&self.ours).saturating_sub(self.mine);
         let seconds = self.at.elapsed().as_secs_f64().max(0.001);
         busy.saturating_sub(mine) as f64 / ticks_per_second() / seconds
+    }
+
+    /// CPU the hypervisor took away since `start`, in cores.
+    pub fn stolen_cores(&self) -> f64 {
+        let stolen = machine_steal_ticks().saturating_sub(self.steal);
+        let seconds = self.at.elapsed().as_secs_f64().max(0.001);
+        stolen as f64 / ticks_per_second() / seconds
     }
 }
 
@@ -254,6 +277,18 @@ mod tests {
         assert_eq!(cpu_ticks_in(stat, &[0]), (186, 497));
         assert_eq!(cpu_ticks_in(stat, &[0, 1]), (186 + 1680, 497 + 2280));
         assert_eq!(cpu_ticks_in(stat, &[5]), (0, 0));
+    }
+
+    #[test]
+    fn the_machine_line_gives_busy_time_and_steal() {
+        let stat = "cpu  900 1 90 900 4 5 6 77 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let fields = machine_fields(stat);
+        assert_eq!(fields.iter().take(3).sum::<u64>(), 991);
+        assert_eq!(fields.get(7), Some(&77));
+        assert!(
+            machine_fields("cpu0 1 2 3\n").is_empty(),
+            "not the all-CPU line"
+        );
     }
 
     #[test]
