@@ -10,6 +10,8 @@
 # benchmark run has), warms up, then counts COUNT exchanges on one client
 # connection (request) or COUNT sessions (connect, 101, one message,
 # close). Installs valgrind and python3 (Debian packages) when missing.
+# With INSTRUCTIONS_DUMP=FILE the callgrind profile is kept there, for
+# `callgrind_annotate --inclusive=yes FILE` to say where they go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -147,5 +149,6 @@ subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
 PY
 
 dump=$(ls "$dir"/callgrind.out.* | sort | head -1)
+if [ -n "${INSTRUCTIONS_DUMP:-}" ]; then cp "$dump" "$INSTRUCTIONS_DUMP"; fi
 total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
 echo "$workload: $((total / count)) instructions each ($count counted, $binary)"
