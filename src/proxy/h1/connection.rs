@@ -117,7 +117,7 @@ impl Connection {
     }
 
     /// Ready to wait in the pool: an unusually large read buffer goes.
-    pub(crate) fn idle(&mut self) {
+    pub(super) fn idle(&mut self) {
         if self.read.capacity() > IDLE_BUFFER_KEPT {
             self.read = BytesMut::new();
         }

@@ -249,10 +249,6 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
     /// Decodes what it can from the front of `buf`, consuming it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, ProtocolError> {
         loop {
@@ -587,7 +583,12 @@ mod tests {
         let mut buf = BytesMut::from("0\r\n\r\nHTTP/1.1");
         let mut decoder = ChunkedDecoder::default();
         assert_eq!(decoder.decode(&mut buf).unwrap(), Chunk::End);
-        assert!(decoder.is_done());
+        assert_eq!(&buf[..], b"HTTP/1.1");
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap(),
+            Chunk::End,
+            "and stays over"
+        );
         assert_eq!(&buf[..], b"HTTP/1.1");
     }
 }
