@@ -15,7 +15,7 @@ use common::backends::{self, head_value, read_body, read_head, read_until_closed
 use common::client::{get, raw_exchange};
 use common::manifests::route;
 use http::StatusCode;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A backend that answers every request on a connection with `response`
@@ -73,7 +73,6 @@ async fn two_gets(proxy: &TestProxy) -> Vec<(String, String)> {
 
 /// Reads a chunked body the proxy sent (its own framing, so simple).
 async fn dechunk(stream: &mut TcpStream, mut buf: Vec<u8>) -> String {
-    use tokio::io::AsyncReadExt;
     let mut body = Vec::new();
     loop {
         while let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -266,7 +265,6 @@ async fn a_chunked_upload_goes_to_the_backend_chunked_with_its_trailers() {
             let (head, mut rest) = read_head(&mut s).await;
             let mut wire = head.into_bytes();
             // The whole chunked body, up to its last line.
-            use tokio::io::AsyncReadExt;
             while !rest.ends_with(b"\r\n\r\n") {
                 let mut chunk = [0u8; 4096];
                 let n = s.read(&mut chunk).await.unwrap();
