@@ -272,6 +272,31 @@ async fn http2_prior_knowledge_requests_are_routed_by_authority() {
 }
 
 #[tokio::test]
+async fn an_http2_body_of_unknown_length_reaches_the_backend_chunked() {
+    let echo = backends::echo("h2").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // No Content-Length: HTTP/2 frames the body itself, HTTP/1.1 to the
+    // backend needs the chunked coding.
+    let frames = ["abc", "defg"]
+        .map(|part| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(part))));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let request = Request::post("http://h/upload").body(body).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(echoed(&body, "transfer-encoding"), ["chunked"], "{body}");
+    assert!(echoed(&body, "content-length").is_empty(), "{body}");
+    assert!(body.contains("body-bytes: 7\n"), "{body}");
+}
+
+#[tokio::test]
 async fn an_oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
     let echo = backends::echo("big").await;
     let config = ProxyConfig {
