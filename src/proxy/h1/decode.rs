@@ -344,6 +344,7 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn head(raw: &str, method: &Method) -> Result<Option<ResponseHead>, ProtocolError> {
         response_head(&mut BytesMut::from(raw), method)
@@ -590,5 +591,116 @@ mod tests {
             "and stays over"
         );
         assert_eq!(&buf[..], b"HTTP/1.1");
+    }
+
+    /// What decoding a whole input gave: the data, the trailers, how it
+    /// ended (`Ok(true)`: the body's end, `Ok(false)`: wants more) and
+    /// what was left in the buffer.
+    #[derive(Debug, PartialEq)]
+    struct Decoded {
+        data: Vec<u8>,
+        trailers: Option<HeaderMap>,
+        end: Result<bool, ()>,
+        left: Vec<u8>,
+    }
+
+    /// Feeds `wire` to a decoder in pieces that end at `cuts`.
+    fn decode_cut(wire: &[u8], cuts: &[usize]) -> Decoded {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        ends.push(wire.len());
+        ends.sort_unstable();
+        let mut pieces = ends.into_iter();
+        let mut decoder = ChunkedDecoder::default();
+        let (mut buf, mut fed) = (BytesMut::new(), 0);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        let end = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Chunk::Data(bytes)) => data.extend_from_slice(&bytes),
+                Ok(Chunk::Trailers(t)) => trailers = Some(t),
+                Ok(Chunk::End) => break Ok(true),
+                Ok(Chunk::NeedMore) => match pieces.next() {
+                    Some(next) => {
+                        buf.extend_from_slice(&wire[fed..next]);
+                        fed = next;
+                    }
+                    None => break Ok(false),
+                },
+                Err(_) => break Err(()),
+            }
+        };
+        buf.extend_from_slice(&wire[fed..]);
+        Decoded {
+            data,
+            trailers,
+            end,
+            left: buf.to_vec(),
+        }
+    }
+
+    fn chunk_line() -> impl Strategy<Value = (Vec<u8>, Option<String>)> {
+        (
+            proptest::collection::vec(any::<u8>(), 1..64),
+            proptest::option::of("[a-z]{1,8}(=[a-z0-9]{1,8})?"),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A well-formed chunked body decodes to its data and trailers
+        /// wherever the reads happen to end, and what follows it stays.
+        #[test]
+        fn chunked_bodies_decode_to_what_was_encoded(
+            chunks in proptest::collection::vec(chunk_line(), 0..8),
+            trailers in proptest::collection::vec(("x-[a-z]{1,6}", "[a-z0-9]{0,12}"), 0..3),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut wire = Vec::new();
+            let mut data = Vec::new();
+            for (bytes, extension) in &chunks {
+                wire.extend_from_slice(format!("{:x}", bytes.len()).as_bytes());
+                if let Some(extension) = extension {
+                    wire.extend_from_slice(format!(";{extension}").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(bytes);
+                wire.extend_from_slice(b"\r\n");
+                data.extend_from_slice(bytes);
+            }
+            wire.extend_from_slice(b"0\r\n");
+            for (name, value) in &trailers {
+                wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"\r\nHTTP/1.1 200 OK");
+            let decoded = decode_cut(&wire, &cuts);
+            prop_assert_eq!(decoded.end, Ok(true));
+            prop_assert_eq!(decoded.data, data);
+            prop_assert_eq!(decoded.left, b"HTTP/1.1 200 OK".to_vec());
+            let mut expected = HeaderMap::new();
+            for (name, value) in &trailers {
+                expected.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            prop_assert_eq!(decoded.trailers, (!expected.is_empty()).then_some(expected));
+        }
+
+        /// Any bytes at all decode to the same outcome whether they come
+        /// in one read or in many: the decoder's answer never depends on
+        /// where a read ended.
+        #[test]
+        fn any_bytes_decode_the_same_whatever_the_reads(
+            wire in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\r'), Just(b'\n'), Just(b';'), Just(b':'), Just(b' '),
+                    Just(b'0'), Just(b'1'), Just(b'a'), Just(b'F'), any::<u8>(),
+                ],
+                0..96,
+            ),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            prop_assert_eq!(decode_cut(&wire, &cuts), decode_cut(&wire, &[]));
+        }
     }
 }
