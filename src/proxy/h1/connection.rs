@@ -32,7 +32,7 @@ use crate::proxy::stall::StallTimer;
 /// What one read asks for while a head is awaited: most heads fit, and a
 /// small response arrives whole with its head.
 const HEAD_READ: usize = 8 * 1024;
-/// A read buffer larger than this is not kept by an idle connection.
+/// A buffer larger than this is not kept by an idle connection.
 const IDLE_BUFFER_KEPT: usize = 16 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -109,17 +109,21 @@ impl Connection {
     }
 
     /// Whether the backend has neither closed this idle connection nor
-    /// sent anything unasked since its last exchange (one non-blocking
-    /// read).
+    /// sent anything unasked since its last exchange. A non-blocking read,
+    /// which costs no system call while the runtime has seen nothing
+    /// arrive since the last read drained the socket.
     pub fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Ready to wait in the pool: an unusually large read buffer goes.
+    /// Ready to wait in the pool: unusually large buffers go.
     pub(super) fn idle(&mut self) {
         if self.read.capacity() > IDLE_BUFFER_KEPT {
             self.read = BytesMut::new();
+        }
+        if self.head.capacity() > IDLE_BUFFER_KEPT {
+            self.head = Vec::new();
         }
     }
 
