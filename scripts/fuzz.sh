@@ -12,6 +12,8 @@
 #   translate        any cluster snapshot: translate, compile, look up
 #   matcher          any rules and requests: the compiled table against a
 #                    reference reading of the Ingress path and host rules
+#   backend_response any bytes as a backend's answer: head parser and
+#                    chunked decoder, one read against many
 #
 # What it does:
 # - installs cargo-fuzz (`cargo install --locked cargo-fuzz`) if missing;
@@ -34,7 +36,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(manifest_loader annotations translate matcher)
+all_targets=(manifest_loader annotations translate matcher backend_response)
 seconds="${FUZZ_SECONDS:-60}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 
