@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Instructions switchyard spends per proxied request or per WebSocket
-# session, counted by callgrind: unlike time, the count is repeatable on a
-# shared or noisy machine, so it shows what one change did to the hot path.
+# Instructions switchyard spends per proxied request, per WebSocket
+# session or per new client connection, counted by callgrind: unlike time,
+# the count is repeatable on a shared or noisy machine, so it shows what
+# one change did to the hot path.
 #
-#   scripts/instructions.sh [request|websocket] [COUNT] [BINARY]
+#   scripts/instructions.sh [request|websocket|burst] [COUNT] [BINARY]
 #
 # Starts the benchmark backend, runs BINARY (default: a fresh release
 # build) under callgrind pinned to one CPU (so with the runtime a pinned
 # benchmark run has), warms up, then counts COUNT exchanges on one client
-# connection (request) or COUNT sessions (connect, 101, one message,
-# close). Installs valgrind and python3 (Debian packages) when missing.
+# connection (request), COUNT sessions (websocket: connect, 101, one
+# message, close), or COUNT connections opened at once with one request
+# each (burst, as the benchmark's burst figure; most of them need a new
+# backend connection too). Installs valgrind and python3 (Debian packages) when missing.
 # With INSTRUCTIONS_DUMP=FILE the callgrind profile is kept there, for
 # `callgrind_annotate --inclusive=yes FILE` to say where they go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 workload=${1:-request}
-count=${2:-3000}
+count=${2:-}
+if [ -z "$count" ]; then
+    if [ "$workload" = burst ]; then count=256; else count=3000; fi
+fi
 binary=${3:-}
-case "$workload" in request | websocket) ;; *) echo "usage: $0 [request|websocket] [COUNT] [BINARY]" >&2; exit 2 ;; esac
+case "$workload" in request | websocket | burst) ;; *) echo "usage: $0 [request|websocket|burst] [COUNT] [BINARY]" >&2; exit 2 ;; esac
 
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
@@ -139,6 +145,43 @@ def session():
     s.recv(64)
     s.close()
 
+def burst(n):
+    """n connections at once, one GET each, all in flight together."""
+    import selectors
+    waiting = selectors.DefaultSelector()
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        waiting.register(s, selectors.EVENT_WRITE, b"")
+    left = n
+    while left:
+        for key, events in waiting.select(10):
+            s = key.fileobj
+            if events & selectors.EVENT_WRITE:
+                s.sendall(GET)
+                waiting.modify(s, selectors.EVENT_READ, b"")
+                continue
+            more = s.recv(65536)
+            if not more:
+                raise SystemExit("connection closed before its response")
+            seen = key.data + more
+            head, _, body = seen.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if length is not None and len(body) >= length:
+                waiting.unregister(s)
+                s.close()
+                left -= 1
+            else:
+                waiting.modify(s, selectors.EVENT_READ, seen)
+
+if workload == "burst":
+    burst(64)
+    subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+    burst(count)
+    subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+    sys.exit(0)
 one = request if workload == "request" else session
 for _ in range(max(200, count // 6)):
     one()
