@@ -168,6 +168,15 @@ async fn interim_responses_are_not_relayed() {
 }
 
 #[tokio::test]
+async fn an_unusual_reason_phrase_reaches_the_client() {
+    let (backend, _) = answering("HTTP/1.1 200 Fine Thanks\r\nContent-Length: 0\r\n\r\n").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (_client, head, _) =
+        raw_exchange(proxy.addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{head}");
+}
+
+#[tokio::test]
 async fn a_head_request_reads_no_body_and_keeps_the_connection() {
     let (backend, accepted) = answering("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;

@@ -298,3 +298,63 @@ async fn write_all(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (Connection::new(stream), peer)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_small_buffers_only() {
+        let (mut conn, _peer) = pair().await;
+        conn.read.reserve(4 * IDLE_BUFFER_KEPT);
+        conn.head.reserve(4 * IDLE_BUFFER_KEPT);
+        conn.idle();
+        assert!(conn.read.capacity() <= IDLE_BUFFER_KEPT);
+        assert!(conn.head.capacity() <= IDLE_BUFFER_KEPT);
+        conn.read.reserve(1024);
+        let kept = conn.read.capacity();
+        conn.idle();
+        assert_eq!(
+            conn.read.capacity(),
+            kept,
+            "a small buffer is kept for the next exchange"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_open_until_its_backend_closes_or_speaks_unasked() {
+        let (conn, peer) = pair().await;
+        assert!(conn.is_open());
+        drop(peer);
+        // The close is seen once it has crossed the loopback.
+        for _ in 0..100 {
+            if !conn.is_open() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!conn.is_open());
+
+        let (conn, mut peer) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"HTTP/1.1 200 OK\r\n")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if !conn.is_open() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("bytes nobody asked for left the connection looking usable");
+    }
+}
