@@ -92,10 +92,10 @@ impl Pool {
                         pool: Arc::downgrade(self),
                         addr,
                     };
-                    let reusable = whole && head.keep_alive;
-                    return Ok(head.into_response(|framing| {
-                        BackendBody::new(framing, conn, reusable, Some(checkin))
-                    }));
+                    let checkin = (whole && head.keep_alive).then_some(checkin);
+                    return Ok(
+                        head.into_response(|framing| BackendBody::new(framing, conn, checkin))
+                    );
                 }
                 // The backend closed this kept-alive connection as the
                 // request went out: nothing reached it.

@@ -157,8 +157,7 @@ async fn handshake(
     .ok_or(UpstreamError::ResponseTimeout)??;
 
     if head.status != StatusCode::SWITCHING_PROTOCOLS {
-        let response =
-            head.into_response(|framing| BackendBody::new(framing, backend, false, None));
+        let response = head.into_response(|framing| BackendBody::new(framing, backend, None));
         return Ok((relay(response, &proxy.config), UpgradeResult::Declined));
     }
     let Some(protocol) = switched_protocol(&head.headers, protocols) else {

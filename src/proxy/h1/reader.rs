@@ -48,20 +48,15 @@ pub struct BackendBody {
     state: State,
     /// Held while the body is read from it.
     conn: Option<Connection>,
-    /// Whether `conn` may be used again once the body is over.
-    reusable: bool,
-    /// Where `conn` goes then (none for an upgrade's own connection).
+    /// Where `conn` goes once the body is over, when it may carry another
+    /// exchange (never for an upgrade's own connection).
     checkin: Option<Checkin>,
 }
 
 impl BackendBody {
-    /// The body that follows a head with `framing` on `conn`.
-    pub fn new(
-        framing: Framing,
-        mut conn: Connection,
-        reusable: bool,
-        checkin: Option<Checkin>,
-    ) -> Self {
+    /// The body that follows a head with `framing` on `conn`; `checkin`
+    /// when the connection may be used again after it.
+    pub fn new(framing: Framing, mut conn: Connection, checkin: Option<Checkin>) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Whole(None),
             Framing::Length(n) if n <= conn.read.len() as u64 => {
@@ -76,7 +71,6 @@ impl BackendBody {
         let mut body = Self {
             state,
             conn: Some(conn),
-            reusable,
             checkin,
         };
         if matches!(body.state, State::Whole(_)) {
@@ -91,9 +85,7 @@ impl BackendBody {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if let (true, true, Some(checkin)) =
-            (self.reusable, conn.read.is_empty(), self.checkin.take())
-        {
+        if let (true, Some(checkin)) = (conn.read.is_empty(), self.checkin.take()) {
             conn.idle();
             checkin.release(conn);
         }
