@@ -245,7 +245,8 @@ impl FromBackend {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error of every body on the way through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 enum Inner {
     Upstream(FromBackend),

@@ -26,7 +26,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::ProtocolError;
 use super::decode::{self, ResponseHead};
 use super::encode::{self, RequestFraming};
-use crate::proxy::body::UpstreamBody;
+use hyper::body::Incoming;
+
+use crate::proxy::body::{BoxError, TimeoutBody, UpstreamBody};
 use crate::proxy::stall::StallTimer;
 
 /// What one read asks for while a head is awaited: most heads fit, and a
@@ -34,8 +36,6 @@ use crate::proxy::stall::StallTimer;
 const HEAD_READ: usize = 8 * 1024;
 /// A buffer larger than this is not kept by an idle connection.
 const IDLE_BUFFER_KEPT: usize = 16 * 1024;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A backend connection between exchanges, or in one.
 pub struct Connection {
@@ -157,11 +157,14 @@ impl Connection {
         );
         let (mut reader, mut writer) = self.stream.split();
         let mut stall = StallTimer::new(write_stall);
-        if let UpstreamBody::Empty = body {
-            write_all(&mut writer, &mut [IoSlice::new(&self.head)], &mut stall).await?;
-            let head = read_head(&mut reader, &mut self.read, &parts.method).await?;
-            return Ok((head, true));
-        }
+        let body = match body {
+            UpstreamBody::Empty => {
+                write_all(&mut writer, &mut [IoSlice::new(&self.head)], &mut stall).await?;
+                let head = read_head(&mut reader, &mut self.read, &parts.method).await?;
+                return Ok((head, true));
+            }
+            UpstreamBody::Streamed(body) => body,
+        };
         let send = send(&mut writer, &self.head, body, framing, &mut stall);
         let receive = read_head(&mut reader, &mut self.read, &parts.method);
         tokio::pin!(send, receive);
@@ -202,19 +205,16 @@ async fn read_head(
     }
 }
 
-/// Writes the head, then the body frames as the client sends them, framed
+/// Writes the head, then the client's body frames as they come, framed
 /// as `framing` says.
 async fn send(
     writer: &mut WriteHalf<'_>,
     head: &[u8],
-    body: UpstreamBody,
+    mut body: TimeoutBody<Incoming>,
     framing: RequestFraming,
     stall: &mut StallTimer,
 ) -> Result<(), ExchangeError> {
     write_all(writer, &mut [IoSlice::new(head)], stall).await?;
-    let UpstreamBody::Streamed(mut body) = body else {
-        return Ok(());
-    };
     let mut sent = 0u64;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {

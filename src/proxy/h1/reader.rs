@@ -18,9 +18,8 @@ use tokio_util::io::poll_read_buf;
 
 use super::connection::Connection;
 use super::decode::{Chunk, ChunkedDecoder, Framing};
+use crate::proxy::body::BoxError;
 use crate::proxy::pool::Checkin;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The smallest and largest read while a body is read.
 const MIN_READ: usize = 8 * 1024;
