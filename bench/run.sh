@@ -5,7 +5,7 @@
 # BENCHMARKS.md, bench/plots/*.png and bench/results.json.
 #
 # The proxies run pinned to CPU 0, the load generator and backend to CPU 1.
-# Extra arguments go to `loadgen suite` (e.g. --seconds 1 --tunnels 500
+# Extra arguments go to `loadgen suite` (e.g. --tunnels 500
 # --changes 10 for a quick look). Takes a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

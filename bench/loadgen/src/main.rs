@@ -60,8 +60,9 @@ enum Cmd {
         /// CPU for the proxies under test (taskset list).
         #[arg(long, default_value = "0")]
         proxy_cpu: String,
-        /// Seconds per load figure.
-        #[arg(long, default_value_t = 3)]
+        /// Seconds each target is measured per round of a load figure
+        /// (three rounds each).
+        #[arg(long, default_value_t = 1)]
         seconds: u64,
         /// Idle tunnels to hold open at once (default: as many as the
         /// open-files limit allows with two descriptors per tunnel).

@@ -81,11 +81,14 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself.\n\
          - Every proxy keeps connections to the backend alive, passes WebSocket upgrades through, has access logging off, and answers 404 for unknown hosts. The configurations are at the end.\n\
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
-         - Keep-alive and body figures are the steady state: their connections send requests for {} ms first, not counted, then for the figure's time. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (which holds at most the backend connection its readiness check made): {} connections opened at once, each timed from its connect to its first complete response.\n\
-         - Tunnel throughput is the median of {} transfers of {} MiB each way; start to first answer is the median of {} starts.\n\
-         - Each figure records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a figure where these took more than a quarter of a core together is measured again once (see the last table).\n\
+         - All targets are started before any is loaded, and every load figure goes round them: it is measured on each target in turn, {} times over, and each target's figure is its median round (by rate, throughput or median round trip). A slow spell of the shared host then falls on every target alike rather than on whichever was being measured.\n\
+         - Keep-alive and body figures are the steady state: in each round their connections send requests for {} ms first, not counted, then for {} s. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (which holds at most the backend connection its readiness check made): {} connections opened at once, each timed from its connect to its first complete response.\n\
+         - Tunnel throughput is the median of {} transfers of {} MiB each way, one per round; start to first answer is the median of {} starts.\n\
+         - Each round records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a round where these took more than a quarter of a core together is measured again once. The last table shows each target's most disturbed round of each figure.\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
+        crate::suite::ROUNDS,
         crate::client::WARM_UP.as_millis(),
+        results.figure_seconds,
         crate::suite::BURST_CONNECTIONS,
         crate::suite::TUNNEL_TRANSFERS,
         crate::client::TUNNEL_BYTES / (1024 * 1024),
@@ -306,20 +309,21 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     let _ = writeln!(out, "## Load while measuring\n");
     let _ = writeln!(
         out,
-        "| target | figure | load average | other processes (cores) | stolen by the hypervisor (cores) | measured again |"
+        "| target | figure | rounds | load average | other processes (cores) | stolen by the hypervisor (cores) | rounds measured again |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for t in &results.targets {
         for l in &t.loads {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
                 t.kind.name(),
                 l.figure,
+                l.rounds,
                 l.load_average,
                 l.other_cores,
                 l.stolen_cores,
-                if l.measured_again { "yes" } else { "" }
+                l.measured_again
             );
         }
     }
@@ -635,6 +639,7 @@ mod tests {
             reconfig: Vec::new(),
             translate: TranslateResult::default(),
             nofile_limit: 0,
+            figure_seconds: 1,
         }
     }
 
