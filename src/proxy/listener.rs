@@ -3,7 +3,7 @@
 //! graceful part of shutdown (stop accepting, let in-flight requests end).
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,11 +97,14 @@ impl Proxy {
         });
         let io = TokioIo::new(stream);
         let result = if http2_maybe {
-            let connection = self.http.serve_connection_with_upgrades(io, service);
-            self.until_closed(connection, |c| c.graceful_shutdown())
+            // Boxed: the auto-detecting server is twice the size of the
+            // HTTP/1 one, and rare; unboxed, every connection's future
+            // would be as large.
+            let mut connection = Box::pin(self.http.serve_connection_with_upgrades(io, service));
+            self.until_closed(connection.as_mut(), |c| c.graceful_shutdown())
                 .await
         } else {
-            let connection = self.http1.serve_connection(io, service).with_upgrades();
+            let connection = pin!(self.http1.serve_connection(io, service).with_upgrades());
             self.until_closed(connection, |c| c.graceful_shutdown())
                 .await
                 .map_err(Into::into)
@@ -124,11 +127,17 @@ impl Proxy {
 
     /// Drives a client connection to its end; once draining begins, lets
     /// its requests in flight finish (`graceful`) until shutdown is forced.
-    async fn until_closed<C, E>(&self, connection: C, graceful: fn(Pin<&mut C>)) -> Result<(), E>
+    ///
+    /// The connection comes pinned by the caller: pinned here, it would be
+    /// held twice in this future's state.
+    async fn until_closed<C, E>(
+        &self,
+        mut connection: Pin<&mut C>,
+        graceful: fn(Pin<&mut C>),
+    ) -> Result<(), E>
     where
         C: Future<Output = Result<(), E>>,
     {
-        tokio::pin!(connection);
         if let Some(result) = self.shutdown.until_draining(connection.as_mut()).await {
             return result;
         }

@@ -126,7 +126,12 @@ pub async fn handle(
     let (endpoint, result) = if !upgrading {
         forward(&proxy, &route, endpoint, request, &origin).await
     } else {
-        upgrade::upgrade(&proxy, &conn, &route, endpoint, request, protocols, &origin).await
+        // Boxed: the handshake's future is the larger one, and every
+        // request's future would otherwise be as large as an upgrade's.
+        Box::pin(upgrade::upgrade(
+            &proxy, &conn, &route, endpoint, request, protocols, &origin,
+        ))
+        .await
     };
     if let Some(access) = exchange.access.as_mut() {
         access.upstream = Some(endpoint);

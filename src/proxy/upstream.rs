@@ -8,11 +8,15 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::Method;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::Proxy;
 use super::body::{BodyProgress, BodyReadTimeout, ClientBodyError};
@@ -35,34 +39,59 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, U
     }
 }
 
-/// Waits for `response` (a backend's response head) as long as the backend
-/// is what holds it up: `timeout` from the start, or from the last frame of
-/// the request body the backend took (`progress`), not counting the time
-/// the body waits for the client. `None` when that time ran out.
-pub async fn within_response_timeout<F: Future>(
+pin_project! {
+    /// Waits for `response` (a backend's response head) as long as the
+    /// backend is what holds it up: `timeout` from the start, or from the
+    /// last frame of the request body the backend took (`progress`), not
+    /// counting the time the body waits for the client. `None` when that
+    /// time ran out.
+    ///
+    /// A future of its own rather than an `async fn`: pinning an argument
+    /// inside an `async fn` keeps it twice in the state, and the exchange
+    /// it waits for is most of every request's future.
+    pub struct WithinResponseTimeout<'a, F> {
+        #[pin]
+        response: F,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+        progress: Option<&'a BodyProgress>,
+    }
+}
+
+pub fn within_response_timeout<F: Future>(
     response: F,
     timeout: Duration,
     progress: Option<&BodyProgress>,
-) -> Option<F::Output> {
-    tokio::pin!(response);
-    let sleep = tokio::time::sleep(timeout);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            biased;
-            output = &mut response => return Some(output),
-            () = &mut sleep => {
-                let now = std::time::Instant::now();
-                let next = match progress.map(|p| p.backend_deadline(timeout)) {
-                    // No body: the time is up.
-                    None => return None,
-                    // The client's body read timeout applies meanwhile.
-                    Some(None) => now + timeout,
-                    Some(Some(deadline)) if deadline > now => deadline,
-                    Some(Some(_)) => return None,
-                };
-                sleep.as_mut().reset(next.into());
-            }
+) -> WithinResponseTimeout<'_, F> {
+    WithinResponseTimeout {
+        response,
+        sleep: tokio::time::sleep(timeout),
+        timeout,
+        progress,
+    }
+}
+
+impl<F: Future> Future for WithinResponseTimeout<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.response.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            let now = std::time::Instant::now();
+            let next = match this.progress.map(|p| p.backend_deadline(*this.timeout)) {
+                // No body: the time is up.
+                None => return Poll::Ready(None),
+                // The client's body read timeout applies meanwhile.
+                Some(None) => now + *this.timeout,
+                Some(Some(deadline)) if deadline > now => deadline,
+                Some(Some(_)) => return Poll::Ready(None),
+            };
+            this.sleep.as_mut().reset(next.into());
         }
     }
 }
