@@ -52,6 +52,26 @@ enum Cmd {
         #[arg(long, default_value = "bench/soak.png")]
         png: PathBuf,
     },
+    /// The connection-burst figure alone, on freshly started targets,
+    /// repeated: a quick before/after for changes to the accept path.
+    Burst {
+        /// The switchyard binary (a release build).
+        #[arg(long)]
+        switchyard: PathBuf,
+        /// CPU for the proxies under test (taskset list).
+        #[arg(long, default_value = "0")]
+        proxy_cpu: String,
+        /// Fresh starts per target.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Targets to measure, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "switchyard,nginx,haproxy"
+        )]
+        targets: Vec<targets::Kind>,
+    },
     /// Run every figure against every target and write the report.
     Suite {
         /// The switchyard binary (a release build).
@@ -120,6 +140,18 @@ fn main() -> anyhow::Result<()> {
             };
             soak::run(&settings, &runtime)
         }
+        Cmd::Burst {
+            switchyard,
+            proxy_cpu,
+            repeat,
+            targets,
+        } => {
+            let (mut backend, setup) = start_backend(switchyard, proxy_cpu)?;
+            let result = runtime.block_on(suite::bursts(&setup, &targets, repeat));
+            let _ = backend.kill();
+            let _ = std::fs::remove_dir_all(&setup.workdir);
+            result
+        }
         Cmd::Suite {
             switchyard,
             proxy_cpu,
@@ -136,23 +168,8 @@ fn main() -> anyhow::Result<()> {
             // The proxy holds two descriptors per tunnel, plus listeners,
             // the pool and its own files.
             let tunnels = tunnels.unwrap_or(limit.saturating_sub(400) / 2).min(9800);
-            let mut backend = Command::new(std::env::current_exe()?)
-                .arg("backend")
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting the backend")?;
-            let mut line = String::new();
-            BufReader::new(backend.stdout.take().expect("piped")).read_line(&mut line)?;
-            let backend_addr =
-                suite::parse_listening(&line).context("backend printed no address")?;
-            let workdir =
-                std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
-            let setup = targets::Setup {
-                switchyard,
-                backend: backend_addr,
-                proxy_cpu,
-                workdir: workdir.clone(),
-            };
+            let (mut backend, setup) = start_backend(switchyard, proxy_cpu)?;
+            let workdir = setup.workdir.clone();
             let plan = suite::Plan {
                 figure_seconds: seconds,
                 concurrency: vec![1, 16, 64, 256],
@@ -183,6 +200,28 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts the benchmark backend; the setup the targets are started with.
+fn start_backend(
+    switchyard: PathBuf,
+    proxy_cpu: String,
+) -> anyhow::Result<(std::process::Child, targets::Setup)> {
+    let mut backend = Command::new(std::env::current_exe()?)
+        .arg("backend")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the backend")?;
+    let mut line = String::new();
+    BufReader::new(backend.stdout.take().expect("piped")).read_line(&mut line)?;
+    let backend_addr = suite::parse_listening(&line).context("backend printed no address")?;
+    let setup = targets::Setup {
+        switchyard,
+        backend: backend_addr,
+        proxy_cpu,
+        workdir: std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id())),
+    };
+    Ok((backend, setup))
 }
 
 fn shell(command: &str) -> String {

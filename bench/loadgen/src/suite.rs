@@ -271,6 +271,39 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
     })
 }
 
+/// The burst figure alone, `repeat` times on each target, each time on a
+/// fresh start (going round the targets); prints each burst and the
+/// medians.
+pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Result<()> {
+    let mut p50s: Vec<Vec<u64>> = kinds.iter().map(|_| Vec::new()).collect();
+    let mut maxes = p50s.clone();
+    for round in 1..=repeat {
+        for ((&kind, p50s), maxes) in kinds.iter().zip(&mut p50s).zip(&mut maxes) {
+            let running = Running::start(kind, setup).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let burst = client::connection_burst(&running.target, BURST_CONNECTIONS).await;
+            eprintln!(
+                "{} burst {round}: first response p50 {} us, max {} us ({} errors)",
+                kind.name(),
+                burst.p50_us,
+                burst.max_us,
+                burst.errors
+            );
+            p50s.push(burst.p50_us);
+            maxes.push(burst.max_us);
+        }
+    }
+    for ((&kind, p50s), maxes) in kinds.iter().zip(p50s).zip(maxes) {
+        println!(
+            "{}: median of {repeat} bursts of {BURST_CONNECTIONS}: first response p50 {} us, max {} us",
+            kind.name(),
+            median_by(p50s, |v| *v as f64),
+            median_by(maxes, |v| *v as f64)
+        );
+    }
+    Ok(())
+}
+
 /// A target kept running through the load figures.
 struct TargetRun {
     kind: Kind,
