@@ -7,16 +7,23 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::client_io::ClientIo;
 use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
 use super::{ConnInfo, Proxy, service};
 
 /// What a client speaking HTTP/2 with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Room for a connection's first read: a typical request head whole, so
+/// that hyper finds it without reading the socket again.
+const FIRST_READ: usize = 2048;
 
 impl Proxy {
     /// Accepts connections until draining begins.
@@ -70,26 +77,28 @@ impl Proxy {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: Arc<ConnInfo>) {
+    async fn serve_connection(self: Arc<Self>, mut stream: TcpStream, conn: Arc<ConnInfo>) {
         // hyper's header read timeout starts at a request's first byte, and
         // the HTTP/1-or-2 detection before it has no timeout: a client that
         // connects and sends nothing would hold its slot for ever. It gets
         // the same limit as a slow request head.
-        let mut first = [0u8; H2_PREFACE.len()];
+        let mut first = BytesMut::with_capacity(FIRST_READ);
         let first_bytes =
-            tokio::time::timeout(self.config.header_read_timeout, stream.peek(&mut first));
-        let seen = match first_bytes.await {
-            Ok(Ok(n)) if n > 0 => &first[..n],
+            tokio::time::timeout(self.config.header_read_timeout, stream.read_buf(&mut first));
+        match first_bytes.await {
+            Ok(Ok(n)) if n > 0 => {}
             _ => {
                 tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
                 return;
             }
-        };
+        }
         // Whatever does not start like the HTTP/2 preface is HTTP/1 (or
         // garbage, which hyper's HTTP/1 parser answers). The rare client
         // whose first segment is a bare prefix of it goes to the
         // auto-detecting server, which waits for the rest.
+        let seen = &first[..first.len().min(H2_PREFACE.len())];
         let http2_maybe = H2_PREFACE.starts_with(seen);
+        let stream = ClientIo::new(first.freeze(), stream);
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {

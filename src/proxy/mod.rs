@@ -3,6 +3,7 @@
 //! forwards it or upgrades it into a tunnel.
 
 pub mod body;
+pub mod client_io;
 pub mod client_limits;
 pub mod forward;
 pub mod h1;

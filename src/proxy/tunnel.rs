@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::client_io::ClientIo;
 use super::splice::KernelPipe;
 use crate::metrics::{Metrics, route_values};
 use crate::route_metrics::{CloseReason, FixedLabel, TunnelBytes};
@@ -57,8 +58,17 @@ impl TunnelEnd {
     /// the HTTP exchange (for the other side; empty when hyper keeps them
     /// in `Upgraded`, which then reads them first).
     pub fn new(upgraded: Upgraded) -> (Self, Bytes) {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Self::Socket(parts.io.into_inner()), parts.read_buf),
+        match upgraded.downcast::<TokioIo<ClientIo>>() {
+            Ok(parts) => {
+                let (socket, unread) = parts.io.into_inner().into_parts();
+                // hyper's buffer holds what it read, which came first.
+                let early = match (parts.read_buf.is_empty(), unread.is_empty()) {
+                    (_, true) => parts.read_buf,
+                    (true, false) => unread,
+                    (false, false) => [parts.read_buf, unread].concat().into(),
+                };
+                (Self::Socket(socket), early)
+            }
             Err(upgraded) => (Self::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
         }
     }

@@ -1,0 +1,127 @@
+//! A client connection as the HTTP server reads it: the socket, behind the
+//! first bytes the listener read to tell HTTP/1 from HTTP/2. They are read
+//! rather than peeked so that the request they usually hold whole is not
+//! read from the kernel a second time (one system call less per
+//! connection).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub struct ClientIo {
+    /// Read from the socket, not yet handed on.
+    first: Bytes,
+    stream: TcpStream,
+}
+
+impl ClientIo {
+    pub fn new(first: Bytes, stream: TcpStream) -> Self {
+        Self { first, stream }
+    }
+
+    /// The socket, and what was read from it that no reader has taken yet
+    /// (it comes before anything still in the socket).
+    pub fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.stream, self.first)
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.first.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.first.len().min(buf.remaining());
+        buf.put_slice(&this.first[..n]);
+        this.first.advance(n);
+        if this.first.is_empty() {
+            // Gives the buffer back now, not when the connection ends.
+            this.first = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn the_first_bytes_are_read_before_the_socket_and_writes_go_to_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        peer.write_all(b" world").await.unwrap();
+        let mut io = ClientIo::new(Bytes::from_static(b"hello"), stream);
+
+        // A reader with less room than the first bytes gets them in turn.
+        let mut small = [0u8; 3];
+        io.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"hel");
+        let mut rest = [0u8; 8];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"lo world");
+
+        io.write_all(b"answer").await.unwrap();
+        let mut answer = [0u8; 6];
+        peer.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer");
+    }
+
+    #[tokio::test]
+    async fn what_no_reader_took_comes_back_with_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut io = ClientIo::new(Bytes::from_static(b"GET / HTTP/1.1\r\n"), stream);
+        let mut method = [0u8; 4];
+        io.read_exact(&mut method).await.unwrap();
+        let (_, unread) = io.into_parts();
+        assert_eq!(&unread[..], b"/ HTTP/1.1\r\n");
+    }
+}
