@@ -72,6 +72,22 @@ enum Cmd {
         )]
         targets: Vec<targets::Kind>,
     },
+    /// Two switchyard binaries side by side, every load figure going round
+    /// the two: the before and after of a change, from one run.
+    Compare {
+        /// The binary with the change (a release build).
+        #[arg(long)]
+        switchyard: PathBuf,
+        /// The binary to compare it with.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// CPU for the proxies under test (taskset list).
+        #[arg(long, default_value = "0")]
+        proxy_cpu: String,
+        /// Seconds each binary is measured per round of a load figure.
+        #[arg(long, default_value_t = 1)]
+        seconds: u64,
+    },
     /// Run every figure against every target and write the report.
     Suite {
         /// The switchyard binary (a release build).
@@ -150,6 +166,31 @@ fn main() -> anyhow::Result<()> {
             let result = runtime.block_on(suite::bursts(&setup, &targets, repeat));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
+            result
+        }
+        Cmd::Compare {
+            switchyard,
+            baseline,
+            proxy_cpu,
+            seconds,
+        } => {
+            sysstat::raise_nofile_limit();
+            let (mut backend, new) = start_backend(switchyard, proxy_cpu)?;
+            let baseline = targets::Setup {
+                switchyard: baseline,
+                workdir: new.workdir.join("baseline"),
+                ..new.clone()
+            };
+            let plan = suite::Plan {
+                figure_seconds: seconds,
+                concurrency: vec![1, 16, 64, 256],
+                idle_tunnels: 0,
+                changes: 0,
+                targets: vec![targets::Kind::Switchyard],
+            };
+            let result = runtime.block_on(suite::compare(&new, &baseline, &plan, backend.id()));
+            let _ = backend.kill();
+            let _ = std::fs::remove_dir_all(&new.workdir);
             result
         }
         Cmd::Suite {

@@ -271,6 +271,93 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
     })
 }
 
+/// Two switchyard binaries side by side: the burst, then every load
+/// figure going round the two as [`run`] goes round the targets. Prints
+/// each figure for both and their ratio, for the before and after of a
+/// change measured in one run.
+pub async fn compare(
+    new: &Setup,
+    baseline: &Setup,
+    plan: &Plan,
+    backend_pid: u32,
+) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for (setup, label) in [(new, "new"), (baseline, "baseline")] {
+        eprintln!("{label} ({}):", setup.switchyard.display());
+        let mut run = TargetRun::start(Kind::Switchyard, setup, backend_pid).await?;
+        run.label = label;
+        runs.push(run);
+    }
+    let figures = load_figures(&mut runs, new, plan).await?;
+    let rows = comparison(&runs[0].burst, &runs[1].burst, &figures[0], &figures[1]);
+    println!("| figure | new | baseline | new ÷ baseline |\n|---|---|---|---|");
+    for (figure, new, baseline) in rows {
+        println!(
+            "| {figure} | {new:.1} | {baseline:.1} | {:.2} |",
+            new / baseline
+        );
+    }
+    Ok(())
+}
+
+/// (figure, new, baseline) for [`compare`]'s table.
+fn comparison(
+    new_burst: &BurstResult,
+    baseline_burst: &BurstResult,
+    new: &LoadFigures,
+    baseline: &LoadFigures,
+) -> Vec<(String, f64, f64)> {
+    let mut rows = vec![(
+        "burst: first response p50 (µs)".to_string(),
+        new_burst.p50_us as f64,
+        baseline_burst.p50_us as f64,
+    )];
+    for (n, b) in new.http.iter().zip(&baseline.http) {
+        let c = n.concurrency;
+        rows.push((format!("keep-alive {c} conn: req/s"), n.rps, b.rps));
+        rows.push((
+            format!("keep-alive {c} conn: p99 (µs)"),
+            n.p99_us as f64,
+            b.p99_us as f64,
+        ));
+        if let (Some(nc), Some(bc)) = (n.proxy_cpu, b.proxy_cpu) {
+            rows.push((
+                format!("keep-alive {c} conn: CPU per request, user + kernel (µs)"),
+                nc.user_us + nc.kernel_us,
+                bc.user_us + bc.kernel_us,
+            ));
+        }
+    }
+    for (n, b) in new.bodies.iter().zip(&baseline.bodies) {
+        rows.push((
+            format!("{} byte bodies (MB/s)", n.body_bytes),
+            n.mb_per_s,
+            b.mb_per_s,
+        ));
+    }
+    rows.push((
+        "WebSocket sessions/s".to_string(),
+        new.websocket_sessions.per_second,
+        baseline.websocket_sessions.per_second,
+    ));
+    rows.push((
+        "tunnel up (MB/s)".to_string(),
+        new.tunnel_up.0,
+        baseline.tunnel_up.0,
+    ));
+    rows.push((
+        "tunnel down (MB/s)".to_string(),
+        new.tunnel_down.0,
+        baseline.tunnel_down.0,
+    ));
+    rows.push((
+        "tunnel round trip p50 (µs)".to_string(),
+        new.tunnel_rtt.p50_us as f64,
+        baseline.tunnel_rtt.p50_us as f64,
+    ));
+    rows
+}
+
 /// The burst figure alone, `repeat` times on each target, each time on a
 /// fresh start (going round the targets); prints each burst and the
 /// medians.
@@ -307,6 +394,9 @@ pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Res
 /// A target kept running through the load figures.
 struct TargetRun {
     kind: Kind,
+    /// How progress lines name it: the kind, or which binary in a
+    /// comparison.
+    label: &'static str,
     running: Running,
     probe: Probe,
     /// Processes whose CPU is not a disturbance: the generator, the
@@ -349,6 +439,7 @@ impl TargetRun {
         };
         Ok(Self {
             kind,
+            label: kind.name(),
             running,
             probe,
             ours,
@@ -395,10 +486,7 @@ async fn load_figures(
             let r = median_by(rounds, |r| r.rps);
             eprintln!(
                 "{}: http c={c}: {:.0} req/s p99 {} us ({} errors)",
-                run.kind.name(),
-                r.rps,
-                r.p99_us,
-                r.errors
+                run.label, r.rps, r.p99_us, r.errors
             );
             http.push(r);
         }
@@ -414,7 +502,7 @@ async fn load_figures(
         .await;
         for ((run, rounds), bodies) in runs.iter().zip(figure).zip(&mut bodies) {
             let r = median_by(rounds, |r| r.mb_per_s);
-            eprintln!("{}: body {size}: {:.0} MB/s", run.kind.name(), r.mb_per_s);
+            eprintln!("{}: body {size}: {:.0} MB/s", run.label, r.mb_per_s);
             bodies.push(r);
         }
     }
@@ -457,11 +545,7 @@ async fn load_figures(
         let tunnel_rtt = median_by(collect(rtt)?, |r| r.p50_us as f64);
         eprintln!(
             "{}: websocket sessions {:.0}/s; tunnel up {:.0} MB/s, down {:.0} MB/s, rtt p50 {} us",
-            run.kind.name(),
-            websocket_sessions.per_second,
-            tunnel_up.0,
-            tunnel_down.0,
-            tunnel_rtt.p50_us
+            run.label, websocket_sessions.per_second, tunnel_up.0, tunnel_down.0, tunnel_rtt.p50_us
         );
         figures.push(LoadFigures {
             http,

@@ -38,6 +38,7 @@ impl Kind {
 }
 
 /// How to start the proxies.
+#[derive(Clone)]
 pub struct Setup {
     pub switchyard: PathBuf,
     pub backend: SocketAddr,
