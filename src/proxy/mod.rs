@@ -15,6 +15,7 @@ pub mod responses;
 pub mod service;
 pub mod splice;
 pub mod stall;
+pub mod timer;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
@@ -33,6 +34,7 @@ use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
 use client_limits::{ClientLimitConfig, ClientLimits, ClientSlot};
 use pool::Pool;
+use timer::ReusingTimer;
 use tunnel::TunnelLimits;
 
 /// Limits and timeouts of the data plane.
@@ -100,7 +102,7 @@ impl Proxy {
         // one large read can overshoot.
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(ReusingTimer)
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_bytes)
             .max_buf_size(config.max_header_bytes.max(8192));
@@ -108,7 +110,7 @@ impl Proxy {
         // HTTP/1 reaches this one only when a client's first bytes looked
         // like the HTTP/2 preface; hyper-util offers no exact head limit.
         http.http1()
-            .timer(TokioTimer::new())
+            .timer(ReusingTimer)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_bytes.max(8192));
         http.http2()

@@ -16,12 +16,12 @@ use std::time::Duration;
 use http::Method;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use super::Proxy;
 use super::body::{BodyProgress, BodyReadTimeout, ClientBodyError};
 use super::h1::ExchangeError;
 use super::responses::LocalReply;
+use super::timer::{self, ReusedSleep};
 use crate::metrics::route_values;
 use crate::routes::passive_health::{Ejection, EndpointHealth};
 use crate::routes::{Backend, Pick, Route};
@@ -52,8 +52,7 @@ pin_project! {
     pub struct WithinResponseTimeout<'a, F> {
         #[pin]
         response: F,
-        #[pin]
-        sleep: Sleep,
+        sleep: ReusedSleep,
         timeout: Duration,
         progress: Option<&'a BodyProgress>,
     }
@@ -66,7 +65,7 @@ pub fn within_response_timeout<F: Future>(
 ) -> WithinResponseTimeout<'_, F> {
     WithinResponseTimeout {
         response,
-        sleep: tokio::time::sleep(timeout),
+        sleep: timer::sleep_until(tokio::time::Instant::now().into_std() + timeout),
         timeout,
         progress,
     }
@@ -76,12 +75,12 @@ impl<F: Future> Future for WithinResponseTimeout<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.response.poll(cx) {
             return Poll::Ready(Some(output));
         }
         loop {
-            ready!(this.sleep.as_mut().poll(cx));
+            ready!(Pin::new(&mut *this.sleep).poll(cx));
             let now = std::time::Instant::now();
             let next = match this.progress.map(|p| p.backend_deadline(*this.timeout)) {
                 // No body: the time is up.
@@ -91,7 +90,7 @@ impl<F: Future> Future for WithinResponseTimeout<'_, F> {
                 Some(Some(deadline)) if deadline > now => deadline,
                 Some(Some(_)) => return Poll::Ready(None),
             };
-            this.sleep.as_mut().reset(next.into());
+            this.sleep.reset(next);
         }
     }
 }

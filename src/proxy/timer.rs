@@ -1,0 +1,248 @@
+//! Timers reused from one request to the next.
+//!
+//! hyper's HTTP/1 server makes a timer for the header read timeout each
+//! time it waits for a request head, and drops it once the head is in; the
+//! response timeout is one timer per exchange. A fresh tokio timer is put
+//! into the runtime's timer wheel on its first poll and taken out when
+//! dropped, both under the wheel's lock: per keep-alive request that was a
+//! tenth of the proxy's instructions at one connection. A dropped timer
+//! here goes to a small per-thread stock instead, and the next one is that
+//! timer moved to its new deadline: a later deadline is a single atomic
+//! update (tokio keeps the entry where it is and files it anew only when
+//! the old deadline comes), so a keep-alive request touches the wheel
+//! about once per timeout period rather than twice per request.
+//!
+//! A timer in stock still fires at its old deadline, waking whoever polled
+//! it last; a spurious wake-up is harmless and happens at most once per
+//! stocked timer per timeout period.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Timers kept per thread; past this many, dropped ones are freed. About
+/// as many as a thread has connections waiting at once for their next
+/// request, which is what the stock serves.
+const STOCK: usize = 1024;
+
+thread_local! {
+    static SPARE: RefCell<Stock> = const { RefCell::new(Stock { runtime: None, sleeps: Vec::new() }) };
+}
+
+/// A thread's spare timers, all of one runtime: a timer belongs to the
+/// runtime it was made in, and a thread may run another runtime later.
+struct Stock {
+    runtime: Option<tokio::runtime::Id>,
+    sleeps: Vec<Pin<Box<tokio::time::Sleep>>>,
+}
+
+fn current_runtime() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current().ok().map(|h| h.id())
+}
+
+/// A timer until `deadline`, from the stock when it has one.
+pub fn sleep_until(deadline: Instant) -> ReusedSleep {
+    let spare = SPARE
+        .try_with(|spare| {
+            let mut stock = spare.borrow_mut();
+            if stock.sleeps.is_empty() || stock.runtime != current_runtime() {
+                return None;
+            }
+            stock.sleeps.pop()
+        })
+        .ok()
+        .flatten();
+    let sleep = match spare {
+        Some(mut sleep) => {
+            sleep.as_mut().reset(deadline.into());
+            sleep
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline.into())),
+    };
+    ReusedSleep { sleep: Some(sleep) }
+}
+
+/// A tokio timer that goes back to the stock when dropped.
+pub struct ReusedSleep {
+    /// `None` only while being dropped.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReusedSleep {
+    pub fn reset(&mut self, deadline: Instant) {
+        if let Some(sleep) = self.sleep.as_mut() {
+            sleep.as_mut().reset(deadline.into());
+        }
+    }
+}
+
+impl Future for ReusedSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut().sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for ReusedSleep {
+    fn drop(&mut self) {
+        let Some(sleep) = self.sleep.take() else {
+            return;
+        };
+        // Outside a runtime, or after the thread's stock is gone (the
+        // thread is ending), the timer is simply freed.
+        let Some(runtime) = current_runtime() else {
+            return;
+        };
+        let _ = SPARE.try_with(|spare| {
+            let mut stock = spare.borrow_mut();
+            if stock.runtime != Some(runtime) {
+                stock.sleeps.clear();
+                stock.runtime = Some(runtime);
+            }
+            if stock.sleeps.len() < STOCK {
+                stock.sleeps.push(sleep);
+            }
+        });
+    }
+}
+
+/// hyper's timer for the HTTP/1 server: [`ReusedSleep`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReusingTimer;
+
+impl hyper::rt::Sleep for ReusedSleep {}
+
+impl hyper::rt::Timer for ReusingTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(sleep_until(self.now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(sleep_until(deadline))
+    }
+
+    /// tokio's clock (which tests can pause), as the deadlines' timers use.
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<ReusedSleep>() {
+            Some(sleep) => sleep.get_mut().reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use hyper::rt::Timer;
+
+    use super::*;
+
+    fn stocked() -> usize {
+        SPARE.with(|spare| spare.borrow().sleeps.len())
+    }
+
+    fn clear_stock() {
+        SPARE.with(|spare| spare.borrow_mut().sleeps.clear());
+    }
+
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn is_pending(sleep: &mut ReusedSleep) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(sleep).poll(&mut cx).is_pending()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_from_stock_fires_at_its_new_deadline_not_its_old_one() {
+        clear_stock();
+        let mut first = sleep_until(now() + Duration::from_secs(10));
+        assert!(is_pending(&mut first), "polled once: in the wheel");
+        drop(first);
+        assert_eq!(stocked(), 1);
+
+        let mut second = sleep_until(now() + Duration::from_secs(20));
+        assert_eq!(stocked(), 0, "the stocked timer was taken");
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(is_pending(&mut second), "past the old deadline only");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!is_pending(&mut second), "past the new deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_fired_before_it_was_stocked_waits_again() {
+        clear_stock();
+        let mut fired = sleep_until(now() + Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!is_pending(&mut fired));
+        drop(fired);
+
+        let mut again = sleep_until(now() + Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(is_pending(&mut again));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!is_pending(&mut again));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hypers_reset_moves_the_deadline_of_the_same_timer() {
+        let timer = ReusingTimer;
+        let mut sleep = timer.sleep(Duration::from_secs(10));
+        timer.reset(&mut sleep, timer.now() + Duration::from_secs(30));
+        let sleep = sleep
+            .as_mut()
+            .downcast_mut_pin::<ReusedSleep>()
+            .expect("still the timer it made")
+            .get_mut();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(is_pending(sleep));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!is_pending(sleep));
+    }
+
+    #[test]
+    fn a_timer_of_another_runtime_is_not_taken_from_stock() {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        first.block_on(async {
+            clear_stock();
+            drop(sleep_until(now() + Duration::from_secs(10)));
+            assert_eq!(stocked(), 1);
+        });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let mut sleep = sleep_until(now() + Duration::from_secs(10));
+            assert_eq!(stocked(), 1, "the first runtime's timer stayed put");
+            assert!(is_pending(&mut sleep), "a timer of this runtime");
+            drop(sleep);
+            assert_eq!(stocked(), 1, "the stock now holds this runtime's");
+        });
+    }
+
+    #[tokio::test]
+    async fn the_stock_keeps_at_most_its_size() {
+        clear_stock();
+        let deadline = now() + Duration::from_secs(60);
+        let many: Vec<ReusedSleep> = (0..STOCK + 10).map(|_| sleep_until(deadline)).collect();
+        drop(many);
+        assert_eq!(stocked(), STOCK);
+    }
+}
