@@ -12,15 +12,17 @@
 //! the old deadline comes), so a keep-alive request touches the wheel
 //! about once per timeout period rather than twice per request.
 //!
-//! A timer in stock still fires at its old deadline, waking whoever polled
-//! it last; a spurious wake-up is harmless and happens at most once per
-//! stocked timer per timeout period.
+//! A timer in stock still fires at its old deadline (then does nothing:
+//! it is left holding a waker that wakes nobody, see [`ReusedSleep`]'s
+//! drop), at most once per stocked timer per timeout period.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use tokio::task::coop::unconstrained;
 
 /// Timers kept per thread; past this many, dropped ones are freed. About
 /// as many as a thread has connections waiting at once for their next
@@ -61,13 +63,18 @@ pub fn sleep_until(deadline: Instant) -> ReusedSleep {
         }
         None => Box::pin(tokio::time::sleep_until(deadline.into())),
     };
-    ReusedSleep { sleep: Some(sleep) }
+    ReusedSleep {
+        sleep: Some(sleep),
+        polled: false,
+    }
 }
 
 /// A tokio timer that goes back to the stock when dropped.
 pub struct ReusedSleep {
     /// `None` only while being dropped.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether it was polled here, so holds this owner's waker.
+    polled: bool,
 }
 
 impl ReusedSleep {
@@ -82,7 +89,9 @@ impl Future for ReusedSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.get_mut().sleep.as_mut() {
+        let this = self.get_mut();
+        this.polled = true;
+        match this.sleep.as_mut() {
             Some(sleep) => sleep.as_mut().poll(cx),
             None => Poll::Ready(()),
         }
@@ -91,9 +100,18 @@ impl Future for ReusedSleep {
 
 impl Drop for ReusedSleep {
     fn drop(&mut self) {
-        let Some(sleep) = self.sleep.take() else {
+        let Some(mut sleep) = self.sleep.take() else {
             return;
         };
+        if self.polled {
+            // The timer holds the waker of the task that polled it, and a
+            // waker keeps its task's memory: swap in one that holds
+            // nothing (outside the task budget, which could refuse the
+            // poll), so a stocked timer keeps no finished task alive and
+            // wakes nobody when its old deadline comes.
+            let mut nobody = Context::from_waker(Waker::noop());
+            let _ = Pin::new(&mut unconstrained(sleep.as_mut())).poll(&mut nobody);
+        }
         // Outside a runtime, or after the thread's stock is gone (the
         // thread is ending), the timer is simply freed.
         let Some(runtime) = current_runtime() else {
@@ -142,7 +160,8 @@ impl hyper::rt::Timer for ReusingTimer {
 
 #[cfg(test)]
 mod tests {
-    use std::task::Waker;
+    use std::sync::Arc;
+    use std::task::Wake;
 
     use hyper::rt::Timer;
 
@@ -235,6 +254,30 @@ mod tests {
             drop(sleep);
             assert_eq!(stocked(), 1, "the stock now holds this runtime's");
         });
+    }
+
+    struct Owner;
+
+    impl Wake for Owner {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stocked_timer_lets_go_of_its_last_owners_waker() {
+        clear_stock();
+        let owner = Arc::new(Owner);
+        let waker = Waker::from(owner.clone());
+        let mut sleep = sleep_until(now() + Duration::from_secs(10));
+        assert!(
+            Pin::new(&mut sleep)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        drop(waker);
+        assert_eq!(Arc::strong_count(&owner), 2, "the timer holds the waker");
+        drop(sleep);
+        assert_eq!(stocked(), 1);
+        assert_eq!(Arc::strong_count(&owner), 1, "the stocked timer does not");
     }
 
     #[tokio::test]
