@@ -27,6 +27,17 @@ struct Cli {
     command: Cmd,
 }
 
+/// The switchyard binary under test and where proxies run.
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The switchyard binary (a release build).
+    #[arg(long)]
+    switchyard: PathBuf,
+    /// CPU for the proxies under test (taskset list).
+    #[arg(long, default_value = "0")]
+    proxy_cpu: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the benchmark backend.
@@ -55,12 +66,8 @@ enum Cmd {
     /// The connection-burst figure alone, on freshly started targets,
     /// repeated: a quick before/after for changes to the accept path.
     Burst {
-        /// The switchyard binary (a release build).
-        #[arg(long)]
-        switchyard: PathBuf,
-        /// CPU for the proxies under test (taskset list).
-        #[arg(long, default_value = "0")]
-        proxy_cpu: String,
+        #[command(flatten)]
+        proxy: ProxyArgs,
         /// Fresh starts per target.
         #[arg(long, default_value_t = 5)]
         repeat: usize,
@@ -75,27 +82,20 @@ enum Cmd {
     /// Two switchyard binaries side by side, every load figure going round
     /// the two: the before and after of a change, from one run.
     Compare {
-        /// The binary with the change (a release build).
-        #[arg(long)]
-        switchyard: PathBuf,
+        // `--switchyard` is the binary with the change.
+        #[command(flatten)]
+        proxy: ProxyArgs,
         /// The binary to compare it with.
         #[arg(long)]
         baseline: PathBuf,
-        /// CPU for the proxies under test (taskset list).
-        #[arg(long, default_value = "0")]
-        proxy_cpu: String,
         /// Seconds each binary is measured per round of a load figure.
         #[arg(long, default_value_t = 1)]
         seconds: u64,
     },
     /// Run every figure against every target and write the report.
     Suite {
-        /// The switchyard binary (a release build).
-        #[arg(long)]
-        switchyard: PathBuf,
-        /// CPU for the proxies under test (taskset list).
-        #[arg(long, default_value = "0")]
-        proxy_cpu: String,
+        #[command(flatten)]
+        proxy: ProxyArgs,
         /// Seconds each target is measured per round of a load figure
         /// (three rounds each).
         #[arg(long, default_value_t = 1)]
@@ -157,25 +157,23 @@ fn main() -> anyhow::Result<()> {
             soak::run(&settings, &runtime)
         }
         Cmd::Burst {
-            switchyard,
-            proxy_cpu,
+            proxy,
             repeat,
             targets,
         } => {
-            let (mut backend, setup) = start_backend(switchyard, proxy_cpu)?;
+            let (mut backend, setup) = start_backend(proxy)?;
             let result = runtime.block_on(suite::bursts(&setup, &targets, repeat));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result
         }
         Cmd::Compare {
-            switchyard,
+            proxy,
             baseline,
-            proxy_cpu,
             seconds,
         } => {
             sysstat::raise_nofile_limit();
-            let (mut backend, new) = start_backend(switchyard, proxy_cpu)?;
+            let (mut backend, new) = start_backend(proxy)?;
             let baseline = targets::Setup {
                 switchyard: baseline,
                 workdir: new.workdir.join("baseline"),
@@ -194,8 +192,7 @@ fn main() -> anyhow::Result<()> {
             result
         }
         Cmd::Suite {
-            switchyard,
-            proxy_cpu,
+            proxy,
             seconds,
             tunnels,
             changes,
@@ -209,7 +206,7 @@ fn main() -> anyhow::Result<()> {
             // The proxy holds two descriptors per tunnel, plus listeners,
             // the pool and its own files.
             let tunnels = tunnels.unwrap_or(limit.saturating_sub(400) / 2).min(9800);
-            let (mut backend, setup) = start_backend(switchyard, proxy_cpu)?;
+            let (mut backend, setup) = start_backend(proxy)?;
             let workdir = setup.workdir.clone();
             let plan = suite::Plan {
                 figure_seconds: seconds,
@@ -244,10 +241,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the benchmark backend; the setup the targets are started with.
-fn start_backend(
-    switchyard: PathBuf,
-    proxy_cpu: String,
-) -> anyhow::Result<(std::process::Child, targets::Setup)> {
+fn start_backend(proxy: ProxyArgs) -> anyhow::Result<(std::process::Child, targets::Setup)> {
     let mut backend = Command::new(std::env::current_exe()?)
         .arg("backend")
         .stdout(Stdio::piped())
@@ -257,9 +251,9 @@ fn start_backend(
     BufReader::new(backend.stdout.take().expect("piped")).read_line(&mut line)?;
     let backend_addr = suite::parse_listening(&line).context("backend printed no address")?;
     let setup = targets::Setup {
-        switchyard,
+        switchyard: proxy.switchyard,
         backend: backend_addr,
-        proxy_cpu,
+        proxy_cpu: proxy.proxy_cpu,
         workdir: std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id())),
     };
     Ok((backend, setup))
