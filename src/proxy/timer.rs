@@ -10,7 +10,10 @@
 //! timer moved to its new deadline: a later deadline is a single atomic
 //! update (tokio keeps the entry where it is and files it anew only when
 //! the old deadline comes), so a keep-alive request touches the wheel
-//! about once per timeout period rather than twice per request.
+//! about once per timeout period rather than twice per request. (Both
+//! timeouts share the stock; a timer moved to an earlier deadline than
+//! the one it had is filed anew, one wheel operation, as a fresh timer's
+//! first poll would be.)
 //!
 //! A timer in stock still fires at its old deadline (then does nothing:
 //! it is left holding a waker that wakes nobody, see [`ReusedSleep`]'s
