@@ -10,10 +10,10 @@
 //! timer moved to its new deadline: a later deadline is a single atomic
 //! update (tokio keeps the entry where it is and files it anew only when
 //! the old deadline comes), so a keep-alive request touches the wheel
-//! about once per timeout period rather than twice per request. (Both
-//! timeouts share the stock; a timer moved to an earlier deadline than
-//! the one it had is filed anew, one wheel operation, as a fresh timer's
-//! first poll would be.)
+//! about once per timeout period rather than twice per request. (A timer
+//! moved to an earlier deadline than the one it had is filed anew, one
+//! wheel operation as for a fresh timer; each timeout has a stock of its
+//! own so that this does not happen in the steady state.)
 //!
 //! A timer in stock still fires at its old deadline (then does nothing:
 //! it is left holding a waker that wakes nobody, see [`ReusedSleep`]'s
@@ -33,11 +33,28 @@ use tokio::task::coop::unconstrained;
 const STOCK: usize = 1024;
 
 thread_local! {
-    static SPARE: RefCell<Stock> = const { RefCell::new(Stock { runtime: None, sleeps: Vec::new() }) };
+    static SPARE: RefCell<[Stock; 2]> = const {
+        RefCell::new([
+            Stock { runtime: None, sleeps: Vec::new() },
+            Stock { runtime: None, sleeps: Vec::new() },
+        ])
+    };
 }
 
-/// A thread's spare timers, all of one runtime: a timer belongs to the
-/// runtime it was made in, and a thread may run another runtime later.
+/// What a timer is for. Each purpose has a stock of its own: its timers
+/// all have about the same timeout, so one from stock always moves to a
+/// later deadline, the cheap case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// hyper's header read timeout.
+    HeaderRead = 0,
+    /// The wait for a backend's response head.
+    Response = 1,
+}
+
+/// A thread's spare timers of one purpose, all of one runtime: a timer
+/// belongs to the runtime it was made in, and a thread may run another
+/// runtime later.
 struct Stock {
     runtime: Option<tokio::runtime::Id>,
     sleeps: Vec<Pin<Box<tokio::time::Sleep>>>,
@@ -47,11 +64,11 @@ fn current_runtime() -> Option<tokio::runtime::Id> {
     tokio::runtime::Handle::try_current().ok().map(|h| h.id())
 }
 
-/// A timer until `deadline`, from the stock when it has one.
-pub fn sleep_until(deadline: Instant) -> ReusedSleep {
+/// A timer until `deadline`, from the stock for `purpose` when it has one.
+pub fn sleep_until(purpose: Purpose, deadline: Instant) -> ReusedSleep {
     let spare = SPARE
         .try_with(|spare| {
-            let mut stock = spare.borrow_mut();
+            let stock = &mut spare.borrow_mut()[purpose as usize];
             if stock.sleeps.is_empty() || stock.runtime != current_runtime() {
                 return None;
             }
@@ -68,6 +85,7 @@ pub fn sleep_until(deadline: Instant) -> ReusedSleep {
     };
     ReusedSleep {
         sleep: Some(sleep),
+        purpose,
         polled: false,
     }
 }
@@ -76,6 +94,8 @@ pub fn sleep_until(deadline: Instant) -> ReusedSleep {
 pub struct ReusedSleep {
     /// `None` only while being dropped.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The stock it goes back to.
+    purpose: Purpose,
     /// Whether it was polled here, so holds this owner's waker.
     polled: bool,
 }
@@ -121,7 +141,7 @@ impl Drop for ReusedSleep {
             return;
         };
         let _ = SPARE.try_with(|spare| {
-            let mut stock = spare.borrow_mut();
+            let stock = &mut spare.borrow_mut()[self.purpose as usize];
             if stock.runtime != Some(runtime) {
                 stock.sleeps.clear();
                 stock.runtime = Some(runtime);
@@ -133,7 +153,8 @@ impl Drop for ReusedSleep {
     }
 }
 
-/// hyper's timer for the HTTP/1 server: [`ReusedSleep`]s.
+/// hyper's timer for the HTTP/1 server, which uses it for the header read
+/// timeout only: [`ReusedSleep`]s of that purpose.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReusingTimer;
 
@@ -141,11 +162,11 @@ impl hyper::rt::Sleep for ReusedSleep {}
 
 impl hyper::rt::Timer for ReusingTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep_until(self.now() + duration))
+        Box::pin(sleep_until(Purpose::HeaderRead, self.now() + duration))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep_until(deadline))
+        Box::pin(sleep_until(Purpose::HeaderRead, deadline))
     }
 
     /// tokio's clock (which tests can pause), as the deadlines' timers use.
@@ -170,12 +191,14 @@ mod tests {
 
     use super::*;
 
+    const P: Purpose = Purpose::Response;
+
     fn stocked() -> usize {
-        SPARE.with(|spare| spare.borrow().sleeps.len())
+        SPARE.with(|spare| spare.borrow()[P as usize].sleeps.len())
     }
 
     fn clear_stock() {
-        SPARE.with(|spare| spare.borrow_mut().sleeps.clear());
+        SPARE.with(|spare| spare.borrow_mut().iter_mut().for_each(|s| s.sleeps.clear()));
     }
 
     fn now() -> Instant {
@@ -190,12 +213,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_timer_from_stock_fires_at_its_new_deadline_not_its_old_one() {
         clear_stock();
-        let mut first = sleep_until(now() + Duration::from_secs(10));
+        let mut first = sleep_until(P, now() + Duration::from_secs(10));
         assert!(is_pending(&mut first), "polled once: in the wheel");
         drop(first);
         assert_eq!(stocked(), 1);
 
-        let mut second = sleep_until(now() + Duration::from_secs(20));
+        let mut second = sleep_until(P, now() + Duration::from_secs(20));
         assert_eq!(stocked(), 0, "the stocked timer was taken");
         tokio::time::advance(Duration::from_secs(15)).await;
         assert!(is_pending(&mut second), "past the old deadline only");
@@ -206,12 +229,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_timer_that_fired_before_it_was_stocked_waits_again() {
         clear_stock();
-        let mut fired = sleep_until(now() + Duration::from_secs(1));
+        let mut fired = sleep_until(P, now() + Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(!is_pending(&mut fired));
         drop(fired);
 
-        let mut again = sleep_until(now() + Duration::from_secs(5));
+        let mut again = sleep_until(P, now() + Duration::from_secs(5));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(is_pending(&mut again));
         tokio::time::advance(Duration::from_secs(3)).await;
@@ -242,7 +265,7 @@ mod tests {
             .unwrap();
         first.block_on(async {
             clear_stock();
-            drop(sleep_until(now() + Duration::from_secs(10)));
+            drop(sleep_until(P, now() + Duration::from_secs(10)));
             assert_eq!(stocked(), 1);
         });
         drop(first);
@@ -251,7 +274,7 @@ mod tests {
             .build()
             .unwrap();
         second.block_on(async {
-            let mut sleep = sleep_until(now() + Duration::from_secs(10));
+            let mut sleep = sleep_until(P, now() + Duration::from_secs(10));
             assert_eq!(stocked(), 1, "the first runtime's timer stayed put");
             assert!(is_pending(&mut sleep), "a timer of this runtime");
             drop(sleep);
@@ -270,7 +293,7 @@ mod tests {
         clear_stock();
         let owner = Arc::new(Owner);
         let waker = Waker::from(owner.clone());
-        let mut sleep = sleep_until(now() + Duration::from_secs(10));
+        let mut sleep = sleep_until(P, now() + Duration::from_secs(10));
         assert!(
             Pin::new(&mut sleep)
                 .poll(&mut Context::from_waker(&waker))
@@ -283,11 +306,28 @@ mod tests {
         assert_eq!(Arc::strong_count(&owner), 1, "the stocked timer does not");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn each_purpose_takes_from_its_own_stock() {
+        clear_stock();
+        drop(sleep_until(
+            Purpose::Response,
+            now() + Duration::from_secs(60),
+        ));
+        let header = sleep_until(Purpose::HeaderRead, now() + Duration::from_secs(10));
+        assert_eq!(stocked(), 1, "a header read timer is not a response timer");
+        drop(header);
+        let _response = sleep_until(Purpose::Response, now() + Duration::from_secs(60));
+        assert_eq!(stocked(), 0);
+        let header_stock =
+            SPARE.with(|spare| spare.borrow()[Purpose::HeaderRead as usize].sleeps.len());
+        assert_eq!(header_stock, 1);
+    }
+
     #[tokio::test]
     async fn the_stock_keeps_at_most_its_size() {
         clear_stock();
         let deadline = now() + Duration::from_secs(60);
-        let many: Vec<ReusedSleep> = (0..STOCK + 10).map(|_| sleep_until(deadline)).collect();
+        let many: Vec<ReusedSleep> = (0..STOCK + 10).map(|_| sleep_until(P, deadline)).collect();
         drop(many);
         assert_eq!(stocked(), STOCK);
     }

@@ -65,7 +65,10 @@ pub fn within_response_timeout<F: Future>(
 ) -> WithinResponseTimeout<'_, F> {
     WithinResponseTimeout {
         response,
-        sleep: timer::sleep_until(tokio::time::Instant::now().into_std() + timeout),
+        sleep: timer::sleep_until(
+            timer::Purpose::Response,
+            tokio::time::Instant::now().into_std() + timeout,
+        ),
         timeout,
         progress,
     }
