@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::chart;
-use crate::suite::{CoreUse, Results, TargetResults};
+use crate::suite::{CoreUse, FigureLoad, Results, TargetResults};
 use crate::targets::Kind;
 
 pub struct Context {
@@ -256,15 +256,17 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     let _ = writeln!(out, "\n### Translation at scale\n");
     let _ = writeln!(
         out,
-        "{} Ingresses with as many Services and EndpointSlices: YAML parse {:.0} ms, translate {:.1} ms (best of 3), compile {:.1} ms, {} routes, {} warnings. `switchyard run` on them: serving after {:.0} ms with {:.0} MiB resident.\n",
+        "{} Ingresses with as many Services and EndpointSlices: YAML parse {:.0} ms, translate {:.1} ms (best of {}), compile {:.1} ms, {} routes, {} warnings. `switchyard run` on them: serving after {:.0} ms with {:.0} MiB resident.{}\n",
         t.ingresses,
         t.parse_ms,
         t.translate_ms,
+        t.load.as_ref().map_or(3, |l| 3 * (1 + l.measured_again)),
         t.compile_ms,
         t.routes,
         t.warnings,
         t.process_start_to_ready_ms,
-        t.process_rss_bytes as f64 / 1048576.0
+        t.process_rss_bytes as f64 / 1048576.0,
+        t.load.as_ref().map(translate_load).unwrap_or_default()
     );
 
     let _ = writeln!(out, "## Targets\n");
@@ -601,6 +603,21 @@ fn target_line(kind: Kind, points: Vec<(f64, f64)>, marker: u32) -> chart::Line 
     }
 }
 
+/// The load while the translations were timed, as a sentence.
+fn translate_load(load: &FigureLoad) -> String {
+    format!(
+        " While the translations were timed: load average {:.2}, other processes {:.2} cores, the hypervisor {:.2} cores{}.",
+        load.load_average,
+        load.other_cores,
+        load.stolen_cores,
+        if load.measured_again > 0 {
+            " (the first three were disturbed and measured again)"
+        } else {
+            ""
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,5 +745,30 @@ mod tests {
             lines[0]
         );
         assert!(!lines[0].contains("would be"), "{}", lines[0]);
+    }
+}
+
+#[cfg(test)]
+mod translate_tests {
+    use super::*;
+
+    #[test]
+    fn a_disturbed_translation_says_so_and_how_many_were_timed() {
+        let load = FigureLoad {
+            figure: "translate".into(),
+            load_average: 1.5,
+            other_cores: 0.1,
+            stolen_cores: 0.4,
+            rounds: 1,
+            measured_again: 1,
+        };
+        let text = translate_load(&load);
+        assert!(text.contains("the hypervisor 0.40 cores"), "{text}");
+        assert!(text.contains("measured again"), "{text}");
+        let quiet = FigureLoad {
+            measured_again: 0,
+            ..load
+        };
+        assert!(!translate_load(&quiet).contains("measured again"));
     }
 }

@@ -23,7 +23,7 @@ use crate::translate_bench::{self, TranslateResult};
 
 /// CPU taken by others (other processes and steal) above which a figure
 /// is measured again.
-const DISTURBED_CORES: f64 = 0.25;
+pub const DISTURBED_CORES: f64 = 0.25;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -261,7 +261,8 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
         reconfig.push(reconfiguration(kind, setup, plan).await?);
     }
     eprintln!("translate:");
-    let translate = translate_bench::run(&setup.switchyard, &setup.workdir).await?;
+    let ours = vec![std::process::id(), backend_pid];
+    let translate = translate_bench::run(&setup.switchyard, &setup.workdir, ours).await?;
     Ok(Results {
         targets,
         reconfig,
