@@ -764,6 +764,48 @@ mod tests {
         }
     }
 
+    fn figures(rps: f64, sessions: f64) -> LoadFigures {
+        LoadFigures {
+            http: vec![HttpResult {
+                concurrency: 16,
+                rps,
+                ..HttpResult::default()
+            }],
+            bodies: Vec::new(),
+            websocket_sessions: RateResult {
+                per_second: sessions,
+                ..RateResult::default()
+            },
+            tunnel_up: (1000.0, CoreUse::default()),
+            tunnel_down: (900.0, CoreUse::default()),
+            tunnel_rtt: RttResult::default(),
+        }
+    }
+
+    #[test]
+    fn a_comparison_pairs_each_figure_of_the_new_binary_with_the_baselines() {
+        let burst = |p50_us| BurstResult {
+            p50_us,
+            ..BurstResult::default()
+        };
+        let rows = comparison(
+            &burst(12_000),
+            &burst(15_000),
+            &figures(50_000.0, 6_000.0),
+            &figures(40_000.0, 6_500.0),
+        );
+        let row = |name: &str| {
+            rows.iter()
+                .find(|(figure, _, _)| figure == name)
+                .map(|(_, new, baseline)| (*new, *baseline))
+                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+        };
+        assert_eq!(row("burst: first response p50 (µs)"), (12_000.0, 15_000.0));
+        assert_eq!(row("keep-alive 16 conn: req/s"), (50_000.0, 40_000.0));
+        assert_eq!(row("WebSocket sessions/s"), (6_000.0, 6_500.0));
+        assert_eq!(row("tunnel down (MB/s)"), (900.0, 900.0));
+    }
+
     #[test]
     fn a_figure_is_its_median_round_by_the_key_given() {
         let rounds = vec![(3.0, "slow"), (9.0, "fast"), (5.0, "middle")];
