@@ -40,10 +40,49 @@ pub fn prepare_headers(parts: &mut http::request::Parts, origin: &Origin<'_>) {
     parts.version = Version::HTTP_11;
 }
 
-pub fn path_and_query(uri: &Uri) -> PathAndQuery {
+fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// A request taken apart for a backend, forwarded or upgraded alike:
+/// headers rewritten ([`prepare_headers`]), its target in origin form, how
+/// its body is framed, and the body when it has one.
+pub struct ForBackend {
+    pub parts: http::request::Parts,
+    target: PathAndQuery,
+    framing: RequestFraming,
+    pub body: Option<Incoming>,
+}
+
+impl ForBackend {
+    /// Fails on a `Content-Length` that is not a single number. Inlined:
+    /// built in place in the caller's state rather than moved into it.
+    #[inline(always)]
+    pub fn new(request: Request<Incoming>, origin: &Origin<'_>) -> Result<Self, UpstreamError> {
+        let (mut parts, body) = request.into_parts();
+        prepare_headers(&mut parts, origin);
+        let target = path_and_query(&parts.uri);
+        let bodiless = body.is_end_stream();
+        let framing = RequestFraming::of(&parts.headers, bodiless)
+            .ok_or_else(UpstreamError::invalid_content_length)?;
+        Ok(Self {
+            parts,
+            target,
+            framing,
+            body: (!bodiless).then_some(body),
+        })
+    }
+
+    /// The request as the exchange writes it.
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            parts: &self.parts,
+            target: &self.target,
+            framing: self.framing,
+        }
+    }
 }
 
 /// Forwards `request` to `first`, and on a failure that allows it to
@@ -56,29 +95,27 @@ pub async fn forward(
     request: Request<Incoming>,
     origin: &Origin<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
-    let (mut parts, body) = request.into_parts();
-    prepare_headers(&mut parts, origin);
-    let target = path_and_query(&parts.uri);
-    let bodiless = body.is_end_stream();
-    let Some(framing) = RequestFraming::of(&parts.headers, bodiless) else {
-        return (first.addr, Err(UpstreamError::invalid_content_length()));
+    let mut request = match ForBackend::new(request, origin) {
+        Ok(request) => request,
+        Err(error) => return (first.addr, Err(error)),
     };
-    let mut attempts = Attempts::new(&route.backend, first, may_retry(&parts.method, bodiless));
+    let bodiless = request.body.is_none();
+    let mut attempts = Attempts::new(
+        &route.backend,
+        first,
+        may_retry(&request.parts.method, bodiless),
+    );
     // A body is sent once: a request with one is never retried.
-    let (mut streamed, progress) = if bodiless {
-        (None, None)
-    } else {
-        let progress = Arc::new(BodyProgress::default());
-        let body =
-            TimeoutBody::new(body, proxy.config.body_read_timeout).with_progress(progress.clone());
-        (Some(UpstreamBody::Streamed(body)), Some(progress))
+    let (mut streamed, progress) = match request.body.take() {
+        None => (None, None),
+        Some(body) => {
+            let progress = Arc::new(BodyProgress::default());
+            let body = TimeoutBody::new(body, proxy.config.body_read_timeout)
+                .with_progress(progress.clone());
+            (Some(UpstreamBody::Streamed(body)), Some(progress))
+        }
     };
-
-    let outgoing = Outgoing {
-        parts: &parts,
-        target: &target,
-        framing,
-    };
+    let outgoing = request.outgoing();
     let mut endpoint = first;
     loop {
         let body = streamed.take().unwrap_or(UpstreamBody::Empty);

@@ -16,8 +16,8 @@ use hyper::body::{Body, Incoming};
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
-use super::forward::{Origin, path_and_query, prepare_headers, relay};
-use super::h1::{BackendBody, Connection, Outgoing, RequestFraming};
+use super::forward::{ForBackend, Origin, relay};
+use super::h1::{BackendBody, Connection};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -120,36 +120,26 @@ async fn handshake(
     // has been written.
     let client_upgrade = hyper::upgrade::on(&mut request);
 
-    let (mut parts, body) = request.into_parts();
-    prepare_headers(&mut parts, origin);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(
+    let mut request = ForBackend::new(request, origin)?;
+    let headers = &mut request.parts.headers;
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
         header::UPGRADE,
         HeaderValue::from_str(&protocols.join(", ")).expect("tokens are valid header text"),
     );
-    let target = path_and_query(&parts.uri);
-    let bodiless = body.is_end_stream();
-    let framing = RequestFraming::of(&parts.headers, bodiless)
-        .ok_or_else(UpstreamError::invalid_content_length)?;
-    let body = if bodiless {
-        UpstreamBody::Empty
-    } else {
-        UpstreamBody::Streamed(TimeoutBody::new(body, proxy.config.body_read_timeout))
+    let body = match request.body.take() {
+        None => UpstreamBody::Empty,
+        Some(body) => {
+            UpstreamBody::Streamed(TimeoutBody::new(body, proxy.config.body_read_timeout))
+        }
     };
 
     // Never pooled: once this exchange is over (a relayed refusal, a
     // failed check, the tunnel's end) the connection closes.
     let mut backend = Connection::new(stream);
     let timeout = proxy.config.upstream_response_timeout;
-    let outgoing = Outgoing {
-        parts: &parts,
-        target: &target,
-        framing,
-    };
     let (head, body_sent) = upstream::within_response_timeout(
-        backend.exchange(&outgoing, body, timeout),
+        backend.exchange(&request.outgoing(), body, timeout),
         timeout,
         None,
     )
