@@ -5,38 +5,22 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
-use super::h1::{BackendBody, Outgoing, RequestFraming};
-use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::h1::{BackendBody, Outgoing, ProxyFields, RequestFraming};
+use super::headers::strip_hop_by_hop;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{Proxy, ProxyConfig};
 use crate::routes::{Pick, Route};
 
-/// What the backend is told about where a request came from.
-pub struct Origin<'a> {
-    /// The client's address, as the `X-Forwarded-For` value.
-    pub forwarded_for: &'a HeaderValue,
-    /// The request's authority as the client sent it (port included).
-    pub authority: &'a HeaderValue,
-}
-
-/// Rewrites request headers for the backend: hop-by-hop headers removed,
-/// `Host` set to what the client asked for (HTTP/2 carries it in
-/// `:authority`), forwarding headers set.
-pub fn prepare_headers(parts: &mut http::request::Parts, origin: &Origin<'_>) {
+/// Rewrites a request head for the backend: hop-by-hop headers removed,
+/// HTTP/1.1. (`Host` and the forwarding headers are the encoder's: see
+/// [`ProxyFields`].)
+pub fn prepare_headers(parts: &mut http::request::Parts) {
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::HOST, origin.authority.clone());
-    set_forwarded(
-        &mut parts.headers,
-        origin.forwarded_for,
-        origin.authority,
-        "http",
-    );
     parts.version = Version::HTTP_11;
 }
 
@@ -60,9 +44,9 @@ impl ForBackend {
     /// Fails on a `Content-Length` that is not a single number. Inlined:
     /// built in place in the caller's state rather than moved into it.
     #[inline(always)]
-    pub fn new(request: Request<Incoming>, origin: &Origin<'_>) -> Result<Self, UpstreamError> {
+    pub fn new(request: Request<Incoming>) -> Result<Self, UpstreamError> {
         let (mut parts, body) = request.into_parts();
-        prepare_headers(&mut parts, origin);
+        prepare_headers(&mut parts);
         let target = path_and_query(&parts.uri);
         let bodiless = body.is_end_stream();
         let framing = RequestFraming::of(&parts.headers, bodiless)
@@ -75,12 +59,14 @@ impl ForBackend {
         })
     }
 
-    /// The request as the exchange writes it.
-    pub fn outgoing(&self) -> Outgoing<'_> {
+    /// The request as the exchange writes it, with the fields the proxy
+    /// sets.
+    pub fn outgoing<'a>(&'a self, proxy_fields: &ProxyFields<'a>) -> Outgoing<'a> {
         Outgoing {
             parts: &self.parts,
             target: &self.target,
             framing: self.framing,
+            proxy_fields: *proxy_fields,
         }
     }
 }
@@ -93,9 +79,9 @@ pub async fn forward(
     route: &Route,
     first: Pick,
     request: Request<Incoming>,
-    origin: &Origin<'_>,
+    proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
-    let mut request = match ForBackend::new(request, origin) {
+    let mut request = match ForBackend::new(request) {
         Ok(request) => request,
         Err(error) => return (first.addr, Err(error)),
     };
@@ -115,7 +101,7 @@ pub async fn forward(
             (Some(UpstreamBody::Streamed(body)), Some(progress))
         }
     };
-    let outgoing = request.outgoing();
+    let outgoing = request.outgoing(proxy_fields);
     let mut endpoint = first;
     loop {
         let body = streamed.take().unwrap_or(UpstreamBody::Empty);

@@ -116,41 +116,32 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
 }
 
-/// Sets `X-Forwarded-For` (to `client`, from [`forwarded_for`]), `-Proto`
-/// and `-Host` for the backend. switchyard is the edge: values a client
-/// sent are replaced, not trusted.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    host: &HeaderValue,
-    proto: &'static str,
-) {
-    headers.insert(X_FORWARDED_FOR.clone(), client.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+/// A request's id, for the backend, the response and the log.
+pub struct RequestId {
+    pub value: HeaderValue,
+    /// The proxy made it: the client sent no `X-Request-Id` (or an empty
+    /// one), and this one goes to the backend in its place.
+    pub made: bool,
 }
 
-/// Makes room, in one step, for the fields the proxy adds to a request on
-/// its way to a backend (`Host` for HTTP/2, `X-Request-Id` and the three
-/// `X-Forwarded-*`): a map sized for the client's fields would otherwise
-/// grow, copying every field, at up to three of these insertions.
-pub fn make_room_for_added_fields(headers: &mut HeaderMap) {
-    headers.reserve(5);
-}
-
-/// The request's `X-Request-Id`, set to a new UUID if the client sent none.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
-        return id.clone();
+impl RequestId {
+    /// The client's `X-Request-Id`, or a new UUID if it sent none.
+    pub fn of(headers: &HeaderMap) -> Self {
+        if let Some(id) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
+            return Self {
+                value: id.clone(),
+                made: false,
+            };
+        }
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        // Owned by the bytes themselves: the value goes to the backend, the
+        // response and the log, and each copy is a reference count (a value
+        // from a `String` would be copied once more on its first clone).
+        let value =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii");
+        Self { value, made: true }
     }
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    // Owned by the bytes themselves: the value goes to the backend, the
-    // response and the log, and each copy is a reference count (a value
-    // from a `String` would be copied once more on its first clone).
-    let id = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii");
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 #[cfg(test)]
@@ -182,18 +173,6 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_replace_what_the_client_sent() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR.clone(), "6.6.6.6".parse().unwrap());
-        let client = forwarded_for("10.1.2.3".parse().unwrap());
-        let host = HeaderValue::from_static("example.com");
-        set_forwarded(&mut h, &client, &host, "http");
-        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
-        assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[&X_FORWARDED_HOST], "example.com");
-    }
-
-    #[test]
     fn client_addresses_are_written_as_the_standard_text() {
         for client in [
             "0.0.0.0",
@@ -209,13 +188,15 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_kept_or_generated() {
+    fn request_ids_are_kept_or_made() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID.clone(), "abc".parse().unwrap());
-        assert_eq!(ensure_request_id(&mut h), "abc");
-        let mut h = HeaderMap::new();
-        let id = ensure_request_id(&mut h);
-        assert_eq!(id.len(), 36);
-        assert_eq!(h[&X_REQUEST_ID], id);
+        let kept = RequestId::of(&h);
+        assert_eq!((kept.value.to_str().unwrap(), kept.made), ("abc", false));
+        h.insert(X_REQUEST_ID.clone(), "".parse().unwrap());
+        let made = RequestId::of(&h);
+        assert!(made.made, "an empty id is no id");
+        assert_eq!(made.value.len(), 36);
+        assert_ne!(RequestId::of(&h).value, made.value, "each made id is new");
     }
 }

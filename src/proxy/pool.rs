@@ -197,7 +197,8 @@ impl Checkin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::h1::RequestFraming;
+    use crate::proxy::h1::{ProxyFields, RequestFraming};
+    use http::HeaderValue;
     use http::request::Parts;
     use http::uri::PathAndQuery;
     use http_body_util::BodyExt;
@@ -262,10 +263,18 @@ mod tests {
         parts: &Parts,
         body: UpstreamBody,
     ) -> Result<Response<BackendBody>, UpstreamError> {
+        static HOST: HeaderValue = HeaderValue::from_static("example.com");
+        static CLIENT: HeaderValue = HeaderValue::from_static("127.0.0.1");
         let outgoing = Outgoing {
             parts,
             target: &PathAndQuery::from_static("/"),
             framing: RequestFraming::None,
+            proxy_fields: ProxyFields {
+                host: &HOST,
+                forwarded_for: &CLIENT,
+                forwarded_proto: "http",
+                made_request_id: None,
+            },
         };
         pool.send(addr, &outgoing, body).await
     }

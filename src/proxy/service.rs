@@ -23,8 +23,9 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::body::{ResponseBody, client_body_failed};
-use super::forward::{Origin, forward};
-use super::headers::{X_REQUEST_ID, ensure_request_id, make_room_for_added_fields, tokens};
+use super::forward::forward;
+use super::h1::ProxyFields;
+use super::headers::{RequestId, X_REQUEST_ID, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest};
@@ -36,7 +37,7 @@ use crate::routes::Route;
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut exchange = Exchange {
         start: Instant::now(),
@@ -113,23 +114,31 @@ pub async fn handle(
     let Some(endpoint) = route.backend.pick() else {
         return Ok(exchange.local(&proxy, LocalReply::NoEndpoints));
     };
-    make_room_for_added_fields(request.headers_mut());
-    exchange.request_id = Some(ensure_request_id(request.headers_mut()));
+    let request_id = RequestId::of(request.headers());
+    exchange.request_id = Some(request_id.value.clone());
 
     // 5. forward or upgrade; a failed attempt may go to another endpoint
     // (upstream::Attempts), and each one is counted as it ends
-    let origin = Origin {
+    let proxy_fields = ProxyFields {
+        host: authority_value,
         forwarded_for: &conn.forwarded_for,
-        authority: authority_value,
+        forwarded_proto: "http",
+        made_request_id: request_id.made.then_some(&request_id.value),
     };
     let upgrading = !protocols.is_empty();
     let (endpoint, result) = if !upgrading {
-        forward(&proxy, &route, endpoint, request, &origin).await
+        forward(&proxy, &route, endpoint, request, &proxy_fields).await
     } else {
         // Boxed: the handshake's future is the larger one, and every
         // request's future would otherwise be as large as an upgrade's.
         Box::pin(upgrade::upgrade(
-            &proxy, &conn, &route, endpoint, request, protocols, &origin,
+            &proxy,
+            &conn,
+            &route,
+            endpoint,
+            request,
+            protocols,
+            &proxy_fields,
         ))
         .await
     };

@@ -16,8 +16,8 @@ use hyper::body::{Body, Incoming};
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
-use super::forward::{ForBackend, Origin, relay};
-use super::h1::{BackendBody, Connection};
+use super::forward::{ForBackend, relay};
+use super::h1::{BackendBody, Connection, ProxyFields};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -71,7 +71,7 @@ pub async fn upgrade(
     first: Pick,
     request: Request<Incoming>,
     protocols: Vec<String>,
-    origin: &Origin<'_>,
+    proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
     let retryable = may_retry(request.method(), request.body().is_end_stream());
     let mut attempts = Attempts::new(&route.backend, first, retryable);
@@ -90,7 +90,16 @@ pub async fn upgrade(
     };
     let result = match connected {
         Ok(stream) => {
-            let result = handshake(proxy, conn, route, stream, request, &protocols, origin).await;
+            let result = handshake(
+                proxy,
+                conn,
+                route,
+                stream,
+                request,
+                &protocols,
+                proxy_fields,
+            )
+            .await;
             record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
             result
         }
@@ -113,14 +122,14 @@ async fn handshake(
     stream: TcpStream,
     mut request: Request<Incoming>,
     protocols: &[String],
-    origin: &Origin<'_>,
+    proxy_fields: &ProxyFields<'_>,
 ) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {
     // Taken before the request is consumed: resolves to the client's raw
     // connection (with any bytes it sent behind the request) once our 101
     // has been written.
     let client_upgrade = hyper::upgrade::on(&mut request);
 
-    let mut request = ForBackend::new(request, origin)?;
+    let mut request = ForBackend::new(request)?;
     let headers = &mut request.parts.headers;
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(
@@ -139,7 +148,7 @@ async fn handshake(
     let mut backend = Connection::new(stream);
     let timeout = proxy.config.upstream_response_timeout;
     let (head, body_sent) = upstream::within_response_timeout(
-        backend.exchange(&request.outgoing(), body, timeout),
+        backend.exchange(&request.outgoing(proxy_fields), body, timeout),
         timeout,
         None,
     )

@@ -25,7 +25,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::ProtocolError;
 use super::decode::{self, ResponseHead};
-use super::encode::{self, RequestFraming};
+use super::encode::{self, ProxyFields, RequestFraming};
 use hyper::body::Incoming;
 
 use crate::proxy::body::{BoxError, TimeoutBody, UpstreamBody};
@@ -46,14 +46,16 @@ pub struct Connection {
     head: Vec<u8>,
 }
 
-/// A request as it goes to a backend: the head rewritten for it (`Host`
-/// set, hop-by-hop fields gone), its target in origin form, and how its
-/// body is framed. Borrowed, so that another attempt costs no copy.
+/// A request as it goes to a backend: the head rewritten for it
+/// (hop-by-hop fields gone), its target in origin form, how its body is
+/// framed, and the fields the proxy sets. Borrowed, so that another
+/// attempt costs no copy.
 #[derive(Clone, Copy)]
 pub struct Outgoing<'a> {
     pub parts: &'a Parts,
     pub target: &'a PathAndQuery,
     pub framing: RequestFraming,
+    pub proxy_fields: ProxyFields<'a>,
 }
 
 /// Why an exchange produced no response head.
@@ -146,6 +148,7 @@ impl Connection {
             parts,
             target,
             framing,
+            proxy_fields,
         } = *request;
         self.head.clear();
         encode::request_head(
@@ -154,6 +157,7 @@ impl Connection {
             target,
             &parts.headers,
             framing,
+            &proxy_fields,
         );
         let (mut reader, mut writer) = self.stream.split();
         let mut stall = StallTimer::new(write_stall);

@@ -21,7 +21,7 @@ pub mod reader;
 
 pub use connection::{Connection, ExchangeError, Outgoing};
 pub use decode::ResponseHead;
-pub use encode::RequestFraming;
+pub use encode::{ProxyFields, RequestFraming};
 pub use reader::BackendBody;
 
 /// A backend sent something that is not a well-formed HTTP/1 response.
