@@ -4,12 +4,15 @@
 # the count is repeatable on a shared or noisy machine, so it shows what
 # one change did to the hot path.
 #
-#   scripts/instructions.sh [request|websocket|burst] [COUNT] [BINARY]
+#   scripts/instructions.sh [request|concurrent|websocket|burst] [COUNT] [BINARY]
 #
 # Starts the benchmark backend, runs BINARY (default: a fresh release
 # build) under callgrind pinned to one CPU (so with the runtime a pinned
 # benchmark run has), warms up, then counts COUNT exchanges on one client
-# connection (request), COUNT sessions (websocket: connect, 101, one
+# connection (request), COUNT exchanges spread over 64 client connections
+# with one request in flight on each (concurrent: the proxy is never idle,
+# so the runtime's per-wakeup work is shared by many requests, as in the
+# benchmark's CPU-bound figures), COUNT sessions (websocket: connect, 101, one
 # message, close), or COUNT connections opened at once with one request
 # each (burst, as the benchmark's burst figure; most of them need a new
 # backend connection too). Installs valgrind and python3 (Debian packages) when missing.
@@ -24,7 +27,7 @@ if [ -z "$count" ]; then
     if [ "$workload" = burst ]; then count=256; else count=3000; fi
 fi
 binary=${3:-}
-case "$workload" in request | websocket | burst) ;; *) echo "usage: $0 [request|websocket|burst] [COUNT] [BINARY]" >&2; exit 2 ;; esac
+case "$workload" in request | concurrent | websocket | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|burst] [COUNT] [BINARY]" >&2; exit 2 ;; esac
 
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
@@ -176,6 +179,46 @@ def burst(n):
             else:
                 waiting.modify(s, selectors.EVENT_READ, seen)
 
+def concurrent(n, clients):
+    """n requests over the keep-alive connections `clients`, one in flight
+    on each, a new one sent as soon as its answer is complete."""
+    import selectors
+    ready = selectors.DefaultSelector()
+    started = 0
+    for s in clients[:n]:
+        s.sendall(GET)
+        started += 1
+        ready.register(s, selectors.EVENT_READ, b"")
+    done = 0
+    while done < n:
+        for key, _ in ready.select(10):
+            s = key.fileobj
+            more = s.recv(65536)
+            if not more:
+                raise SystemExit("connection closed before its response")
+            seen = key.data + more
+            head, found, body = seen.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if not found or length is None or len(body) < length:
+                ready.modify(s, selectors.EVENT_READ, seen)
+                continue
+            done += 1
+            if started < n:
+                s.sendall(GET)
+                started += 1
+                ready.modify(s, selectors.EVENT_READ, b"")
+            else:
+                ready.unregister(s)
+    ready.close()
+
+if workload == "concurrent":
+    clients = [connect() for _ in range(64)]
+    concurrent(max(500, count // 6), clients)
+    subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+    concurrent(count, clients)
+    subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+    sys.exit(0)
 if workload == "burst":
     burst(64)
     subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
