@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use super::body::{ResponseBody, client_body_failed};
 use super::forward::forward;
 use super::h1::ProxyFields;
-use super::headers::{RequestId, X_REQUEST_ID, tokens};
+use super::headers::{RequestId, SeenFields, X_REQUEST_ID, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest};
@@ -45,10 +45,11 @@ pub async fn handle(
         request_id: None,
         access: None,
     };
+    let mut seen = SeenFields::of(request.headers());
     // Both forms, made once: the value is sent on as it is, and the text
     // (for validation, routing and the log) would otherwise be checked to
     // be a string again at each use.
-    let authority_value = request_authority(&request);
+    let authority_value = request_authority(&request, seen.host.take());
     let authority = authority_value.as_ref().and_then(|v| v.to_str().ok());
     if proxy.config.access_log {
         exchange.access = Some(Box::new(AccessFields {
@@ -62,11 +63,15 @@ pub async fn handle(
     }
 
     // 1. validate
-    let upgrade = upgrade::classify(request.version(), request.headers());
+    let upgrade = if seen.connection || seen.upgrade {
+        upgrade::classify(request.version(), request.headers())
+    } else {
+        UpgradeRequest::None
+    };
     if let UpgradeRequest::Invalid(why) = upgrade {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
-    if let Err(why) = validate(&request, authority) {
+    if let Err(why) = validate(&request, authority, &seen) {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
     let (Some(authority), Some(authority_value)) = (authority, authority_value.as_ref()) else {
@@ -114,7 +119,7 @@ pub async fn handle(
     let Some(endpoint) = route.backend.pick() else {
         return Ok(exchange.local(&proxy, LocalReply::NoEndpoints));
     };
-    let request_id = RequestId::of(request.headers());
+    let request_id = RequestId::of(seen.request_id.take());
     exchange.request_id = Some(request_id.value.clone());
 
     // 5. forward or upgrade; a failed attempt may go to another endpoint
@@ -185,7 +190,11 @@ fn client_body_broke(error: &UpstreamError) -> bool {
 
 /// What hyper lets through that no careful proxy forwards (RFC 9112).
 /// Every refusal is a 400 that closes the connection.
-fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), &'static str> {
+fn validate(
+    request: &Request<Incoming>,
+    authority: Option<&str>,
+    seen: &SeenFields,
+) -> Result<(), &'static str> {
     if request.method() == Method::CONNECT {
         return Err("CONNECT is not supported");
     }
@@ -199,8 +208,7 @@ fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), 
     if http1 && request.uri().authority().is_some() {
         return Err("absolute-form request targets are not accepted");
     }
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    if seen.hosts > 1 {
         return Err("more than one Host header");
     }
     if let Some(authority) = authority
@@ -214,7 +222,7 @@ fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), 
     // silently on the way: only `chunked` alone is accepted. (RFC 9112
     // suggests 501 for a coding it does not know; these lists are framing
     // obfuscation far more often than real codings, so 400, and close.)
-    if request.headers().contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         let mut codings = tokens(request.headers(), &header::TRANSFER_ENCODING);
         let chunked_alone = matches!(
             (codings.next(), codings.next()),
@@ -228,12 +236,16 @@ fn validate(request: &Request<Incoming>, authority: Option<&str>) -> Result<(), 
 }
 
 /// The host a request is for: the URI's authority (HTTP/2) or the `Host`
-/// header, as a header value (sent on as `Host` and `X-Forwarded-Host`
-/// without a copy) that is known to be a non-empty string.
-fn request_authority(request: &Request<Incoming>) -> Option<HeaderValue> {
+/// header (`host`, the first one), as a header value (sent on as `Host`
+/// and `X-Forwarded-Host` without a copy) that is known to be a non-empty
+/// string.
+fn request_authority(
+    request: &Request<Incoming>,
+    host: Option<HeaderValue>,
+) -> Option<HeaderValue> {
     let value = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok()?,
-        None => request.headers().get(header::HOST)?.clone(),
+        None => host?,
     };
     value
         .to_str()
