@@ -131,18 +131,20 @@ pub fn response_head(
         let head = buf.split_to(len).freeze();
         // One more for the `X-Request-Id` the proxy adds on the way out.
         let mut headers = HeaderMap::with_capacity(count + 1);
+        let mut seen = FramingFields::default();
         for [a, b, c, d] in &fields[..count] {
             let name = HeaderName::from_bytes(&head[*a as usize..*b as usize])
                 .map_err(|_| ProtocolError::HeaderName)?;
             let value = HeaderValue::from_maybe_shared(head.slice(*c as usize..*d as usize))
                 .map_err(|_| ProtocolError::HeaderValue)?;
+            seen.note(&name, &value);
             headers.append(name, value);
         }
-        let (framing, reusable) = framing(status, version, method, &mut headers)?;
+        let (framing, reusable) = framing(status, version, method, &mut headers, &seen)?;
         let keep_alive = reusable
             && match version {
-                Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-                _ => !connection_has(&headers, "close"),
+                Version::HTTP_10 => seen.connection && connection_has(&headers, "keep-alive"),
+                _ => !(seen.connection && connection_has(&headers, "close")),
             };
         return Ok(Some(ResponseHead {
             status,
@@ -152,6 +154,38 @@ pub fn response_head(
             framing,
             keep_alive,
         }));
+    }
+}
+
+/// What the framing rules need of a head's fields, noted as its map is
+/// built: looked up in the map afterwards, `Transfer-Encoding`,
+/// `Content-Length` and `Connection` cost a hash and a probe each on every
+/// response, most often for fields that are not there.
+#[derive(Debug, Default)]
+struct FramingFields {
+    transfer_encoding: bool,
+    connection: bool,
+    /// The length every `Content-Length` value so far agreed on.
+    length: Option<u64>,
+    /// A `Content-Length` value that is not a number, or two that differ.
+    bad_length: bool,
+}
+
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if *name == header::CONTENT_LENGTH {
+            // A list of equal values (`5, 5`) is one length (RFC 9110 8.6).
+            for part in value.as_bytes().split(|b| *b == b',') {
+                match content_length(part.trim_ascii()) {
+                    Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
+                    _ => self.bad_length = true,
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::CONNECTION {
+            self.connection = true;
+        }
     }
 }
 
@@ -165,6 +199,7 @@ fn framing(
     version: Version,
     method: &Method,
     headers: &mut HeaderMap,
+    seen: &FramingFields,
 ) -> Result<(Framing, bool), ProtocolError> {
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -173,7 +208,7 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(ProtocolError::TransferEncodingOnHttp10);
         }
@@ -187,18 +222,10 @@ fn framing(
             (Framing::UntilClose, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A list of equal values (`5, 5`) is one length (RFC 9110 8.6).
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = content_length(part.trim_ascii()).ok_or(ProtocolError::ContentLength)?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(ProtocolError::ContentLength);
-            }
-            length = Some(n);
-        }
+    if seen.bad_length {
+        return Err(ProtocolError::ContentLength);
     }
-    Ok(match length {
+    Ok(match seen.length {
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
     })
