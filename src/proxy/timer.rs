@@ -66,10 +66,13 @@ fn current_runtime() -> Option<tokio::runtime::Id> {
 
 /// A timer until `deadline`, from the stock for `purpose` when it has one.
 pub fn sleep_until(purpose: Purpose, deadline: Instant) -> ReusedSleep {
+    // The one look at which runtime this is (a thread-local and a reference
+    // count taken and given back): the timer remembers it for its return.
+    let runtime = current_runtime();
     let spare = SPARE
         .try_with(|spare| {
             let stock = &mut spare.borrow_mut()[purpose as usize];
-            if stock.sleeps.is_empty() || stock.runtime != current_runtime() {
+            if stock.sleeps.is_empty() || stock.runtime != runtime {
                 return None;
             }
             stock.sleeps.pop()
@@ -86,6 +89,7 @@ pub fn sleep_until(purpose: Purpose, deadline: Instant) -> ReusedSleep {
     ReusedSleep {
         sleep: Some(sleep),
         purpose,
+        runtime,
         polled: false,
     }
 }
@@ -96,6 +100,8 @@ pub struct ReusedSleep {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The stock it goes back to.
     purpose: Purpose,
+    /// The runtime it was made in (and so belongs to).
+    runtime: Option<tokio::runtime::Id>,
     /// Whether it was polled here, so holds this owner's waker.
     polled: bool,
 }
@@ -135,9 +141,11 @@ impl Drop for ReusedSleep {
             let mut nobody = Context::from_waker(Waker::noop());
             let _ = Pin::new(&mut unconstrained(sleep.as_mut())).poll(&mut nobody);
         }
-        // Outside a runtime, or after the thread's stock is gone (the
-        // thread is ending), the timer is simply freed.
-        let Some(runtime) = current_runtime() else {
+        // After the thread's stock is gone (the thread is ending), the
+        // timer is simply freed. A stock holds the timers of one runtime:
+        // a timer of another replaces them. (One of a runtime that has
+        // ended may wait in stock; no later runtime takes it.)
+        let Some(runtime) = self.runtime else {
             return;
         };
         let _ = SPARE.try_with(|spare| {
