@@ -84,7 +84,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
          - All targets are started before any is loaded, and every load figure goes round them: it is measured on each target in turn, {} times over, and each target's figure is its median round (by rate, throughput or median round trip). A slow spell of the shared host then falls on every target alike rather than on whichever was being measured.\n\
          - Keep-alive and body figures are the steady state: in each round their connections send requests for {} ms first, not counted, then for {} s. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (which holds at most the backend connection its readiness check made): {} connections opened at once, each timed from its connect to its first complete response.\n\
          - Tunnel throughput is the median of {} transfers of {} MiB each way, one per round; start to first answer is the median of {} starts.\n\
-         - Each round records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a round where these took more than a quarter of a core together is measured again once. The last table shows each target's most disturbed round of each figure.\n\
+         - Each round records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a round where these took more than a quarter of a core together is measured again once. The last table shows each target's most disturbed round of each figure, and how far apart its rounds were (best ÷ worst): rounds that none of these records as disturbed still differ, and a ratio between targets means little where that spread is as large.\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
         crate::suite::ROUNDS,
         crate::client::WARM_UP.as_millis(),
@@ -311,17 +311,21 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     let _ = writeln!(out, "## Load while measuring\n");
     let _ = writeln!(
         out,
-        "| target | figure | rounds | load average | other processes (cores) | stolen by the hypervisor (cores) | rounds measured again |"
+        "| target | figure | rounds | best ÷ worst round | load average | other processes (cores) | stolen by the hypervisor (cores) | rounds measured again |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for t in &results.targets {
         for l in &t.loads {
+            let spread = l
+                .spread
+                .map_or_else(|| "-".to_string(), |s| format!("{s:.2}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
                 t.kind.name(),
                 l.figure,
                 l.rounds,
+                spread,
                 l.load_average,
                 l.other_cores,
                 l.stolen_cores,
@@ -761,6 +765,7 @@ mod translate_tests {
             stolen_cores: 0.4,
             rounds: 1,
             measured_again: 1,
+            spread: None,
         };
         let text = translate_load(&load);
         assert!(text.contains("the hypervisor 0.40 cores"), "{text}");

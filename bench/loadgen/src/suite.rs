@@ -48,6 +48,10 @@ pub struct FigureLoad {
     pub rounds: usize,
     /// Rounds measured again because others disturbed them.
     pub measured_again: usize,
+    /// The best round's figure over the worst's (rate, throughput, or
+    /// the inverse for a round trip): how far apart this target's rounds
+    /// were, which no load figure shows. `None` for a single round.
+    pub spread: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,7 +165,7 @@ pub const BURST_CONNECTIONS: usize = 256;
 pub const TUNNEL_TRANSFERS: usize = 5;
 
 /// Rounds of every other load figure.
-pub const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 5;
 
 /// Runs `figure` and measures it again once if other processes, or other
 /// machines on the same host (steal), used more than [`DISTURBED_CORES`]
@@ -203,6 +207,7 @@ fn record_load(
         stolen_cores,
         rounds,
         measured_again,
+        spread: None,
     });
     other_cores + stolen_cores
 }
@@ -480,6 +485,7 @@ async fn load_figures(
             &format!("http c={c}"),
             runs,
             ROUNDS,
+            |r: &HttpResult| Some(r.rps),
             async |probe: &Probe| keep_alive(probe, c, window).await,
         )
         .await;
@@ -498,6 +504,7 @@ async fn load_figures(
             &format!("body {size}"),
             runs,
             ROUNDS,
+            |r: &HttpResult| Some(r.mb_per_s),
             async |probe: &Probe| client::http_load(&probe.target, c, window, size, || {}).await,
         )
         .await;
@@ -507,15 +514,22 @@ async fn load_figures(
             bodies.push(r);
         }
     }
-    let sessions = rounds("websocket sessions", runs, ROUNDS, async |probe: &Probe| {
-        client::ws_handshakes(&probe.target, 16, window.measure).await
-    })
+    let per_second = |r: &RateResult| Some(r.per_second);
+    let sessions = rounds(
+        "websocket sessions",
+        runs,
+        ROUNDS,
+        per_second,
+        async |probe: &Probe| client::ws_handshakes(&probe.target, 16, window.measure).await,
+    )
     .await;
     let cpus = Cpus::of(setup);
+    let throughput = |r: &std::io::Result<(f64, CoreUse)>| r.as_ref().ok().map(|r| r.0);
     let up = rounds(
         "tunnel up",
         runs,
         TUNNEL_TRANSFERS,
+        throughput,
         async |probe: &Probe| with_core_use(&cpus, client::tunnel_upload(&probe.target)).await,
     )
     .await;
@@ -523,10 +537,14 @@ async fn load_figures(
         "tunnel down",
         runs,
         TUNNEL_TRANSFERS,
+        throughput,
         async |probe: &Probe| with_core_use(&cpus, client::tunnel_download(&probe.target)).await,
     )
     .await;
-    let rtt = rounds("tunnel rtt", runs, ROUNDS, async |probe: &Probe| {
+    // A round trip is better when shorter: spread by its inverse.
+    let speed =
+        |r: &std::io::Result<RttResult>| r.as_ref().ok().map(|r| 1.0 / r.p50_us.max(1) as f64);
+    let rtt = rounds("tunnel rtt", runs, ROUNDS, speed, async |probe: &Probe| {
         client::tunnel_rtt(&probe.target, 5000).await
     })
     .await;
@@ -582,11 +600,13 @@ async fn keep_alive(probe: &Probe, c: usize, window: Window) -> HttpResult {
 /// Measures `figure` `count` times on every target, going round the
 /// targets; returns each target's rounds, in the order of `runs`. The
 /// load of each target's rounds is recorded as one entry: the most
-/// disturbed round's.
+/// disturbed round's, with the spread of the rounds by `key` (higher is
+/// better; `None` for a failed round).
 async fn rounds<T>(
     name: &str,
     runs: &mut [TargetRun],
     count: usize,
+    key: impl Fn(&T) -> Option<f64>,
     mut figure: impl AsyncFnMut(&Probe) -> T,
 ) -> Vec<Vec<T>> {
     let mut results: Vec<Vec<T>> = runs.iter().map(|_| Vec::with_capacity(count)).collect();
@@ -596,12 +616,25 @@ async fn rounds<T>(
             out.push(measured(name, &run.ours, loads, async || figure(&run.probe).await).await);
         }
     }
-    for (run, loads) in runs.iter_mut().zip(loads) {
-        if let Some(worst) = most_disturbed(loads, count) {
+    for ((run, loads), out) in runs.iter_mut().zip(loads).zip(&results) {
+        if let Some(mut worst) = most_disturbed(loads, count) {
+            worst.spread = spread(out.iter().filter_map(&key));
             run.loads.push(worst);
         }
     }
     results
+}
+
+/// The largest of `values` over the smallest, for two or more positive
+/// values.
+fn spread(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut low, mut high, mut count) = (f64::INFINITY, 0.0_f64, 0);
+    for value in values.filter(|v| *v > 0.0) {
+        low = low.min(value);
+        high = high.max(value);
+        count += 1;
+    }
+    (count > 1).then(|| high / low)
 }
 
 /// The entry of the round others disturbed most, with how many rounds
@@ -761,6 +794,7 @@ mod tests {
             stolen_cores,
             rounds: 1,
             measured_again,
+            spread: None,
         }
     }
 
@@ -829,5 +863,19 @@ mod tests {
         assert_eq!(worst.rounds, 3);
         assert_eq!(worst.measured_again, 1);
         assert!(most_disturbed(Vec::new(), 3).is_none());
+    }
+
+    #[test]
+    fn the_spread_of_rounds_is_the_best_over_the_worst() {
+        let spread_of = |values: &[f64]| spread(values.iter().copied());
+        assert_eq!(spread_of(&[40.0, 50.0, 45.0]), Some(1.25));
+        assert_eq!(spread_of(&[45.0, 45.0]), Some(1.0));
+        assert_eq!(spread_of(&[45.0]), None, "one round has no spread");
+        assert_eq!(
+            spread_of(&[0.0, 45.0]),
+            None,
+            "a round that measured nothing is left out"
+        );
+        assert_eq!(spread_of(&[]), None);
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(
             stolen_cores,
             rounds: 1,
             measured_again: again,
+            spread: None,
         });
         let taken = other_cores + stolen_cores;
         if taken <= DISTURBED_CORES {
