@@ -1,7 +1,7 @@
 //! Resolving an Ingress backend (a Service and a port) to the addresses of
 //! its ready endpoints, through the Service's EndpointSlices.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -22,6 +22,11 @@ pub struct Unresolved {
 }
 
 /// Services and their EndpointSlices, indexed by namespace and name.
+/// Keyed by namespace and name, which translation hashes twice per route
+/// (every Service and EndpointSlice in, each backend looked up): foldhash,
+/// not SipHash, as nothing here is keyed by a client.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub struct ServiceIndex<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
@@ -29,13 +34,13 @@ pub struct ServiceIndex<'a> {
 
 impl<'a> ServiceIndex<'a> {
     pub fn new(snapshot: &'a ClusterSnapshot) -> Self {
-        let mut services = HashMap::new();
+        let mut services = HashMap::default();
         for service in &snapshot.services {
             if let (Some(ns), Some(name)) = (&service.metadata.namespace, &service.metadata.name) {
                 services.insert((ns.as_str(), name.as_str()), &**service);
             }
         }
-        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::default();
         for slice in &snapshot.endpoint_slices {
             let service = slice
                 .metadata

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::jiff::Timestamp;
 
 use super::annotations::{self, IngressPolicy};
 use super::backend::ServiceIndex;
@@ -84,13 +85,9 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
         .map(|i| &**i)
         .filter(|i| classes.is_ours(i))
         .collect();
-    ours.sort_by_cached_key(|i| {
-        (
-            i.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            i.metadata.namespace.clone(),
-            i.metadata.name.clone(),
-        )
-    });
+    // Compared by borrowed fields: a key made per Ingress (two strings
+    // copied each) cost a quarter of translating 10,000 of them.
+    ours.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
 
     let mut builder = Builder {
         services: ServiceIndex::new(snapshot),
@@ -124,6 +121,17 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
         },
         warnings,
     }
+}
+
+/// The order Ingresses claim hosts and paths in: oldest first, then by
+/// namespace and name (the ingress-nginx tie-break, see DESIGN).
+fn age_order(ingress: &Ingress) -> (Option<&Timestamp>, Option<&str>, Option<&str>) {
+    let meta = &ingress.metadata;
+    (
+        meta.creation_timestamp.as_ref().map(|t| &t.0),
+        meta.namespace.as_deref(),
+        meta.name.as_deref(),
+    )
 }
 
 /// A path or default backend and the Ingress that claimed it first.
@@ -175,7 +183,7 @@ impl Builder<'_> {
         let mut claims = Vec::new();
 
         if let Some(backend) = &spec.default_backend {
-            claims.push(Claim::Default(backend, "spec.defaultBackend".to_string()));
+            claims.push(Claim::Default(backend, Field::DefaultBackend));
         }
         for (ri, rule) in spec.rules.iter().flatten().enumerate() {
             let host = match HostPattern::parse(rule.host.as_deref()) {
@@ -189,7 +197,7 @@ impl Builder<'_> {
                 }
             };
             for (pi, path) in rule.http.iter().flat_map(|h| &h.paths).enumerate() {
-                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+                let field = Field::Path { rule: ri, path: pi };
                 let Some(path_type) = PathType::parse(&path.path_type) else {
                     warn(
                         WarningReason::InvalidPath,
@@ -247,7 +255,7 @@ impl Builder<'_> {
                     self.warn(object, WarningReason::ConflictingDefaultBackend, message);
                     return;
                 }
-                if let Some(route) = self.route(backend, &field, namespace, owner, object, policy) {
+                if let Some(route) = self.route(backend, field, namespace, owner, object, policy) {
                     self.default_backend = Some(DefaultClaim {
                         route,
                         owner: owner.to_string(),
@@ -278,7 +286,7 @@ impl Builder<'_> {
                     self.warn(object, WarningReason::ConflictingPath, message);
                     return;
                 }
-                let Some(route) = self.route(backend, &field, namespace, owner, object, policy)
+                let Some(route) = self.route(backend, field, namespace, owner, object, policy)
                 else {
                     return;
                 };
@@ -303,7 +311,7 @@ impl Builder<'_> {
     fn route(
         &mut self,
         backend: &IngressBackend,
-        field: &str,
+        field: Field,
         namespace: &str,
         owner: &str,
         object: &ObjectRef,
@@ -387,12 +395,30 @@ impl Builder<'_> {
 }
 
 enum Claim<'a> {
-    Default(&'a IngressBackend, String),
+    Default(&'a IngressBackend, Field),
     Path {
         host: HostPattern,
         path: String,
         path_type: PathType,
         backend: &'a IngressBackend,
-        field: String,
+        field: Field,
     },
+}
+
+/// Where in its Ingress a claim was written, for the warnings about it:
+/// written out only when there is one (formatted for every path, it was a
+/// tenth of translating 10,000 Ingresses).
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    DefaultBackend,
+    Path { rule: usize, path: usize },
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DefaultBackend => f.write_str("spec.defaultBackend"),
+            Self::Path { rule, path } => write!(f, "spec.rules[{rule}].http.paths[{path}]"),
+        }
+    }
 }
