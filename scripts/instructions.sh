@@ -148,6 +148,13 @@ def session():
     s.recv(64)
     s.close()
 
+def whole_response(seen):
+    """Whether `seen` holds a response head and all of its body."""
+    head, found, body = seen.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    return bool(found) and length is not None and len(body) >= length
+
 def burst(n):
     """n connections at once, one GET each, all in flight together."""
     import selectors
@@ -169,10 +176,7 @@ def burst(n):
             if not more:
                 raise SystemExit("connection closed before its response")
             seen = key.data + more
-            head, _, body = seen.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
-            if length is not None and len(body) >= length:
+            if whole_response(seen):
                 waiting.unregister(s)
                 s.close()
                 left -= 1
@@ -197,10 +201,7 @@ def concurrent(n, clients):
             if not more:
                 raise SystemExit("connection closed before its response")
             seen = key.data + more
-            head, found, body = seen.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
-            if not found or length is None or len(body) < length:
+            if not whole_response(seen):
                 ready.modify(s, selectors.EVENT_READ, seen)
                 continue
             done += 1
