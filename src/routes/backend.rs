@@ -21,12 +21,12 @@ pub struct Unresolved {
     pub message: String,
 }
 
-/// Services and their EndpointSlices, indexed by namespace and name.
-/// Keyed by namespace and name, which translation hashes twice per route
-/// (every Service and EndpointSlice in, each backend looked up): foldhash,
-/// not SipHash, as nothing here is keyed by a client.
+/// The index's maps, keyed by namespace and name, which translation hashes
+/// for every Service and EndpointSlice and again for each backend looked
+/// up: foldhash, not SipHash, as nothing here is keyed by a client.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Services and their EndpointSlices, indexed by namespace and name.
 pub struct ServiceIndex<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
