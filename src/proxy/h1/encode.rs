@@ -80,8 +80,9 @@ impl ProxyFields<'_> {
             || (self.made_request_id.is_some() && *name == X_REQUEST_ID)
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        field(out, b"host", self.host.as_bytes());
+    /// The fields that follow the client's (`Host` goes first, see
+    /// [`request_head`]).
+    fn write_forwarding(&self, out: &mut Vec<u8>) {
         field(out, b"x-forwarded-for", self.forwarded_for.as_bytes());
         field(out, b"x-forwarded-host", self.host.as_bytes());
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
@@ -91,8 +92,8 @@ impl ProxyFields<'_> {
     }
 }
 
-/// Appends `METHOD target HTTP/1.1`, the client's fields, the proxy's
-/// ([`ProxyFields`]), the framing and the blank line.
+/// Appends `METHOD target HTTP/1.1`, `Host`, the client's fields, the
+/// proxy's others ([`ProxyFields`]), the framing and the blank line.
 pub fn request_head(
     out: &mut Vec<u8>,
     method: &Method,
@@ -108,12 +109,15 @@ pub fn request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // First, as RFC 9110 (7.2) asks of a client: it is what routes the
+    // request.
+    field(out, b"host", proxy_fields.host.as_bytes());
     for (name, value) in headers {
         if !proxy_fields.replaces(name) {
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    proxy_fields.write(out);
+    proxy_fields.write_forwarding(out);
     if framing == RequestFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -198,8 +202,8 @@ mod tests {
         fields.append("accept", HeaderValue::from_static("text/html"));
         assert_eq!(
             head(&fields, RequestFraming::None, &proxy_fields(None)),
-            "GET /a?b=c HTTP/1.1\r\naccept: */*\r\naccept: text/html\r\n\
-             host: example.com\r\nx-forwarded-for: 10.1.2.3\r\n\
+            "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
+             accept: */*\r\naccept: text/html\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
@@ -218,8 +222,8 @@ mod tests {
         let made = HeaderValue::from_static("made-here");
         assert_eq!(
             head(&fields, RequestFraming::None, &proxy_fields(Some(&made))),
-            "GET /a?b=c HTTP/1.1\r\nx-kept: 1\r\n\
-             host: example.com\r\nx-forwarded-for: 10.1.2.3\r\n\
+            "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
+             x-kept: 1\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
              x-request-id: made-here\r\n\r\n"
         );
