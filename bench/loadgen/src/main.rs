@@ -104,7 +104,7 @@ enum Cmd {
         #[command(flatten)]
         proxy: ProxyArgs,
         /// Seconds each target is measured per round of a load figure
-        /// (three rounds each).
+        /// (five rounds each, five transfers for tunnel throughput).
         #[arg(long, default_value_t = 1)]
         seconds: u64,
         /// Idle tunnels to hold open at once (default: as many as the

@@ -487,6 +487,12 @@ mod tests {
         );
         let gzip_last = complete("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n");
         assert_eq!(gzip_last.framing, Framing::UntilClose);
+        // The coding decides: a malformed length beside it is dropped with
+        // it, not an error.
+        let bad_length_too =
+            complete("HTTP/1.1 200 OK\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(bad_length_too.framing, Framing::Chunked);
+        assert!(!bad_length_too.headers.contains_key("content-length"));
         assert!(!gzip_last.keep_alive);
         let on_http10 = "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
         assert!(matches!(
