@@ -326,6 +326,11 @@ fn comparison(
             n.p99_us as f64,
             b.p99_us as f64,
         ));
+        rows.push((
+            format!("keep-alive {c} conn: p99.9 (µs)"),
+            n.p999_us as f64,
+            b.p999_us as f64,
+        ));
         if let (Some(nc), Some(bc)) = (n.proxy_cpu, b.proxy_cpu) {
             rows.push((
                 format!("keep-alive {c} conn: CPU per request, user + kernel (µs)"),
