@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
 use super::h1::{BackendBody, Outgoing, ProxyFields, RequestFraming};
 use super::headers::strip_hop_by_hop;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
-use super::{Proxy, ProxyConfig};
+use super::{ClientRequest, Proxy, ProxyConfig};
 use crate::routes::{Pick, Route};
 
 /// Rewrites a request head for the backend: hop-by-hop headers removed,
@@ -44,18 +44,18 @@ impl ForBackend {
     /// Fails on a `Content-Length` that is not a single number. Inlined:
     /// built in place in the caller's state rather than moved into it.
     #[inline(always)]
-    pub fn new(request: Request<Incoming>) -> Result<Self, UpstreamError> {
+    pub fn new(request: ClientRequest) -> Result<Self, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         prepare_headers(&mut parts);
         let target = path_and_query(&parts.uri);
-        let bodiless = body.is_end_stream();
+        let bodiless = body.as_ref().is_none_or(Body::is_end_stream);
         let framing = RequestFraming::of(&parts.headers, bodiless)
             .ok_or_else(UpstreamError::invalid_content_length)?;
         Ok(Self {
             parts,
             target,
             framing,
-            body: (!bodiless).then_some(body),
+            body: body.filter(|_| !bodiless),
         })
     }
 
@@ -78,7 +78,7 @@ pub async fn forward(
     proxy: &Proxy,
     route: &Route,
     first: Pick,
-    request: Request<Incoming>,
+    request: ClientRequest,
     proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
     let mut request = match ForBackend::new(request) {

@@ -16,18 +16,17 @@ use tokio::net::{TcpListener, TcpStream};
 use super::client_io::ClientIo;
 use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
-use super::{ConnInfo, Proxy, service};
+use super::{ConnInfo, Proxy, h1, service};
 
 /// What a client speaking HTTP/2 with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Room for a connection's first read: a typical request head whole, so
-/// that hyper finds it without reading the socket again. Held from the
-/// accept to the first bytes (at most the header read timeout), a quarter
-/// of the read buffer hyper makes for the connection then. (Waiting for
-/// readiness before making it was tried: it cost one read that found
-/// nothing per connection, as many calls as reading instead of peeking
-/// saves.)
+/// Room for a connection's first read: a typical request head whole.
+/// The HTTP/1 server goes on reading into this buffer (making more room
+/// when a head needs it); hyper, when it takes a connection over, is
+/// given what it holds. (Waiting for readiness before making it was
+/// tried: it cost one read that found nothing per connection, as many
+/// calls as reading instead of peeking saves.)
 const FIRST_READ: usize = 2048;
 
 impl Proxy {
@@ -83,10 +82,9 @@ impl Proxy {
     }
 
     async fn serve_connection(self: Arc<Self>, mut stream: TcpStream, conn: Arc<ConnInfo>) {
-        // hyper's header read timeout starts at a request's first byte, and
-        // the HTTP/1-or-2 detection before it has no timeout: a client that
-        // connects and sends nothing would hold its slot for ever. It gets
-        // the same limit as a slow request head.
+        // The servers' header read timeouts start once these first bytes
+        // are in: a client that connects and sends nothing gets the same
+        // limit as a slow request head here.
         let mut first = BytesMut::with_capacity(FIRST_READ);
         let first_bytes =
             tokio::time::timeout(self.config.header_read_timeout, stream.read_buf(&mut first));
@@ -103,11 +101,34 @@ impl Proxy {
         // auto-detecting server, which waits for the rest.
         let seen = &first[..first.len().min(H2_PREFACE.len())];
         let http2_maybe = H2_PREFACE.starts_with(seen);
-        let stream = ClientIo::new(first.freeze(), stream);
+        // HTTP/1 requests without a body are served here; the first other
+        // one, and the rest of its connection, go to hyper.
+        let (stream, first) = if http2_maybe {
+            (stream, first.freeze())
+        } else {
+            let drain = h1::server::Drain::default();
+            let mut served = pin!(h1::server::serve(&self, &conn, stream, first, &drain));
+            let ended = match self.shutdown.until_draining(served.as_mut()).await {
+                Some(ended) => ended,
+                None if drain.is_idle() => return,
+                None => {
+                    drain.begin();
+                    tokio::select! {
+                        ended = served => ended,
+                        () = self.shutdown.forced() => return,
+                    }
+                }
+            };
+            match ended {
+                h1::server::Ended::Closed => return,
+                h1::server::Ended::HandOff(stream, read) => (stream, read),
+            }
+        };
+        let stream = ClientIo::new(first, stream);
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {
-            service::handle(proxy.clone(), handler_conn.clone(), request)
+            service::handle(proxy.clone(), handler_conn.clone(), request.map(Some))
         });
         let io = TokioIo::new(stream);
         let result = if http2_maybe {

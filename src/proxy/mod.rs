@@ -74,6 +74,10 @@ impl Default for ProxyConfig {
     }
 }
 
+/// A client's request as the pipeline takes it: the body is hyper's, or
+/// none at all.
+pub type ClientRequest = http::Request<Option<hyper::body::Incoming>>;
+
 /// Everything a connection needs, shared by all of them.
 pub struct Proxy {
     pub routes: Arc<RouteStore>,
@@ -81,8 +85,10 @@ pub struct Proxy {
     pub config: ProxyConfig,
     pub shutdown: Shutdown,
     pool: Arc<Pool>,
-    /// HTTP/1 connections, served by hyper directly so that an upgraded
-    /// connection can be taken back as the socket it is (for splice).
+    /// HTTP/1 connections from their first request that `h1::server`
+    /// does not serve (a body, an upgrade, a malformed head), served by
+    /// hyper directly so that an upgraded connection can be taken back as
+    /// the socket it is (for splice).
     http1: http1::Builder,
     /// HTTP/2 with prior knowledge (and anything that starts like it).
     http: auto::Builder<TokioExecutor>,

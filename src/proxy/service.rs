@@ -19,8 +19,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode, Version};
 
 use super::body::{ResponseBody, client_body_failed};
 use super::forward::forward;
@@ -30,14 +29,14 @@ use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest};
 use super::upstream::UpstreamError;
-use super::{ConnInfo, Proxy};
+use super::{ClientRequest, ConnInfo, Proxy};
 use crate::route_metrics::UpgradeResult;
 use crate::routes::Route;
 
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
-    request: Request<Incoming>,
+    request: ClientRequest,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut exchange = Exchange {
         start: Instant::now(),
@@ -191,7 +190,7 @@ fn client_body_broke(error: &UpstreamError) -> bool {
 /// What hyper lets through that no careful proxy forwards (RFC 9112).
 /// Every refusal is a 400 that closes the connection.
 fn validate(
-    request: &Request<Incoming>,
+    request: &ClientRequest,
     authority: Option<&str>,
     seen: &SeenFields,
 ) -> Result<(), &'static str> {
@@ -239,10 +238,7 @@ fn validate(
 /// header (`host`, the first one), as a header value (sent on as `Host`
 /// and `X-Forwarded-Host` without a copy) that is known to be a non-empty
 /// string.
-fn request_authority(
-    request: &Request<Incoming>,
-    host: Option<HeaderValue>,
-) -> Option<HeaderValue> {
+fn request_authority(request: &ClientRequest, host: Option<HeaderValue>) -> Option<HeaderValue> {
     let value = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok()?,
         None => host?,

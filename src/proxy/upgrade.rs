@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
-use hyper::body::{Body, Incoming};
+use http::{Response, StatusCode, Version};
+use hyper::body::Body;
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
@@ -21,7 +21,7 @@ use super::h1::{BackendBody, Connection, ProxyFields};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
-use super::{ConnInfo, Proxy};
+use super::{ClientRequest, ConnInfo, Proxy};
 use crate::route_metrics::UpgradeResult;
 use crate::routes::{Pick, Route};
 
@@ -69,11 +69,14 @@ pub async fn upgrade(
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
     first: Pick,
-    request: Request<Incoming>,
+    request: ClientRequest,
     protocols: Vec<String>,
     proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
-    let retryable = may_retry(request.method(), request.body().is_end_stream());
+    let retryable = may_retry(
+        request.method(),
+        request.body().as_ref().is_none_or(Body::is_end_stream),
+    );
     let mut attempts = Attempts::new(&route.backend, first, retryable);
     let mut endpoint = first;
     let connected = loop {
@@ -120,7 +123,7 @@ async fn handshake(
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
     stream: TcpStream,
-    mut request: Request<Incoming>,
+    mut request: ClientRequest,
     protocols: &[String],
     proxy_fields: &ProxyFields<'_>,
 ) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {

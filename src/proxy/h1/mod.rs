@@ -1,4 +1,5 @@
-//! HTTP/1.1 to backends, driven inside the request's own task.
+//! HTTP/1.1 on both sides: to backends, driven inside the request's own
+//! task, and from clients for the common bodiless request.
 //!
 //! hyper's client runs every backend connection as a task of its own and
 //! hands each request and response across channels: two more wake-ups and
@@ -13,11 +14,22 @@
 //! - [`connection`]: one backend connection and its exchange;
 //! - [`reader`]: a response body, which gives its connection back to the
 //!   pool when it has been read to its end.
+//!
+//! And HTTP/1.1 from clients, for requests without a body (the rest go
+//! to hyper's server):
+//!
+//! - [`request`]: a client's request head, into the pipeline's request;
+//! - [`respond`]: a response head and its body's framing;
+//! - [`server`]: one client connection, until it closes or is handed to
+//!   hyper.
 
 pub mod connection;
 pub mod decode;
 pub mod encode;
 pub mod reader;
+pub mod request;
+pub mod respond;
+pub mod server;
 
 pub use connection::{Connection, ExchangeError, Outgoing};
 pub use decode::ResponseHead;

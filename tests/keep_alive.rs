@@ -1,0 +1,223 @@
+//! Client keep-alive connections over real sockets: bodiless requests are
+//! served by switchyard's own HTTP/1 server, and the first request that
+//! is not (a body, an upgrade) hands the connection to hyper with what was
+//! already read. Pipelining, response framing, the idle limit, `Connection:
+//! close` and draining.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestProxy;
+use common::backends::{self, head_value, read_exactly, read_head, read_until_closed};
+use common::manifests::route;
+use switchyard::proxy::ProxyConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Reads one response framed by `Content-Length` or chunked, starting
+/// with `rest` (bytes already read); returns its head and body, and the
+/// bytes read past it.
+async fn read_response(stream: &mut TcpStream, mut rest: Vec<u8>) -> (String, Vec<u8>, Vec<u8>) {
+    let end = loop {
+        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        rest = read_exactly(stream, rest.clone(), rest.len() + 1).await;
+    };
+    let after = rest.split_off(end + 4);
+    let head = String::from_utf8(rest).unwrap();
+    if let Some(length) = head_value(&head, "content-length") {
+        let length: usize = length.parse().unwrap();
+        let mut all = read_exactly(stream, after, length).await;
+        let past = all.split_off(length);
+        return (head, all, past);
+    }
+    assert_eq!(
+        head_value(&head, "transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{head}"
+    );
+    let mut data = after;
+    let mut body = Vec::new();
+    loop {
+        while !data.windows(2).any(|w| w == b"\r\n") {
+            data = read_exactly(stream, data.clone(), data.len() + 1).await;
+        }
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap(), 16).unwrap();
+        let need = line_end + 2 + size + 2;
+        let mut all = read_exactly(stream, data, need).await;
+        let past = all.split_off(need);
+        if size == 0 {
+            return (head, body, past);
+        }
+        body.extend_from_slice(&all[line_end + 2..line_end + 2 + size]);
+        data = past;
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_rest_to_hyper() {
+    let echo = backends::echo("e").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /b HTTP/1.1\r\nHost: h\r\n\r\n\
+              POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+              GET /d HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    for expected in ["GET /a", "GET /b", "POST /c", "GET /d"] {
+        let (head, body, past) = read_response(&mut client, rest).await;
+        rest = past;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.starts_with(&format!("e\n{expected}\n")), "{body}");
+        if expected == "POST /c" {
+            assert!(body.contains("body-bytes: 5"), "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn responses_keep_their_framing_large_and_chunked() {
+    let big = "x".repeat(100_000);
+    let chunked = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let backend = backends::scripted(move |mut s| {
+        let big = big.clone();
+        async move {
+            let mut rest = Vec::new();
+            loop {
+                let (head, more) = match tokio::time::timeout(Duration::from_secs(5), async {
+                    read_head(&mut s).await
+                })
+                .await
+                {
+                    Ok(got) => got,
+                    Err(_) => return,
+                };
+                rest.extend_from_slice(&more);
+                let answer = if head.starts_with("GET /big ") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{big}",
+                        big.len()
+                    )
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}")
+                };
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\nGET /chunked HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body, rest) = read_response(&mut client, Vec::new()).await;
+    assert_eq!(
+        head_value(&head, "content-length").as_deref(),
+        Some("100000")
+    );
+    assert_eq!(body.len(), 100_000);
+    assert!(body.iter().all(|&b| b == b'x'));
+    let (head, body, _) = read_response(&mut client, rest).await;
+    assert_eq!(
+        head_value(&head, "transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello world");
+    assert!(head_value(&head, "date").is_some(), "{head}");
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_in_kind_and_the_connection_closed() {
+    let echo = backends::echo("e").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _, _) = read_response(&mut client, Vec::new()).await;
+    assert_eq!(
+        head_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    assert!(read_until_closed(&mut client).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_the_header_read_timeout_is_closed_unanswered() {
+    let echo = backends::echo("e").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _, rest) = read_response(&mut client, Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(rest.is_empty());
+    // Then half a head, and nothing more: the same limit applies.
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert!(read_until_closed(&mut client).await.is_empty());
+    proxy
+        .wait_metric("switchyard_connections_active", &[], 0.0)
+        .await;
+}
+
+#[tokio::test]
+async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_response() {
+    let echo = backends::echo("e").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut idle, Vec::new()).await;
+    let mut busy = TcpStream::connect(proxy.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    // The slow request is at the backend (which waits 500 ms) when the
+    // drain begins.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let shutdown = proxy.shutdown.clone();
+    let drain = tokio::spawn(async move { shutdown.run(Duration::from_secs(5)).await });
+
+    let closed = tokio::time::timeout(Duration::from_millis(300), read_until_closed(&mut idle))
+        .await
+        .expect("the idle connection closes at once");
+    assert!(closed.is_empty());
+    let (head, body, _) = read_response(&mut busy, Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        head_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .starts_with("e\nGET /slow\n")
+    );
+    assert!(read_until_closed(&mut busy).await.is_empty());
+    drain.await.unwrap();
+}
