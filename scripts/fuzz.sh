@@ -14,6 +14,10 @@
 #                    reference reading of the Ingress path and host rules
 #   backend_response any bytes as a backend's answer: head parser and
 #                    chunked decoder, one read against many
+#   client_request   any bytes as a client's requests: the own HTTP/1
+#                    server's head parser, one read against many; what it
+#                    serves carries no body framing, what it hands to
+#                    hyper is left as it was
 #
 # What it does:
 # - installs cargo-fuzz (`cargo install --locked cargo-fuzz`) if missing;
@@ -36,7 +40,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(manifest_loader annotations translate matcher backend_response)
+all_targets=(manifest_loader annotations translate matcher backend_response client_request)
 seconds="${FUZZ_SECONDS:-60}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 
