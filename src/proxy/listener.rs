@@ -120,7 +120,7 @@ impl Proxy {
                 }
             };
             match ended {
-                h1::server::Ended::Closed => return,
+                h1::server::Ended::Closed | h1::server::Ended::Switched => return,
                 h1::server::Ended::HandOff(stream, read) => (stream, read),
             }
         };

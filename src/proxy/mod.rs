@@ -5,6 +5,7 @@
 pub mod body;
 pub mod client_io;
 pub mod client_limits;
+pub mod client_upgrade;
 pub mod forward;
 pub mod h1;
 pub mod headers;

@@ -139,7 +139,7 @@ pub struct TunnelOutcome {
 
 impl TunnelOutcome {
     /// The client connection was gone before its tunnel could start.
-    pub fn client_gone(error: hyper::Error) -> Self {
+    pub fn client_gone(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             reason: CloseReason::ClientError,
             error: Some(io::Error::other(error)),

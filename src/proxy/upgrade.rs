@@ -16,6 +16,7 @@ use hyper::body::Body;
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
+use super::client_upgrade::ClientUpgrade;
 use super::forward::{ForBackend, relay};
 use super::h1::{BackendBody, Connection, ProxyFields};
 use super::headers::{connection_has, strip_hop_by_hop, tokens};
@@ -129,8 +130,8 @@ async fn handshake(
 ) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {
     // Taken before the request is consumed: resolves to the client's raw
     // connection (with any bytes it sent behind the request) once our 101
-    // has been written.
-    let client_upgrade = hyper::upgrade::on(&mut request);
+    // has been written, by whichever server parsed the request.
+    let client_upgrade = ClientUpgrade::of(&mut request);
 
     let mut request = ForBackend::new(request)?;
     let headers = &mut request.parts.headers;
@@ -193,9 +194,8 @@ async fn handshake(
         let route = tunnel_route;
         let series = route.metrics.tunnels(&proxy.metrics, &route.labels);
         series.active.inc();
-        let outcome = match client_upgrade.await {
-            Ok(client) => {
-                let (client, to_backend) = TunnelEnd::new(client);
+        let outcome = match client_upgrade.connection().await {
+            Ok((client, to_backend)) => {
                 Tunnel::new(
                     client,
                     TunnelEnd::Socket(backend),

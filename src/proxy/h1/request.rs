@@ -1,14 +1,13 @@
 //! A client's request head, parsed into the pipeline's request when it is
 //! one [`super::server`] serves itself: HTTP/1.1, no body (neither
-//! `Content-Length` nor `Transfer-Encoding`), no upgrade, no `Expect`, no
-//! `TE`, and `Connection` at most `close` or `keep-alive`. That is almost
-//! every request a page or an API client sends, and it leaves no framing
-//! to decide: a request without either length field has no body (RFC 9112
-//! 6.3).
+//! `Content-Length` nor `Transfer-Encoding`), no `Expect`, no `TE`. That
+//! is almost every request a page, an API client or a WebSocket client
+//! sends, and it leaves no framing to decide: a request without either
+//! length field has no body (RFC 9112 6.3).
 //!
 //! Anything else, malformed heads included, is [`Head::NotOurs`]: hyper is
 //! given the connection from that request on and answers it as it always
-//! has (400, 414, 431, bodies, `100 Continue`, upgrades).
+//! has (400, 414, 431, bodies, `100 Continue`).
 
 use std::mem::MaybeUninit;
 
@@ -28,9 +27,14 @@ const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 // would be an allocation per request.
 #[expect(clippy::large_enum_variant)]
 pub enum Head {
-    /// A whole head, taken off the buffer, and whether the client asked
-    /// for the connection to close after it.
-    Request { request: ClientRequest, close: bool },
+    /// A whole head, taken off the buffer; whether the client asked for
+    /// the connection to close after it, and whether it asks for an
+    /// upgrade (an `Upgrade` field: the pipeline decides on it).
+    Request {
+        request: ClientRequest,
+        close: bool,
+        upgrade: bool,
+    },
     /// The head is not whole yet.
     Partial,
     /// Not a request served here; the buffer is left as it was.
@@ -51,7 +55,7 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
     // in, and zeroing room for a hundred per request cost more than
     // parsing the head.
     let mut fields = [const { MaybeUninit::<FieldAt>::uninit() }; MAX_HEADERS];
-    let (len, count, method, target, close) = {
+    let (len, count, method, target, close, upgrade) = {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let len = match request.parse_with_uninit_headers(buf, &mut headers) {
@@ -67,15 +71,12 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
             let start = s.as_ptr() as usize - base;
             (start, start + s.len())
         };
-        let mut close = false;
+        let (mut close, mut upgrade) = (false, false);
         for (field, header) in fields.iter_mut().zip(request.headers.iter()) {
             match Field::of(header.name.as_bytes()) {
-                Field::Framing => return Head::NotOurs,
-                Field::Connection => match Connection::of(header.value) {
-                    Some(Connection::Close) => close = true,
-                    Some(Connection::KeepAlive) => {}
-                    None => return Head::NotOurs,
-                },
+                Field::HandedOff => return Head::NotOurs,
+                Field::Connection => close |= names_close(header.value),
+                Field::Upgrade => upgrade = true,
                 Field::Other => {}
             }
             field.write(FieldAt {
@@ -96,6 +97,7 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
             method,
             at(target.as_bytes()),
             close,
+            upgrade,
         )
     };
     // SAFETY: the loop above wrote the first `count` (the number of
@@ -104,7 +106,11 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
     let fields = unsafe { std::slice::from_raw_parts(fields.as_ptr().cast::<FieldAt>(), count) };
     let head = buf.split_to(len).freeze();
     match build(&head, fields, method, target) {
-        Some(request) => Head::Request { request, close },
+        Some(request) => Head::Request {
+            request,
+            close,
+            upgrade,
+        },
         None => {
             // Rare (a target or name httparse allows and `http` does
             // not): the bytes go back for hyper, which answers 400.
@@ -145,49 +151,33 @@ fn build(
 
 /// What a field means for serving the request here.
 enum Field {
-    /// It frames a body, asks for an upgrade, `100 Continue` or trailers.
-    Framing,
+    /// It frames a body, or asks for `100 Continue` or trailers: hyper's.
+    HandedOff,
     Connection,
+    Upgrade,
     Other,
 }
 
 impl Field {
     fn of(name: &[u8]) -> Self {
-        const HANDED_OFF: [&[u8]; 5] = [
-            b"content-length",
-            b"transfer-encoding",
-            b"upgrade",
-            b"expect",
-            b"te",
-        ];
+        const HANDED_OFF: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"expect", b"te"];
         if name.eq_ignore_ascii_case(b"connection") {
             Self::Connection
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            Self::Upgrade
         } else if HANDED_OFF.iter().any(|h| name.eq_ignore_ascii_case(h)) {
-            Self::Framing
+            Self::HandedOff
         } else {
             Self::Other
         }
     }
 }
 
-enum Connection {
-    Close,
-    KeepAlive,
-}
-
-impl Connection {
-    /// A `Connection` value of the one option it names, if it is `close`
-    /// or `keep-alive`.
-    fn of(value: &[u8]) -> Option<Self> {
-        let value = value.trim_ascii();
-        if value.eq_ignore_ascii_case(b"close") {
-            Some(Self::Close)
-        } else if value.eq_ignore_ascii_case(b"keep-alive") {
-            Some(Self::KeepAlive)
-        } else {
-            None
-        }
-    }
+/// Whether a `Connection` value lists `close`.
+fn names_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]
@@ -195,9 +185,18 @@ mod tests {
     use super::*;
 
     fn parsed(raw: &str) -> (ClientRequest, bool, BytesMut) {
+        let (request, close, _, rest) = parsed_upgrade(raw);
+        (request, close, rest)
+    }
+
+    fn parsed_upgrade(raw: &str) -> (ClientRequest, bool, bool, BytesMut) {
         let mut buf = BytesMut::from(raw);
         match parse(&mut buf, 1024) {
-            Head::Request { request, close } => (request, close, buf),
+            Head::Request {
+                request,
+                close,
+                upgrade,
+            } => (request, close, upgrade, buf),
             Head::Partial => panic!("partial: {raw:?}"),
             Head::NotOurs => panic!("not ours: {raw:?}"),
         }
@@ -230,22 +229,36 @@ mod tests {
     }
 
     #[test]
-    fn connection_close_and_keep_alive_are_served_and_close_is_noted() {
+    fn a_connection_option_close_is_noted_among_others() {
         let (_, close, _) = parsed("GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n");
         assert!(close);
-        let (_, close, _) = parsed("GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n");
+        let (_, close, _) =
+            parsed("GET / HTTP/1.1\r\nHost: h\r\nConnection: x-secret ,close\r\n\r\n");
+        assert!(close);
+        let (request, close, _) =
+            parsed("GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-secret\r\n\r\n");
         assert!(!close);
+        assert_eq!(request.headers()["connection"], "keep-alive, x-secret");
     }
 
     #[test]
-    fn bodies_upgrades_and_other_connection_options_go_to_hyper() {
+    fn an_upgrade_request_is_served_and_noted() {
+        let (request, close, upgrade, _) = parsed_upgrade(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(upgrade);
+        assert!(!close);
+        assert_eq!(request.headers()["upgrade"], "websocket");
+        let (_, _, upgrade, _) = parsed_upgrade("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(!upgrade);
+    }
+
+    #[test]
+    fn bodies_continue_and_trailers_go_to_hyper() {
         not_ours("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
         not_ours("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
-        not_ours("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-        not_ours("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n");
         not_ours("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
         not_ours("GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n");
-        not_ours("GET / HTTP/1.1\r\nHost: h\r\nConnection: close, x-secret\r\n\r\n");
     }
 
     #[test]

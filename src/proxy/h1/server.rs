@@ -8,11 +8,16 @@
 //! the response straight into one write (19,900 instructions per request
 //! in all).
 //!
-//! The first request that is not of that kind (a body, an upgrade, a
-//! malformed head) and everything after it on the connection go to hyper
+//! The first request that is not of that kind (a body, a malformed head)
+//! and everything after it on the connection go to hyper
 //! ([`Ended::HandOff`]), with the bytes already read: hyper answers it as
-//! it answered every request before, so what a client sees of framing,
-//! errors and upgrades is still hyper's.
+//! it answered every request before, so what a client sees of body
+//! framing and errors is still hyper's.
+//!
+//! An upgrade request is served here: when the pipeline answers it `101`,
+//! the head is written and the socket, with what the client sent behind
+//! the request, goes to the tunnel the pipeline has waiting
+//! ([`OwnUpgrade`]); nothing after the `101` is read as HTTP.
 //!
 //! The connection keeps hyper's limits and manners: a head has the header
 //! read timeout from when it is waited for (keep-alive idle time
@@ -30,15 +35,17 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Response};
-use http_body::Body;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Body, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::encode::{chunk_size_line, last_chunk};
 use super::request::{self, Head};
 use super::respond::{Framing, encode_head};
 use crate::proxy::body::ResponseBody;
+use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
 use crate::proxy::{ClientRequest, ConnInfo, Proxy, service};
 
@@ -61,6 +68,8 @@ pub enum Ended {
     Closed,
     /// hyper serves it from here, reading these bytes first.
     HandOff(TcpStream, Bytes),
+    /// It switched protocols: the tunnel has it.
+    Switched,
 }
 
 /// What a connection's server and the accept loop that drives it tell
@@ -105,13 +114,26 @@ pub async fn serve(
     let mut out = Vec::new();
     loop {
         let waited = next_request(proxy, &mut stream, &mut buf, &mut head_timer, drain);
-        let (request, client_close) = match waited.await {
-            Next::Request(request, close) => (request, close),
+        let (mut request, client_close, upgrade) = match waited.await {
+            Next::Request {
+                request,
+                close,
+                upgrade,
+            } => (request, close, upgrade),
             Next::HandOff => return Ended::HandOff(stream, buf.freeze()),
             Next::Closed => return Ended::Closed,
         };
+        // The tunnel's end of a switch, should the pipeline make one.
+        let switch = upgrade.then(|| {
+            let (switch, own) = OwnUpgrade::pair();
+            request.extensions_mut().insert(own);
+            switch
+        });
         let method = request.method().clone();
         let Ok(response) = service::handle(proxy.clone(), conn.clone(), request).await;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return switch_protocols(stream, out, buf, response, switch).await;
+        }
         let close = client_close || drain.has_begun();
         match write_response(&mut stream, &mut out, response, &method, close).await {
             Ok(true) if !close && !drain.has_begun() => {}
@@ -135,7 +157,11 @@ pub async fn serve(
 // Unboxed, as `Head`.
 #[expect(clippy::large_enum_variant)]
 enum Next {
-    Request(ClientRequest, bool),
+    Request {
+        request: ClientRequest,
+        close: bool,
+        upgrade: bool,
+    },
     HandOff,
     Closed,
 }
@@ -154,7 +180,17 @@ async fn next_request(
     let mut timer_set = false;
     loop {
         match request::parse(buf, max_head) {
-            Head::Request { request, close } => return Next::Request(request, close),
+            Head::Request {
+                request,
+                close,
+                upgrade,
+            } => {
+                return Next::Request {
+                    request,
+                    close,
+                    upgrade,
+                };
+            }
             Head::NotOurs => return Next::HandOff,
             Head::Partial => {}
         }
@@ -186,6 +222,39 @@ async fn next_request(
             Ok(_) => {}
         }
     }
+}
+
+/// Writes the `101` head and hands the connection, with the bytes read
+/// past the request, to the tunnel waiting for it.
+async fn switch_protocols(
+    mut stream: TcpStream,
+    mut out: Vec<u8>,
+    mut buf: BytesMut,
+    response: Response<ResponseBody>,
+    switch: Option<oneshot::Sender<Switched>>,
+) -> Ended {
+    let Some(switch) = switch else {
+        // The pipeline answers 101 only to an upgrade it made: not one.
+        tracing::warn!("101 for a request that asked for no upgrade; closing");
+        return Ended::Closed;
+    };
+    let (parts, body) = response.into_parts();
+    drop(body);
+    out.clear();
+    let encoded = encode_head(
+        &mut out,
+        &parts,
+        SizeHint::with_exact(0),
+        &Method::GET,
+        false,
+    );
+    if encoded.is_err() || stream.write_all(&out).await.is_err() {
+        return Ended::Closed;
+    }
+    let early = buf.split().freeze();
+    // A tunnel that is gone by now drops the connection with the channel.
+    let _ = switch.send(Switched { stream, early });
+    Ended::Switched
 }
 
 /// Writes `response`; `Ok(false)` when the connection must close after
