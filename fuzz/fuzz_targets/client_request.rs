@@ -4,8 +4,8 @@
 //! in the pieces the input names (a request served or handed on that
 //! depended on where a read ended would be a desync), must leave the
 //! buffer exactly as it was when it hands a request to hyper, and must
-//! never serve a request that carries body framing, an upgrade, `Expect`
-//! or `TE`. A violation is a crash.
+//! never serve a request that carries body framing, `Expect` or `TE`. A
+//! violation is a crash.
 //!
 //! Input: one byte of read size, then the bytes the client sends.
 

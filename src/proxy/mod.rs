@@ -87,7 +87,7 @@ pub struct Proxy {
     pub shutdown: Shutdown,
     pool: Arc<Pool>,
     /// HTTP/1 connections from their first request that `h1::server`
-    /// does not serve (a body, an upgrade, a malformed head), served by
+    /// does not serve (a body, a malformed head), served by
     /// hyper directly so that an upgraded connection can be taken back as
     /// the socket it is (for splice).
     http1: http1::Builder,

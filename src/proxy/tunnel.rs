@@ -46,8 +46,10 @@ pub struct Tunnel<C, B> {
     early: (Bytes, Bytes),
 }
 
-/// One side of a tunnel: the TCP socket itself when hyper hands it back
-/// (then bulk data can go by splice), else hyper's upgraded connection.
+/// One side of a tunnel: the TCP socket itself (then bulk data can go by
+/// splice), as the backend's always is and the client's is from
+/// switchyard's own HTTP/1 server or when hyper hands it back; else
+/// hyper's upgraded connection.
 pub enum TunnelEnd {
     Socket(TcpStream),
     Upgraded(TokioIo<Upgraded>),
