@@ -16,8 +16,9 @@
 #                    chunked decoder, one read against many
 #   client_request   any bytes as a client's requests: the own HTTP/1
 #                    server's head parser, one read against many; what it
-#                    serves carries no body framing, what it hands to
-#                    hyper is left as it was
+#                    serves carries one plain Content-Length at most (its
+#                    body is skipped), what it hands to hyper is left as
+#                    it was
 #
 # What it does:
 # - installs cargo-fuzz (`cargo install --locked cargo-fuzz`) if missing;

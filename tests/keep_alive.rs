@@ -1,8 +1,9 @@
-//! Client keep-alive connections over real sockets: bodiless requests are
-//! served by switchyard's own HTTP/1 server, and the first request that
-//! is not (a body, an upgrade) hands the connection to hyper with what was
-//! already read. Pipelining, response framing, the idle limit, `Connection:
-//! close` and draining.
+//! Client keep-alive connections over real sockets: requests without a
+//! body or with one of a `Content-Length` are served by switchyard's own
+//! HTTP/1 server, and the first request that is not (a chunked body, say)
+//! hands the connection to hyper with what was already read. Pipelining,
+//! bodies, response framing, the idle limit, `Connection: close` and
+//! draining.
 
 mod common;
 
@@ -59,30 +60,56 @@ async fn read_response(stream: &mut TcpStream, mut rest: Vec<u8>) -> (String, Ve
 }
 
 #[tokio::test]
-async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_rest_to_hyper() {
+async fn pipelined_requests_are_answered_in_order_and_a_chunked_body_hands_the_rest_to_hyper() {
     let echo = backends::echo("e").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(
             b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
-              GET /b HTTP/1.1\r\nHost: h\r\n\r\n\
-              POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+              POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+              POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
               GET /d HTTP/1.1\r\nHost: h\r\n\r\n",
         )
         .await
         .unwrap();
     let mut rest = Vec::new();
-    for expected in ["GET /a", "GET /b", "POST /c", "GET /d"] {
+    for (expected, body_bytes) in [
+        ("GET /a", None),
+        ("POST /b", Some(5)),
+        ("POST /c", Some(3)),
+        ("GET /d", None),
+    ] {
         let (head, body, past) = read_response(&mut client, rest).await;
         rest = past;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let body = String::from_utf8(body).unwrap();
         assert!(body.starts_with(&format!("e\n{expected}\n")), "{body}");
-        if expected == "POST /c" {
-            assert!(body.contains("body-bytes: 5"), "{body}");
+        if let Some(n) = body_bytes {
+            assert!(body.contains(&format!("body-bytes: {n}")), "{body}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_body_the_pipeline_did_not_read_closes_the_connection_after_the_answer() {
+    let echo = backends::echo("e").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // No route for this host: answered before a byte of the body is read,
+    // which would otherwise be taken for the next request.
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: nowhere\r\nContent-Length: 10\r\n\r\nGET / HTTP")
+        .await
+        .unwrap();
+    let (head, _, _) = read_response(&mut client, Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(
+        head_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    assert!(read_until_closed(&mut client).await.is_empty());
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use super::client_body::ClientBody;
 use super::h1::BackendBody;
 use super::observe::RequestRecord;
 use super::stall::StallTimer;
@@ -180,7 +180,7 @@ where
 /// without a body, which can be sent again), or the client's, streamed.
 pub enum UpstreamBody {
     Empty,
-    Streamed(TimeoutBody<Incoming>),
+    Streamed(TimeoutBody<ClientBody>),
 }
 
 impl Body for UpstreamBody {

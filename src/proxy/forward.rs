@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use http::uri::PathAndQuery;
 use http::{Response, Uri, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use super::body::{BodyProgress, ResponseBody, TimeoutBody, UpstreamBody};
+use super::client_body::ClientBody;
 use super::h1::{BackendBody, Outgoing, ProxyFields, RequestFraming};
 use super::headers::strip_hop_by_hop;
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -37,7 +38,7 @@ pub struct ForBackend {
     pub parts: http::request::Parts,
     target: PathAndQuery,
     framing: RequestFraming,
-    pub body: Option<Incoming>,
+    pub body: Option<ClientBody>,
 }
 
 impl ForBackend {

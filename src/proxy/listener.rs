@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::client_body::ClientBody;
 use super::client_io::ClientIo;
 use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
@@ -101,8 +102,8 @@ impl Proxy {
         // auto-detecting server, which waits for the rest.
         let seen = &first[..first.len().min(H2_PREFACE.len())];
         let http2_maybe = H2_PREFACE.starts_with(seen);
-        // HTTP/1 requests without a body are served here; the first other
-        // one, and the rest of its connection, go to hyper.
+        // Most HTTP/1 requests are served here (see `h1::request`); the
+        // first other one, and the rest of its connection, go to hyper.
         let (stream, first) = if http2_maybe {
             (stream, first.freeze())
         } else {
@@ -128,7 +129,11 @@ impl Proxy {
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {
-            service::handle(proxy.clone(), handler_conn.clone(), request.map(Some))
+            service::handle(
+                proxy.clone(),
+                handler_conn.clone(),
+                request.map(|body| Some(ClientBody::Hyper(body))),
+            )
         });
         let io = TokioIo::new(stream);
         let result = if http2_maybe {

@@ -3,6 +3,7 @@
 //! forwards it or upgrades it into a tunnel.
 
 pub mod body;
+pub mod client_body;
 pub mod client_io;
 pub mod client_limits;
 pub mod client_upgrade;
@@ -75,9 +76,9 @@ impl Default for ProxyConfig {
     }
 }
 
-/// A client's request as the pipeline takes it: the body is hyper's, or
-/// none at all.
-pub type ClientRequest = http::Request<Option<hyper::body::Incoming>>;
+/// A client's request as the pipeline takes it, from hyper's server or
+/// switchyard's own; `None` when it has no body.
+pub type ClientRequest = http::Request<Option<client_body::ClientBody>>;
 
 /// Everything a connection needs, shared by all of them.
 pub struct Proxy {
@@ -87,7 +88,7 @@ pub struct Proxy {
     pub shutdown: Shutdown,
     pool: Arc<Pool>,
     /// HTTP/1 connections from their first request that `h1::server`
-    /// does not serve (a body, a malformed head), served by
+    /// does not serve (a chunked body, a malformed head), served by
     /// hyper directly so that an upgraded connection can be taken back as
     /// the socket it is (for splice).
     http1: http1::Builder,

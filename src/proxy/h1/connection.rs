@@ -26,9 +26,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::ProtocolError;
 use super::decode::{self, ResponseHead};
 use super::encode::{self, ProxyFields, RequestFraming};
-use hyper::body::Incoming;
 
 use crate::proxy::body::{BoxError, TimeoutBody, UpstreamBody};
+use crate::proxy::client_body::ClientBody;
 use crate::proxy::stall::StallTimer;
 
 /// What one read asks for while a head is awaited: most heads fit, and a
@@ -214,7 +214,7 @@ async fn read_head(
 async fn send(
     writer: &mut WriteHalf<'_>,
     head: &[u8],
-    mut body: TimeoutBody<Incoming>,
+    mut body: TimeoutBody<ClientBody>,
     framing: RequestFraming,
     stall: &mut StallTimer,
 ) -> Result<(), ExchangeError> {

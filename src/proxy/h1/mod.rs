@@ -1,5 +1,5 @@
 //! HTTP/1.1 on both sides: to backends, driven inside the request's own
-//! task, and from clients for the common bodiless request.
+//! task, and from clients for the common request.
 //!
 //! hyper's client runs every backend connection as a task of its own and
 //! hands each request and response across channels: two more wake-ups and
@@ -15,8 +15,8 @@
 //! - [`reader`]: a response body, which gives its connection back to the
 //!   pool when it has been read to its end.
 //!
-//! And HTTP/1.1 from clients, for requests without a body (the rest go
-//! to hyper's server):
+//! And HTTP/1.1 from clients, for requests without a body or with one of
+//! a plain `Content-Length` (the rest go to hyper's server):
 //!
 //! - [`request`]: a client's request head, into the pipeline's request;
 //! - [`respond`]: a response head and its body's framing;

@@ -1,13 +1,14 @@
 //! A client's request head, parsed into the pipeline's request when it is
-//! one [`super::server`] serves itself: HTTP/1.1, no body (neither
-//! `Content-Length` nor `Transfer-Encoding`), no `Expect`, no `TE`. That
-//! is almost every request a page, an API client or a WebSocket client
-//! sends, and it leaves no framing to decide: a request without either
-//! length field has no body (RFC 9112 6.3).
+//! one [`super::server`] serves itself: HTTP/1.1, no `Transfer-Encoding`,
+//! at most one `Content-Length` that is a plain number, no `Expect`, no
+//! `TE`. That is almost every request a page, an API client or a
+//! WebSocket client sends, and it leaves no framing in doubt: the body is
+//! that many bytes, or none without the field (RFC 9112 6.3).
 //!
 //! Anything else, malformed heads included, is [`Head::NotOurs`]: hyper is
 //! given the connection from that request on and answers it as it always
-//! has (400, 414, 431, bodies, `100 Continue`).
+//! has (400, 414, 431, chunked bodies, merged or conflicting lengths,
+//! `100 Continue`).
 
 use std::mem::MaybeUninit;
 
@@ -28,12 +29,14 @@ const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 #[expect(clippy::large_enum_variant)]
 pub enum Head {
     /// A whole head, taken off the buffer; whether the client asked for
-    /// the connection to close after it, and whether it asks for an
-    /// upgrade (an `Upgrade` field: the pipeline decides on it).
+    /// the connection to close after it, whether it asks for an upgrade
+    /// (an `Upgrade` field: the pipeline decides on it), and the length of
+    /// its body (0 for none).
     Request {
         request: ClientRequest,
         close: bool,
         upgrade: bool,
+        body: u64,
     },
     /// The head is not whole yet.
     Partial,
@@ -55,7 +58,7 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
     // in, and zeroing room for a hundred per request cost more than
     // parsing the head.
     let mut fields = [const { MaybeUninit::<FieldAt>::uninit() }; MAX_HEADERS];
-    let (len, count, method, target, close, upgrade) = {
+    let (len, count, method, target, close, upgrade, body) = {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let len = match request.parse_with_uninit_headers(buf, &mut headers) {
@@ -71,12 +74,17 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
             let start = s.as_ptr() as usize - base;
             (start, start + s.len())
         };
-        let (mut close, mut upgrade) = (false, false);
+        let (mut close, mut upgrade, mut body) = (false, false, None);
         for (field, header) in fields.iter_mut().zip(request.headers.iter()) {
             match Field::of(header.name.as_bytes()) {
                 Field::HandedOff => return Head::NotOurs,
                 Field::Connection => close |= names_close(header.value),
                 Field::Upgrade => upgrade = true,
+                Field::ContentLength => match (body, plain_number(header.value)) {
+                    (None, Some(length)) => body = Some(length),
+                    // A second one, even an equal one, or not a number.
+                    _ => return Head::NotOurs,
+                },
                 Field::Other => {}
             }
             field.write(FieldAt {
@@ -98,6 +106,7 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
             at(target.as_bytes()),
             close,
             upgrade,
+            body.unwrap_or(0),
         )
     };
     // SAFETY: the loop above wrote the first `count` (the number of
@@ -110,6 +119,7 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
             request,
             close,
             upgrade,
+            body,
         },
         None => {
             // Rare (a target or name httparse allows and `http` does
@@ -151,18 +161,22 @@ fn build(
 
 /// What a field means for serving the request here.
 enum Field {
-    /// It frames a body, or asks for `100 Continue` or trailers: hyper's.
+    /// It frames a body in chunks, or asks for `100 Continue` or
+    /// trailers: hyper's.
     HandedOff,
     Connection,
     Upgrade,
+    ContentLength,
     Other,
 }
 
 impl Field {
     fn of(name: &[u8]) -> Self {
-        const HANDED_OFF: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"expect", b"te"];
+        const HANDED_OFF: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"te"];
         if name.eq_ignore_ascii_case(b"connection") {
             Self::Connection
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            Self::ContentLength
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             Self::Upgrade
         } else if HANDED_OFF.iter().any(|h| name.eq_ignore_ascii_case(h)) {
@@ -171,6 +185,18 @@ impl Field {
             Self::Other
         }
     }
+}
+
+/// A `Content-Length` value that is digits alone (RFC 9110 8.6), few
+/// enough to be a `u64`: anything else (a list, a sign, spaces inside,
+/// an empty value) is left to hyper.
+fn plain_number(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Whether a `Connection` value lists `close`.
@@ -196,6 +222,7 @@ mod tests {
                 request,
                 close,
                 upgrade,
+                ..
             } => (request, close, upgrade, buf),
             Head::Partial => panic!("partial: {raw:?}"),
             Head::NotOurs => panic!("not ours: {raw:?}"),
@@ -253,9 +280,56 @@ mod tests {
         assert!(!upgrade);
     }
 
+    fn body_length(raw: &str) -> u64 {
+        let mut buf = BytesMut::from(raw);
+        match parse(&mut buf, 1024) {
+            Head::Request { body, .. } => body,
+            _ => panic!("not served: {raw:?}"),
+        }
+    }
+
     #[test]
-    fn bodies_continue_and_trailers_go_to_hyper() {
-        not_ours("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+    fn one_plain_content_length_is_served_with_its_body_left_in_the_buffer() {
+        let raw = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(body_length(raw), 5);
+        let (request, _, rest) = parsed(raw);
+        assert_eq!(request.headers()["content-length"], "5");
+        assert_eq!(&rest[..], b"hello", "the body is the server's to read");
+        assert_eq!(
+            body_length("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
+            0
+        );
+        assert_eq!(
+            body_length("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 007\r\n\r\n"),
+            7
+        );
+        assert_eq!(body_length("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    }
+
+    #[test]
+    fn lengths_that_are_not_one_plain_number_go_to_hyper() {
+        for value in [
+            "5, 5",
+            "-1",
+            "+5",
+            "5 5",
+            "",
+            "0x10",
+            "1234567890123456789",
+            "five",
+        ] {
+            not_ours(&format!(
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {value}\r\n\r\n"
+            ));
+        }
+        not_ours("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        not_ours(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_continue_and_trailers_go_to_hyper() {
         not_ours("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
         not_ours("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n");
         not_ours("GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n");

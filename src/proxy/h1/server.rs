@@ -1,18 +1,24 @@
 //! A client's HTTP/1.1 connection served without hyper, for as long as its
-//! requests are the bodiless kind [`super::request`] parses: almost all
-//! of them. hyper's server was about 10,000 of the proxy's 23,000
-//! instructions per such request with 64 connections busy: it parses the
-//! head into its own state before the pipeline's request, runs a
-//! dispatcher between the two, and encodes the response through general
-//! machinery. Here the head goes straight into the pipeline's request and
-//! the response straight into one write (19,900 instructions per request
-//! in all).
+//! requests are the kind [`super::request`] parses (no body, or one of a
+//! plain `Content-Length`): almost all of them. hyper's server was about
+//! 10,000 of the proxy's 23,000 instructions per such request with 64
+//! connections busy: it parses the head into its own state before the
+//! pipeline's request, runs a dispatcher between the two, and encodes the
+//! response through general machinery. Here the head goes straight into
+//! the pipeline's request and the response straight into one write
+//! (20,100 instructions per request in all).
 //!
-//! The first request that is not of that kind (a body, a malformed head)
-//! and everything after it on the connection go to hyper
+//! A body of a `Content-Length` is read by the pipeline straight off the
+//! socket ([`LengthBody`], never a byte past it); a body the pipeline did
+//! not read to its end (a refusal before it, a backend that answered
+//! early) leaves the connection unusable, and it closes after the
+//! response.
+//!
+//! The first request that is not of that kind (a chunked body, a
+//! malformed head) and everything after it on the connection go to hyper
 //! ([`Ended::HandOff`]), with the bytes already read: hyper answers it as
-//! it answered every request before, so what a client sees of body
-//! framing and errors is still hyper's.
+//! it answered every request before, so what a client sees of chunked
+//! framing and of errors in heads is still hyper's.
 //!
 //! An upgrade request is served here: when the pipeline answers it `101`,
 //! the head is written and the socket, with what the client sent behind
@@ -45,6 +51,7 @@ use super::encode::{chunk_size_line, last_chunk};
 use super::request::{self, Head};
 use super::respond::{Framing, encode_head};
 use crate::proxy::body::ResponseBody;
+use crate::proxy::client_body::{ClientBody, LengthBody};
 use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
 use crate::proxy::{ClientRequest, ConnInfo, Proxy, service};
@@ -106,36 +113,66 @@ impl Drain {
 pub async fn serve(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     mut buf: BytesMut,
     drain: &Drain,
 ) -> Ended {
     let mut head_timer: Option<ReusedSleep> = None;
     let mut out = Vec::new();
+    // `None` only while a request body has the socket (see below).
+    let mut socket = Some(stream);
     loop {
-        let waited = next_request(proxy, &mut stream, &mut buf, &mut head_timer, drain);
-        let (mut request, client_close, upgrade) = match waited.await {
+        let stream = socket
+            .as_mut()
+            .expect("the socket is back between requests");
+        let waited = next_request(proxy, stream, &mut buf, &mut head_timer, drain);
+        let (mut request, client_close, upgrade, length) = match waited.await {
             Next::Request {
                 request,
                 close,
                 upgrade,
-            } => (request, close, upgrade),
-            Next::HandOff => return Ended::HandOff(stream, buf.freeze()),
+                body,
+            } => (request, close, upgrade, body),
+            Next::HandOff => return Ended::HandOff(take(&mut socket), buf.freeze()),
             Next::Closed => return Ended::Closed,
         };
+        let method = request.method().clone();
         // The tunnel's end of a switch, should the pipeline make one.
         let switch = upgrade.then(|| {
             let (switch, own) = OwnUpgrade::pair();
             request.extensions_mut().insert(own);
             switch
         });
-        let method = request.method().clone();
+        // A body is read by the pipeline from the socket, which comes back
+        // once the body is gone (with the service's future, at the latest).
+        let lent = (length > 0).then(|| {
+            let early = usize::try_from(length).map_or(buf.len(), |n| n.min(buf.len()));
+            let early = buf.split_to(early).freeze();
+            let (body, lent) = LengthBody::new(take(&mut socket), early, length);
+            *request.body_mut() = Some(ClientBody::Own(body));
+            lent
+        });
+        // One call site: the pipeline's future is built in place.
         let Ok(response) = service::handle(proxy.clone(), conn.clone(), request).await;
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return switch_protocols(stream, out, buf, response, switch).await;
+        let mut body_unread = false;
+        if let Some(lent) = lent {
+            let Ok(lent) = Arc::try_unwrap(lent) else {
+                // A body outliving its exchange: nothing to answer with.
+                tracing::warn!("request body still held after its response; closing");
+                return Ended::Closed;
+            };
+            body_unread = lent.unread() > 0;
+            socket = Some(lent.stream);
         }
-        let close = client_close || drain.has_begun();
-        match write_response(&mut stream, &mut out, response, &method, close).await {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return switch_protocols(take(&mut socket), out, buf, response, switch).await;
+        }
+        // Unread body bytes would be taken for the next request.
+        let close = client_close || body_unread || drain.has_begun();
+        let stream = socket
+            .as_mut()
+            .expect("the socket is back after the exchange");
+        match write_response(stream, &mut out, response, &method, close).await {
             Ok(true) if !close && !drain.has_begun() => {}
             Ok(_) => {
                 let _ = stream.shutdown().await;
@@ -161,6 +198,7 @@ enum Next {
         request: ClientRequest,
         close: bool,
         upgrade: bool,
+        body: u64,
     },
     HandOff,
     Closed,
@@ -184,11 +222,13 @@ async fn next_request(
                 request,
                 close,
                 upgrade,
+                body,
             } => {
                 return Next::Request {
                     request,
                     close,
                     upgrade,
+                    body,
                 };
             }
             Head::NotOurs => return Next::HandOff,
@@ -222,6 +262,11 @@ async fn next_request(
             Ok(_) => {}
         }
     }
+}
+
+/// The socket, which is there whenever the loop is not lending it out.
+fn take(socket: &mut Option<TcpStream>) -> TcpStream {
+    socket.take().expect("the socket is not lent out")
 }
 
 /// Writes the `101` head and hands the connection, with the bytes read
