@@ -11,6 +11,10 @@
 //!   trip, held a moment and closed (every fourth by a TCP reset);
 //! - clients that send a request (or half of one) and reset the
 //!   connection without reading the answer;
+//! - uploads to `stable.soak` on keep-alive connections: `Content-Length`
+//!   bodies from none to 1 MB, each with a `GET` pipelined behind it (a
+//!   body read a byte short or long would garble that answer), and every
+//!   eighth cut off mid-body by a reset;
 //! - the manifest rewritten every 3 s (an annotation value flips, an extra
 //!   host comes and goes: each is a route-table swap).
 //!
@@ -20,8 +24,8 @@
 //! than max(20 %, 16 MiB) or descriptors more than 64 above the level at the
 //! end of the warm-up, or when anything to `stable.soak` was lost.
 //!
-//! What counts as lost: a request to `stable.soak` that did not get a 200,
-//! or a tunnel to it that did not get its 101 and its echo. Nothing on that
+//! What counts as lost: a request or upload to `stable.soak` that did not
+//! get a 200, or a tunnel to it that did not get its 101 and its echo. Nothing on that
 //! path depends on the flaky backend, so none of these may fail. On
 //! `mixed.soak`, a `GET` without a body is retried on the other endpoint
 //! when the flaky one refuses or resets before the response head, so most
@@ -45,7 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::client::{HttpResult, POLL, Target, Until, http_load_until, upgrade, wait_serving};
-use crate::{chart, report, suite, sysstat};
+use crate::{backend, chart, report, suite, sysstat};
 
 pub struct Settings {
     pub switchyard: PathBuf,
@@ -151,6 +155,92 @@ struct Counters {
     tunnels_ok: AtomicU64,
     tunnels_failed: AtomicU64,
     resets: AtomicU64,
+    uploads_ok: AtomicU64,
+    uploads_failed: AtomicU64,
+}
+
+/// The body sizes uploads go round: none, a few bytes, within one read,
+/// over many reads, and an odd size over a megabyte's worth of reads.
+const UPLOAD_SIZES: [usize; 7] = [0, 1, 100, 4096, 65_536, 262_144, 1_000_003];
+
+/// Uploads to `target` until `stop`, on a keep-alive connection: each
+/// `POST /upload` goes out with a `GET /small` behind it in the same
+/// write, and both answers must be 200s of the backend's lengths. Every
+/// eighth upload is cut off mid-body by a reset instead (a client gone
+/// mid-upload), and the next one opens a new connection.
+async fn upload_loop(target: Target, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
+    let body = vec![b'u'; UPLOAD_SIZES[UPLOAD_SIZES.len() - 1]];
+    let mut stream: Option<TcpStream> = None;
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let size = UPLOAD_SIZES[n % UPLOAD_SIZES.len()];
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {size}\r\n\r\n",
+            target.host
+        );
+        let result = async {
+            let conn = match stream.as_mut() {
+                Some(conn) => conn,
+                None => stream.insert(TcpStream::connect(target.addr).await?),
+            };
+            if n.is_multiple_of(8) && size > 1 {
+                conn.write_all(head.as_bytes()).await?;
+                conn.write_all(&body[..size / 2]).await?;
+                conn.set_zero_linger()?;
+                stream = None;
+                counters.resets.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let mut wire = head.into_bytes();
+            wire.extend_from_slice(&body[..size]);
+            wire.extend_from_slice(
+                format!("GET /small HTTP/1.1\r\nHost: {}\r\n\r\n", target.host).as_bytes(),
+            );
+            conn.write_all(&wire).await?;
+            let answers = async {
+                let mut buf = Vec::new();
+                for expected in [2, 64] {
+                    let Some(answer) = backend::read_head(conn, &mut buf).await? else {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    };
+                    if answer.path != "200" || answer.content_length != expected {
+                        return Err(std::io::Error::other(format!(
+                            "answer {} with {} bytes, wanted 200 with {expected}",
+                            answer.path, answer.content_length
+                        )));
+                    }
+                    let rest = backend::discard(conn, &answer.rest, expected).await?;
+                    buf.extend_from_slice(&rest);
+                }
+                if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("bytes after the answers"))
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), answers)
+                .await
+                .map_err(|_| std::io::Error::other("answers timed out"))??;
+            Ok::<_, std::io::Error>(true)
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                counters.uploads_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!(
+                    "soak: upload of {size} bytes to {} failed: {e}",
+                    target.host
+                );
+                stream = None;
+                counters.uploads_failed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Opens tunnels to `target` one after the other until `stop`: each one
@@ -385,6 +475,13 @@ async fn drive(
             mixed_counters.clone(),
         )));
     }
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(upload_loop(
+            stable_target.clone(),
+            stop.clone(),
+            stable_counters.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reset_loop(
         http,
         stop.clone(),
@@ -488,9 +585,11 @@ async fn drive(
     plot(&samples, settings.warmup as f64, &settings.png)?;
 
     eprintln!(
-        "soak: stable.soak: {} requests, {} failed; {} tunnels, {} failed",
+        "soak: stable.soak: {} requests, {} failed; {} uploads, {} failed; {} tunnels, {} failed",
         stable_http.requests,
         stable_http.errors,
+        stable_counters.uploads_ok.load(Ordering::Relaxed),
+        stable_counters.uploads_failed.load(Ordering::Relaxed),
         stable_counters.tunnels_ok.load(Ordering::Relaxed),
         stable_counters.tunnels_failed.load(Ordering::Relaxed)
     );
@@ -521,7 +620,16 @@ async fn drive(
             "{stable_tunnel_failures} tunnels to stable.soak failed"
         ));
     }
-    if stable_http.requests == 0 || mixed_http.requests == 0 {
+    let stable_upload_failures = stable_counters.uploads_failed.load(Ordering::Relaxed);
+    if stable_upload_failures > 0 {
+        failures.push(format!(
+            "{stable_upload_failures} uploads to stable.soak failed"
+        ));
+    }
+    if stable_http.requests == 0
+        || mixed_http.requests == 0
+        || stable_counters.uploads_ok.load(Ordering::Relaxed) == 0
+    {
         failures.push("no load went through".into());
     }
     let warm: Vec<&Sample> = samples
