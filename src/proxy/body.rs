@@ -15,7 +15,6 @@ use http_body::{Body, Frame, SizeHint};
 use super::client_body::ClientBody;
 use super::h1::BackendBody;
 use super::observe::RequestRecord;
-use super::splice::KernelPipe;
 use super::stall::StallTimer;
 
 /// A client that stops sending its request body for longer than this is cut off.
@@ -174,47 +173,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl TimeoutBody<ClientBody> {
-    /// Whether the rest of the body is best spliced to the backend.
-    pub fn spliceable(&self) -> bool {
-        self.inner.spliceable()
-    }
-
-    /// Bytes of a spliceable body not yet handed on.
-    pub fn left(&self) -> u64 {
-        match &self.inner {
-            ClientBody::Own(body) => body.left(),
-            ClientBody::Hyper(_) => 0,
-        }
-    }
-
-    /// [`LengthBody::poll_splice`](super::client_body::LengthBody::poll_splice)
-    /// under the rules of [`Body::poll_frame`] here: the read timeout while
-    /// the client is waited for, progress marked for each move, the
-    /// client's failures as [`ClientBodyError`]s.
-    pub fn poll_splice(
-        &mut self,
-        cx: &mut Context<'_>,
-        pipe: &mut KernelPipe,
-    ) -> Poll<Result<usize, BoxError>> {
-        let ClientBody::Own(body) = &mut self.inner else {
-            unreachable!("only the own server's bodies are spliceable");
-        };
-        if let Poll::Ready(moved) = body.poll_splice(cx, pipe) {
-            self.stall.progress();
-            if let Some(progress) = &self.progress {
-                progress.frame_handed_on();
-            }
-            return Poll::Ready(moved.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError));
-        }
-        if let Some(progress) = &self.progress {
-            progress.waiting_on_client();
-        }
-        ready!(self.stall.poll_stalled(cx));
-        Poll::Ready(Err(Box::new(BodyReadTimeout)))
     }
 }
 

@@ -1,9 +1,7 @@
 //! A client's request body as the pipeline takes it: hyper's, for the
 //! requests hyper's server parsed, or [`LengthBody`], a body of one
 //! `Content-Length` that switchyard's own HTTP/1 server lets the pipeline
-//! read straight off the client's socket. A large one goes on to a plain
-//! TCP backend by splice(2) ([`LengthBody::poll_splice`]), never copied
-//! through this process, as tunnel data is.
+//! read straight off the client's socket.
 
 use std::io;
 use std::pin::Pin;
@@ -17,28 +15,13 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use super::body::BoxError;
-use super::splice::KernelPipe;
 
 /// Most read from the socket for one frame.
 const READ_CHUNK: u64 = 64 * 1024;
 
-/// Below this many bytes still to come, a body is read as frames: a pipe
-/// costs four system calls to make, size and close, and with 32 KiB 64 KiB
-/// bodies went 13 % slower spliced (`loadgen compare`), 1 MiB ones 19 %
-/// faster.
-const SPLICE_FROM: u64 = 128 * 1024;
-
 pub enum ClientBody {
     Hyper(Incoming),
     Own(LengthBody),
-}
-
-impl ClientBody {
-    /// Whether the rest of the body is best moved by splice: all that is
-    /// left of it is in the client's socket, and it is large.
-    pub fn spliceable(&self) -> bool {
-        matches!(self, Self::Own(body) if body.early.is_empty() && body.remaining >= SPLICE_FROM)
-    }
 }
 
 impl Body for ClientBody {
@@ -117,46 +100,6 @@ impl LengthBody {
     fn handed_on(&self, n: usize) {
         self.socket.unread.fetch_sub(n as u64, Ordering::Relaxed);
     }
-
-    /// Moves the next part of the body from the client's socket into the
-    /// empty `pipe`, never a byte past the body; once the bytes read with
-    /// the head have gone as a frame. The client closing first is an
-    /// error, as for frames.
-    pub fn poll_splice(
-        &mut self,
-        cx: &mut Context<'_>,
-        pipe: &mut KernelPipe,
-    ) -> Poll<io::Result<usize>> {
-        debug_assert!(
-            self.early.is_empty(),
-            "the early bytes go first, as a frame"
-        );
-        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX);
-        if max == 0 {
-            return Poll::Ready(Ok(0));
-        }
-        match ready!(pipe.poll_fill(cx, &self.socket.stream, max)) {
-            Ok(0) => Poll::Ready(Err(client_gone())),
-            Ok(n) => {
-                self.remaining -= n as u64;
-                self.handed_on(n);
-                Poll::Ready(Ok(n))
-            }
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    /// Bytes of the body not yet handed on.
-    pub fn left(&self) -> u64 {
-        self.early.len() as u64 + self.remaining
-    }
-}
-
-fn client_gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "client closed before the end of its body",
-    )
 }
 
 impl Body for LengthBody {
@@ -184,7 +127,13 @@ impl Body for LengthBody {
                 return Poll::Ready(Some(Err(e.into())));
             }
             match stream.try_read_buf(&mut (&mut buf).limit(want)) {
-                Ok(0) => return Poll::Ready(Some(Err(client_gone().into()))),
+                Ok(0) => {
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed before the end of its body",
+                    );
+                    return Poll::Ready(Some(Err(eof.into())));
+                }
                 Ok(n) => {
                     this.remaining -= n as u64;
                     this.handed_on(n);
@@ -221,28 +170,6 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(12));
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"hello, world");
-        let socket = Arc::try_unwrap(socket).ok().expect("the body is gone");
-        assert_eq!(socket.unread(), 0);
-        let mut next = [0u8; 9];
-        let mut stream = socket.stream;
-        stream.read_exact(&mut next).await.unwrap();
-        assert_eq!(&next, b"GET /next");
-    }
-
-    #[tokio::test]
-    async fn a_spliced_body_moves_its_length_and_no_more() {
-        let (mut client, server) = socket_pair().await;
-        client.write_all(b"hello, worldGET /next").await.unwrap();
-        let (mut body, socket) = LengthBody::new(server, Bytes::new(), 12);
-        let mut pipe = KernelPipe::new().unwrap();
-        let mut moved = 0;
-        while body.left() > 0 {
-            moved += std::future::poll_fn(|cx| body.poll_splice(cx, &mut pipe))
-                .await
-                .unwrap();
-        }
-        assert_eq!(moved, 12);
-        drop(body);
         let socket = Arc::try_unwrap(socket).ok().expect("the body is gone");
         assert_eq!(socket.unread(), 0);
         let mut next = [0u8; 9];

@@ -571,7 +571,7 @@ impl Pipe {
                 Poll::Pending => return Step::Pending,
             }
         }
-        match pipe.poll_fill(cx, from, super::splice::CHUNK) {
+        match pipe.poll_fill(cx, from) {
             Poll::Ready(Ok(0)) => Step::Eof,
             Poll::Ready(Ok(_)) => Step::Moved,
             Poll::Ready(Err(e)) => Step::Failed(PipeError::Read(e)),

@@ -29,7 +29,6 @@ use super::encode::{self, ProxyFields, RequestFraming};
 
 use crate::proxy::body::{BoxError, TimeoutBody, UpstreamBody};
 use crate::proxy::client_body::ClientBody;
-use crate::proxy::splice::KernelPipe;
 use crate::proxy::stall::StallTimer;
 
 /// What one read asks for while a head is awaited: most heads fit, and a
@@ -222,16 +221,7 @@ async fn send(
     write_all(writer, &mut [IoSlice::new(head)], stall).await?;
     let mut sent = 0u64;
     let mut trailers = None;
-    loop {
-        if matches!(framing, RequestFraming::Length(_)) && body.spliceable() {
-            // Out of pipes (descriptors) is no failure: frames still work.
-            if let Ok(pipe) = KernelPipe::new() {
-                sent += splice_rest(writer, &mut body, pipe, stall).await?;
-            }
-        }
-        let Some(frame) = body.frame().await else {
-            break;
-        };
+    while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ExchangeError::Body)?;
         let data = match frame.into_data() {
             Ok(data) => data,
@@ -271,44 +261,6 @@ async fn send(
         }
         _ => Ok(()),
     }
-}
-
-/// Moves the rest of a client's body from its socket to the backend's
-/// through `pipe`, by splice(2): filled from the client (at most what is
-/// left of the body), then emptied into the backend, under the same
-/// timeouts as frames. Returns the bytes moved.
-async fn splice_rest(
-    writer: &WriteHalf<'_>,
-    body: &mut TimeoutBody<ClientBody>,
-    mut pipe: KernelPipe,
-    stall: &mut StallTimer,
-) -> Result<u64, ExchangeError> {
-    let backend: &TcpStream = writer.as_ref();
-    let mut moved = 0u64;
-    while body.left() > 0 {
-        let n = poll_fn(|cx| body.poll_splice(cx, &mut pipe))
-            .await
-            .map_err(ExchangeError::Body)?;
-        moved += n as u64;
-        while !pipe.is_empty() {
-            poll_fn(|cx| match pipe.poll_drain(cx, backend) {
-                Poll::Ready(Ok(_)) => {
-                    stall.progress();
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(error)) => Poll::Ready(Err(ExchangeError::Io {
-                    error,
-                    answered: false,
-                })),
-                Poll::Pending => match stall.poll_stalled(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(ExchangeError::Stalled)),
-                    Poll::Pending => Poll::Pending,
-                },
-            })
-            .await?;
-        }
-    }
-    Ok(moved)
 }
 
 /// Writes all of `bufs`, failing with [`ExchangeError::Stalled`] once the
