@@ -91,6 +91,96 @@ async fn pipelined_requests_are_answered_in_order_and_a_chunked_body_hands_the_r
     }
 }
 
+/// A backend that answers every request with its body, byte for byte.
+async fn body_mirror() -> std::net::SocketAddr {
+    backends::scripted(|mut s| async move {
+        let mut rest = Vec::new();
+        loop {
+            // `read_head` reads from the socket only; bytes past the last
+            // body are the next head's start.
+            let (head, more) = if rest.is_empty() {
+                match tokio::time::timeout(Duration::from_secs(5), read_head(&mut s)).await {
+                    Ok(got) => got,
+                    Err(_) => return,
+                }
+            } else {
+                let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                let more = rest.split_off(end + 4);
+                (String::from_utf8(std::mem::take(&mut rest)).unwrap(), more)
+            };
+            let length: usize =
+                head_value(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+            let mut body = read_exactly(&mut s, more, length).await;
+            rest = body.split_off(length);
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
+            if s.write_all(answer.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_large_body_arriving_in_pieces_reaches_the_backend_intact_and_the_next_request_follows() {
+    let backend = body_mirror().await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // Large enough to go by splice after the bytes read with the head, odd
+    // so that no read size divides it.
+    let body: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut wire = format!(
+        "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&body);
+    wire.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    for piece in wire.chunks(300_001) {
+        client.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (head, echoed, rest) = read_response(&mut client, Vec::new()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "the backend got the body byte for byte");
+    let (head, after, _) = read_response(&mut client, rest).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the request behind the body: {head}"
+    );
+    assert!(after.is_empty());
+}
+
+#[tokio::test]
+async fn a_large_body_that_stalls_gets_408_and_the_connection_closes() {
+    let backend = body_mirror().await;
+    let config = ProxyConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[backend])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    // Past what is read with the head, then nothing more.
+    client.write_all(&vec![b'x'; 200_000]).await.unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_response(&mut client, Vec::new()),
+    );
+    let (head, _, _) = answer.await.expect("an answer within 10s");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert_eq!(
+        head_value(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_until_closed(&mut client).await;
+}
+
 #[tokio::test]
 async fn a_body_the_pipeline_did_not_read_closes_the_connection_after_the_answer() {
     let echo = backends::echo("e").await;

@@ -16,8 +16,17 @@ use tokio::net::TcpStream;
 
 use super::body::BoxError;
 
-/// Most read from the socket for one frame.
-const READ_CHUNK: u64 = 64 * 1024;
+/// Most read from the socket for one frame. Large frames mean fewer
+/// reads here and fewer, larger writes to the backend, whose wake-ups
+/// are what bounds a fast upload: 1 MiB uploads went from 530 to 350
+/// µs of proxy CPU per MB with 256 KiB frames instead of 64 KiB ones
+/// (hyper's server, which grows its read buffer, took 330-460).
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// A read that filled less than this share of its buffer is copied into
+/// a frame of its own size, so that a slow client's body waiting on a
+/// slow backend holds what it sent, not a whole `READ_CHUNK` per frame.
+const SMALL_READ_DIVISOR: usize = 4;
 
 pub enum ClientBody {
     Hyper(Incoming),
@@ -137,7 +146,12 @@ impl Body for LengthBody {
                 Ok(n) => {
                     this.remaining -= n as u64;
                     this.handed_on(n);
-                    return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+                    let data = if n < want / SMALL_READ_DIVISOR {
+                        Bytes::copy_from_slice(&buf)
+                    } else {
+                        buf.freeze()
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 // Readiness was cleared: the next poll waits for more.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
