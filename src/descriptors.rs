@@ -22,7 +22,7 @@
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Descriptors beyond two per connection: listeners, the event loop's own,
-/// file watches, API server connections, logs, splice pipes of busy tunnels.
+/// file watches, API server connections, logs.
 pub const HEADROOM: u64 = 256;
 
 /// Descriptors `switchyard run` wants with `max_connections` clients.

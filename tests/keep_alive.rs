@@ -126,8 +126,8 @@ async fn a_large_body_arriving_in_pieces_reaches_the_backend_intact_and_the_next
     let backend = body_mirror().await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    // Large enough to go by splice after the bytes read with the head, odd
-    // so that no read size divides it.
+    // Many reads' worth after the bytes read with the head, odd so that no
+    // read size divides it.
     let body: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut wire = format!(
         "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",

@@ -241,7 +241,7 @@ async fn bytes_a_backend_sends_right_behind_its_101_are_delivered() {
 
 #[tokio::test]
 async fn megabytes_each_way_cross_a_tunnel_intact() {
-    // Large enough that both directions leave the copy path for splice.
+    // Many full reads each way, and more than the sockets buffer.
     let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
     let (client, rest) = open_tunnel(&proxy).await;
     assert!(rest.is_empty());

@@ -172,7 +172,7 @@ impl Body for LengthBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::splice::tests::socket_pair;
+    use crate::proxy::test_sockets::socket_pair;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -78,7 +78,7 @@ impl ClientUpgrade {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::splice::tests::socket_pair;
+    use crate::proxy::test_sockets::socket_pair;
 
     #[tokio::test]
     async fn the_own_server_hands_over_the_socket_and_early_bytes() {

@@ -15,8 +15,9 @@ pub mod observe;
 pub mod pool;
 pub mod responses;
 pub mod service;
-pub mod splice;
 pub mod stall;
+#[cfg(test)]
+pub mod test_sockets;
 pub mod timer;
 pub mod tunnel;
 pub mod upgrade;
@@ -90,7 +91,7 @@ pub struct Proxy {
     /// HTTP/1 connections from their first request that `h1::server`
     /// does not serve (a chunked body, a malformed head), served by
     /// hyper directly so that an upgraded connection can be taken back as
-    /// the socket it is (for splice).
+    /// the socket it is (read and written without hyper's wrapper).
     http1: http1::Builder,
     /// HTTP/2 with prior knowledge (and anything that starts like it).
     http: auto::Builder<TokioExecutor>,
