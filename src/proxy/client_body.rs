@@ -129,12 +129,14 @@ impl Body for LengthBody {
             return Poll::Ready(None);
         }
         let want = this.remaining.min(READ_CHUNK) as usize;
-        let mut buf = BytesMut::with_capacity(want);
         let stream = &this.socket.stream;
         loop {
             if let Err(e) = ready!(stream.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(e.into())));
             }
+            // Made once there is something to read: a body waiting on its
+            // client holds no buffer.
+            let mut buf = BytesMut::with_capacity(want);
             match stream.try_read_buf(&mut (&mut buf).limit(want)) {
                 Ok(0) => {
                     let eof = io::Error::new(
