@@ -28,6 +28,7 @@ const READ_CHUNK: u64 = 256 * 1024;
 /// slow backend holds what it sent, not a whole `READ_CHUNK` per frame.
 const SMALL_READ_DIVISOR: usize = 4;
 
+/// The body of a client's request, from whichever server parsed it.
 pub enum ClientBody {
     Hyper(Incoming),
     Own(LengthBody),

@@ -183,8 +183,8 @@ impl TunnelOutcome {
 
 impl<C, B> Tunnel<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin + 'static,
-    B: AsyncRead + AsyncWrite + Unpin + 'static,
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
     pub fn new(
         client: C,
