@@ -99,6 +99,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seconds: u64,
     },
+    /// Tunnel throughput alone: the backend directly, the switchyard
+    /// binary and, if given, a baseline binary, going round them.
+    Tunnels {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Other switchyard binaries to compare with (repeatable).
+        #[arg(long)]
+        baseline: Vec<PathBuf>,
+        /// Transfers each way per target.
+        #[arg(long, default_value_t = 5)]
+        transfers: usize,
+        /// Leave out the backend reached directly (for profiling a proxy).
+        #[arg(long)]
+        without_direct: bool,
+    },
     /// Run every figure against every target and write the report.
     Suite {
         #[command(flatten)]
@@ -196,6 +211,34 @@ fn main() -> anyhow::Result<()> {
             let result = runtime.block_on(suite::compare(&new, &baseline, &plan, backend.id()));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&new.workdir);
+            result
+        }
+        Cmd::Tunnels {
+            proxy,
+            baseline,
+            transfers,
+            without_direct,
+        } => {
+            let (mut backend, setup) = start_backend(proxy)?;
+            let mut targets = vec![
+                ("direct".to_string(), targets::Kind::Direct, setup.clone()),
+                ("new".to_string(), targets::Kind::Switchyard, setup.clone()),
+            ];
+            for (i, baseline) in baseline.into_iter().enumerate() {
+                let label = format!("baseline {}", i + 1);
+                let baseline = targets::Setup {
+                    workdir: setup.workdir.join(label.replace(' ', "-")),
+                    switchyard: baseline,
+                    ..setup.clone()
+                };
+                targets.push((label, targets::Kind::Switchyard, baseline));
+            }
+            if without_direct {
+                targets.remove(0);
+            }
+            let result = runtime.block_on(suite::tunnels(&targets, transfers));
+            let _ = backend.kill();
+            let _ = std::fs::remove_dir_all(&setup.workdir);
             result
         }
         Cmd::Suite {

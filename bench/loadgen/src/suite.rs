@@ -402,6 +402,63 @@ pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Res
     Ok(())
 }
 
+/// Tunnel throughput alone, `transfers` times each way on each target
+/// (going round them): a quick before/after for changes to the tunnel.
+/// `targets` pairs each label with how to start it; prints each target's
+/// median MB/s, both CPUs' use and the proxy's CPU per MB.
+pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> anyhow::Result<()> {
+    let mut running = Vec::new();
+    for (label, kind, setup) in targets {
+        eprintln!("starting {label}");
+        let run = Running::start(*kind, setup).await?;
+        let pids = run.pid().map(sysstat::process_tree).unwrap_or_default();
+        running.push((run, pids));
+    }
+    let cpus = Cpus::of(&targets[0].2);
+    // [target][direction] -> (MB/s, core use, proxy µs per MB)
+    let mut results: Vec<[Vec<(f64, CoreUse, f64)>; 2]> =
+        targets.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for round in 1..=transfers {
+        for (((label, _, _), (run, pids)), out) in targets.iter().zip(&running).zip(&mut results) {
+            for (direction, out) in out.iter_mut().enumerate() {
+                let ticks = sysstat::cpu_ticks(pids);
+                let transfer = async {
+                    if direction == 0 {
+                        client::tunnel_upload(&run.target).await
+                    } else {
+                        client::tunnel_download(&run.target).await
+                    }
+                };
+                let (mb_s, use_) = with_core_use(&cpus, transfer).await?;
+                let cpu_s = (sysstat::cpu_ticks(pids) - ticks) as f64 / sysstat::ticks_per_second();
+                let us_per_mb = cpu_s * 1e6 / (client::TUNNEL_BYTES as f64 / 1e6);
+                eprintln!(
+                    "{label} {} {round}: {mb_s:.0} MB/s, CPU busy proxy {:.0} % generator {:.0} %, proxy {us_per_mb:.0} µs/MB",
+                    ["up", "down"][direction],
+                    use_.proxy * 100.0,
+                    use_.generator * 100.0
+                );
+                out.push((mb_s, use_, us_per_mb));
+            }
+        }
+    }
+    for ((label, _, _), out) in targets.iter().zip(results) {
+        for (direction, rounds) in out.into_iter().enumerate() {
+            let (mb_s, use_, us_per_mb) = median_by(rounds, |r| r.0);
+            // A CPU busy for a fraction f while MB/s go by spends f / (MB/s)
+            // seconds per MB.
+            println!(
+                "{label} {}: median {mb_s:.0} MB/s (CPU busy proxy {:.0} % generator {:.0} %; per MB: proxy process {us_per_mb:.0} µs, generator CPU {:.0} µs)",
+                ["up", "down"][direction],
+                use_.proxy * 100.0,
+                use_.generator * 100.0,
+                use_.generator * 1e6 / mb_s
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A target kept running through the load figures.
 struct TargetRun {
     kind: Kind,
