@@ -304,9 +304,9 @@ impl PipeError {
     }
 }
 
-/// Bytes read in one go. The buffer is per thread, not per tunnel: a
-/// tunnel holds memory only for data a slow peer has not taken yet (at
-/// most this much per direction, as a pipe for splice(2) would).
+/// The most read in one go, and the size of the per-thread buffer reads
+/// go into. The buffer is per thread, not per tunnel: an idle tunnel holds
+/// no memory for data.
 ///
 /// Large reads are what make a fast tunnel: its speed is set by the
 /// hand-offs (a wake-up and a system call on each side per read), not by
@@ -314,11 +314,21 @@ impl PipeError {
 /// way than splice(2) through a pipe, which this module used for bulk data
 /// before (the benchmark's tunnel figures, three before/after runs), for
 /// 10-40 % more of the proxy's CPU per MB (the copies splice saves).
-const SCRATCH_SIZE: usize = 256 * 1024;
+/// Tried again with 1 MiB pipes (`loadgen tunnels`): splice used 10-19 %
+/// less of the proxy's CPU per MB but 7-22 % more of the CPU the client
+/// and the backend share (a sender probably cannot reuse pages a pipe
+/// still holds), and moved 12 % less. Reads of up to 1 MiB moved 2-4 %
+/// more than 256 KiB ones (median of 21 paired transfers each way), within
+/// the host's noise, for four times what a stalled direction may hold.
+const MAX_READ: usize = 256 * 1024;
+
+/// Where a direction's read size starts, and where it drops back to when
+/// the writer does not take a whole read.
+const MIN_READ: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+        std::cell::RefCell::new(vec![0; MAX_READ].into_boxed_slice());
 }
 
 /// What one read into the scratch buffer led to.
@@ -335,9 +345,17 @@ enum Step {
 /// is copied into `pending`, which also pauses reading (back-pressure). An
 /// idle tunnel therefore owns no buffer at all. On end-of-stream the
 /// writer's side is shut down (a half-close).
+///
+/// The read size grows like a window: it doubles, from [`MIN_READ`] up to
+/// [`MAX_READ`], after each read that filled it and was written on whole,
+/// and drops back to [`MIN_READ`] when the writer left some behind. A fast
+/// transfer reads in large pieces; a direction whose peer is slow holds at
+/// most twice [`MIN_READ`] for it once it has pushed back (one read taken
+/// whole, then a larger one left behind), not [`MAX_READ`] each time.
 struct Pipe {
     pending: Vec<u8>,
     written: usize,
+    read_size: usize,
     eof: bool,
     needs_flush: bool,
     done: bool,
@@ -367,6 +385,7 @@ impl Pipe {
             // whole read buffer, which a tunnel must not keep alive.
             pending: early.to_vec(),
             written: 0,
+            read_size: MIN_READ,
             eof: false,
             needs_flush: false,
             done: false,
@@ -463,7 +482,7 @@ impl Pipe {
         W: AsyncWrite + Unpin,
     {
         SCRATCH.with_borrow_mut(|scratch| {
-            let mut read_buf = ReadBuf::new(scratch);
+            let mut read_buf = ReadBuf::new(&mut scratch[..self.read_size]);
             match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                 Poll::Pending => return Step::Pending,
                 Poll::Ready(Err(e)) => return Step::Failed(PipeError::Read(e)),
@@ -487,9 +506,13 @@ impl Pipe {
                     Poll::Pending => {
                         self.pending = data[written..].to_vec();
                         self.written = 0;
-                        break;
+                        self.read_size = MIN_READ;
+                        return Step::Moved;
                     }
                 }
+            }
+            if data.len() == self.read_size {
+                self.read_size = (self.read_size * 2).min(MAX_READ);
             }
             Step::Moved
         })
@@ -618,6 +641,55 @@ mod tests {
         assert!(got[6..] == data[..], "every byte, in order");
         assert_eq!(pipe.moved.bytes, 6 + data.len() as u64);
         assert!(pipe.pending.is_empty(), "nothing held once drained");
+    }
+
+    /// `len` patterned bytes, already written (and ended) into an
+    /// in-memory stream; returns the data and the end to read them from.
+    async fn queued(len: u32) -> (Vec<u8>, tokio::io::DuplexStream) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (mut source, from) = duplex(len as usize);
+        source.write_all(&data).await.unwrap();
+        source.shutdown().await.unwrap();
+        (data, from)
+    }
+
+    #[tokio::test]
+    async fn reads_grow_to_the_largest_size_while_the_writer_takes_them_whole() {
+        let (data, mut from) = queued(4_000_000).await;
+        let (mut to, mut sink) = duplex(8 << 20);
+        let mut pipe = Pipe::new(counters().client_to_backend, Bytes::new());
+        assert_eq!(pipe.read_size, MIN_READ);
+        let copied = poll_fn(|cx| pipe.poll_copy(cx, &mut from, &mut to, &mut false)).await;
+        assert!(copied.is_ok());
+        assert_eq!(pipe.read_size, MAX_READ, "doubled after every full read");
+        drop(to);
+        let mut got = Vec::new();
+        sink.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "every byte, in order");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_pushes_back_is_read_for_in_small_pieces_again() {
+        let (data, mut from) = queued(1_000_000).await;
+        // Takes one smallest read, then pushes back until drained.
+        let (mut to, mut sink) = duplex(MIN_READ);
+        let mut pipe = Pipe::new(counters().client_to_backend, Bytes::new());
+        let step = poll_fn(|cx| Poll::Ready(pipe.poll_copy(cx, &mut from, &mut to, &mut false)));
+        assert!(step.await.is_pending(), "waits for the writer");
+        // The first read went on whole, so the second was twice as large
+        // and is what the writer left.
+        assert_eq!(pipe.pending.len(), 2 * MIN_READ);
+        assert_eq!(pipe.read_size, MIN_READ, "back to the smallest read");
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let copied = poll_fn(|cx| pipe.poll_copy(cx, &mut from, &mut to, &mut false)).await;
+        assert!(copied.is_ok());
+        drop(to);
+        assert!(reader.await.unwrap() == data, "every byte, in order");
     }
 
     #[tokio::test]
