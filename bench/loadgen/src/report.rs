@@ -490,9 +490,10 @@ fn targets(results: &Results) -> Vec<String> {
         let ok =
             h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
         lines.push(format!(
-            "{}: request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse, {} connections — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
+            "{}: request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
             mark(ok),
             h.concurrency,
+            if h.concurrency == 1 { "" } else { "s" },
             h.rps / n.rps,
             h.rps / a.rps,
             h.p99_us,
