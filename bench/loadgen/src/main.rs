@@ -100,7 +100,7 @@ enum Cmd {
         seconds: u64,
     },
     /// Tunnel throughput alone: the backend directly, the switchyard
-    /// binary and, if given, a baseline binary, going round them.
+    /// binary and any baseline binaries, going round them.
     Tunnels {
         #[command(flatten)]
         proxy: ProxyArgs,

@@ -404,8 +404,9 @@ pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Res
 
 /// Tunnel throughput alone, `transfers` times each way on each target
 /// (going round them): a quick before/after for changes to the tunnel.
-/// `targets` pairs each label with how to start it; prints each target's
-/// median MB/s, both CPUs' use and the proxy's CPU per MB.
+/// `targets` pairs each label with how to start it; prints every transfer
+/// and each target's median by MB/s, with how busy both CPUs were, the
+/// proxy process's CPU per MB and the generator CPU's.
 pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for (label, kind, setup) in targets {
