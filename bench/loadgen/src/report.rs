@@ -393,10 +393,19 @@ fn time_budget(results: &Results) -> Vec<String> {
             ));
             continue;
         }
+        let haproxy_left = if haproxy_budget < s.kernel_us {
+            "less than switchyard's kernel time alone".to_string()
+        } else {
+            format!(
+                "which leaves {:.1} µs of user time (switchyard uses {:.1})",
+                haproxy_budget - s.kernel_us,
+                s.user_us
+            )
+        };
         lines.push(format!(
             "{measured} 1.2× nginx's rate allows {:.1} µs per request, {} switchyard's kernel \
-             time alone ({:.1} µs; nginx's: {:.1} µs); HAProxy's rate allows {:.1} µs, which \
-             leaves {:.1} µs of user time (switchyard uses {:.1}).",
+             time alone ({:.1} µs; nginx's: {:.1} µs); HAProxy's rate allows {:.1} µs, \
+             {haproxy_left}.",
             nginx_budget,
             if nginx_budget < s.kernel_us {
                 "less than"
@@ -406,8 +415,6 @@ fn time_budget(results: &Results) -> Vec<String> {
             s.kernel_us,
             n.kernel_us,
             haproxy_budget,
-            (haproxy_budget - s.kernel_us).max(0.0),
-            s.user_us,
         ));
     }
     lines
@@ -663,6 +670,24 @@ mod tests {
             nofile_limit: 0,
             figure_seconds: 1,
         }
+    }
+
+    #[test]
+    fn a_kernel_time_above_haproxys_budget_is_said_to_leave_nothing() {
+        // HAProxy at 40,000 req/s allows 25 µs; switchyard's kernel takes 26.
+        let lines = time_budget(&results(vec![
+            measured(Kind::Switchyard, 31_250.0, 6.0, 26.0),
+            measured(Kind::Nginx, 31_250.0, 5.0, 27.0),
+            measured(Kind::Haproxy, 40_000.0, 4.0, 21.0),
+        ]));
+        let line = &lines[0];
+        assert!(
+            line.contains(
+                "HAProxy's rate allows 25.0 µs, less than switchyard's kernel time alone."
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("which leaves"), "{line}");
     }
 
     #[test]
