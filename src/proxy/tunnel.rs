@@ -349,9 +349,10 @@ enum Step {
 /// The read size grows like a window: it doubles, from [`MIN_READ`] up to
 /// [`MAX_READ`], after each read that filled it and was written on whole,
 /// and drops back to [`MIN_READ`] when the writer left some behind. A fast
-/// transfer reads in large pieces; a direction whose peer is slow holds at
-/// most twice [`MIN_READ`] for it once it has pushed back (one read taken
-/// whole, then a larger one left behind), not [`MAX_READ`] each time.
+/// transfer reads in large pieces; what a direction holds for a peer that
+/// keeps pushing back is at most twice what the peer took since it last
+/// pushed back ([`MIN_READ`] when it took nothing), not [`MAX_READ`] each
+/// time.
 struct Pipe {
     pending: Vec<u8>,
     written: usize,
