@@ -16,7 +16,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use switchyard::proxy::h1::request::{Head, parse};
+use switchyard::proxy::h1::request::{Head, Served, parse};
 
 /// The head limit the parser is given (small, so the fuzzer reaches it).
 const MAX_HEAD: usize = 512;
@@ -53,12 +53,12 @@ fn read(input: &[u8], step: usize) -> Reading {
         }
         let before = buf.clone();
         match parse(&mut buf, MAX_HEAD) {
-            Head::Request {
+            Head::Request(Served {
                 request,
                 close,
                 body,
                 ..
-            } => {
+            }) => {
                 for name in ["transfer-encoding", "expect", "te"] {
                     assert!(!request.headers().contains_key(name), "served with {name}");
                 }

@@ -80,12 +80,18 @@ mod tests {
     use super::*;
     use crate::proxy::test_sockets::socket_pair;
 
-    #[tokio::test]
-    async fn the_own_server_hands_over_the_socket_and_early_bytes() {
+    /// A request as the own server passes an upgrade on: the server's end
+    /// of the switch, and the pipeline's.
+    fn own_upgrade() -> (oneshot::Sender<Switched>, ClientUpgrade) {
         let (sender, own) = OwnUpgrade::pair();
         let mut request = ClientRequest::new(None);
         request.extensions_mut().insert(own);
-        let upgrade = ClientUpgrade::of(&mut request);
+        (sender, ClientUpgrade::of(&mut request))
+    }
+
+    #[tokio::test]
+    async fn the_own_server_hands_over_the_socket_and_early_bytes() {
+        let (sender, upgrade) = own_upgrade();
         assert!(matches!(upgrade, ClientUpgrade::Own(Some(_))));
         let (stream, _peer) = socket_pair().await;
         let sent = sender.send(Switched {
@@ -100,10 +106,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_switch_when_the_server_drops_its_end() {
-        let (sender, own) = OwnUpgrade::pair();
-        let mut request = ClientRequest::new(None);
-        request.extensions_mut().insert(own);
-        let upgrade = ClientUpgrade::of(&mut request);
+        let (sender, upgrade) = own_upgrade();
         drop(sender);
         assert!(matches!(upgrade.connection().await, Err(UpgradeGone::Own)));
     }

@@ -28,20 +28,24 @@ const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 // would be an allocation per request.
 #[expect(clippy::large_enum_variant)]
 pub enum Head {
-    /// A whole head, taken off the buffer; whether the client asked for
-    /// the connection to close after it, whether it asks for an upgrade
-    /// (an `Upgrade` field: the pipeline decides on it), and the length of
-    /// its body (0 for none).
-    Request {
-        request: ClientRequest,
-        close: bool,
-        upgrade: bool,
-        body: u64,
-    },
+    /// A whole head, taken off the buffer.
+    Request(Served),
     /// The head is not whole yet.
     Partial,
     /// Not a request served here; the buffer is left as it was.
     NotOurs,
+}
+
+/// A request served here, with what the server decides on beyond it.
+pub struct Served {
+    pub request: ClientRequest,
+    /// The client asked for the connection to close after it.
+    pub close: bool,
+    /// It asks for an upgrade (an `Upgrade` field): the pipeline decides
+    /// whether there is one.
+    pub upgrade: bool,
+    /// The length of its body, 0 for none.
+    pub body: u64,
 }
 
 /// Where a field's name and value are in the head.
@@ -115,12 +119,12 @@ pub fn parse(buf: &mut BytesMut, max_head_bytes: usize) -> Head {
     let fields = unsafe { std::slice::from_raw_parts(fields.as_ptr().cast::<FieldAt>(), count) };
     let head = buf.split_to(len).freeze();
     match build(&head, fields, method, target) {
-        Some(request) => Head::Request {
+        Some(request) => Head::Request(Served {
             request,
             close,
             upgrade,
             body,
-        },
+        }),
         None => {
             // Rare (a target or name httparse allows and `http` does
             // not): the bytes go back for hyper, which answers 400.
@@ -191,12 +195,11 @@ impl Field {
 /// enough to be a `u64`: anything else (a list, a sign, spaces inside,
 /// an empty value) is left to hyper.
 fn plain_number(value: &[u8]) -> Option<u64> {
+    // 18 digits cannot overflow a u64, so the sum below needs no checks.
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Whether a `Connection` value lists `close`.
@@ -210,23 +213,18 @@ fn names_close(value: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn parsed(raw: &str) -> (ClientRequest, bool, BytesMut) {
-        let (request, close, _, rest) = parsed_upgrade(raw);
-        (request, close, rest)
-    }
-
-    fn parsed_upgrade(raw: &str) -> (ClientRequest, bool, bool, BytesMut) {
+    fn served(raw: &str) -> (Served, BytesMut) {
         let mut buf = BytesMut::from(raw);
         match parse(&mut buf, 1024) {
-            Head::Request {
-                request,
-                close,
-                upgrade,
-                ..
-            } => (request, close, upgrade, buf),
+            Head::Request(served) => (served, buf),
             Head::Partial => panic!("partial: {raw:?}"),
             Head::NotOurs => panic!("not ours: {raw:?}"),
         }
+    }
+
+    fn parsed(raw: &str) -> (ClientRequest, bool, BytesMut) {
+        let (served, rest) = served(raw);
+        (served.request, served.close, rest)
     }
 
     fn not_ours(raw: &str) {
@@ -270,22 +268,17 @@ mod tests {
 
     #[test]
     fn an_upgrade_request_is_served_and_noted() {
-        let (request, close, upgrade, _) = parsed_upgrade(
+        let (ws, _) = served(
             "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         );
-        assert!(upgrade);
-        assert!(!close);
-        assert_eq!(request.headers()["upgrade"], "websocket");
-        let (_, _, upgrade, _) = parsed_upgrade("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert!(!upgrade);
+        assert!(ws.upgrade);
+        assert!(!ws.close);
+        assert_eq!(ws.request.headers()["upgrade"], "websocket");
+        assert!(!served("GET / HTTP/1.1\r\nHost: h\r\n\r\n").0.upgrade);
     }
 
     fn body_length(raw: &str) -> u64 {
-        let mut buf = BytesMut::from(raw);
-        match parse(&mut buf, 1024) {
-            Head::Request { body, .. } => body,
-            _ => panic!("not served: {raw:?}"),
-        }
+        served(raw).0.body
     }
 
     #[test]

@@ -48,13 +48,13 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::encode::{chunk_size_line, last_chunk};
-use super::request::{self, Head};
+use super::request::{self, Head, Served};
 use super::respond::{Framing, encode_head};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::client_body::{ClientBody, LengthBody};
 use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
-use crate::proxy::{ClientRequest, ConnInfo, Proxy, service};
+use crate::proxy::{ConnInfo, Proxy, service};
 
 /// Room made for a read when less is left in the buffer.
 const READ_ROOM: usize = 4096;
@@ -126,13 +126,13 @@ pub async fn serve(
             .as_mut()
             .expect("the socket is back between requests");
         let waited = next_request(proxy, stream, &mut buf, &mut head_timer, drain);
-        let (mut request, client_close, upgrade, length) = match waited.await {
-            Next::Request {
-                request,
-                close,
-                upgrade,
-                body,
-            } => (request, close, upgrade, body),
+        let Served {
+            mut request,
+            close: client_close,
+            upgrade,
+            body: length,
+        } = match waited.await {
+            Next::Request(served) => served,
             Next::HandOff => return Ended::HandOff(take(&mut socket), buf.freeze()),
             Next::Closed => return Ended::Closed,
         };
@@ -194,12 +194,7 @@ pub async fn serve(
 // Unboxed, as `Head`.
 #[expect(clippy::large_enum_variant)]
 enum Next {
-    Request {
-        request: ClientRequest,
-        close: bool,
-        upgrade: bool,
-        body: u64,
-    },
+    Request(Served),
     HandOff,
     Closed,
 }
@@ -218,19 +213,7 @@ async fn next_request(
     let mut timer_set = false;
     loop {
         match request::parse(buf, max_head) {
-            Head::Request {
-                request,
-                close,
-                upgrade,
-                body,
-            } => {
-                return Next::Request {
-                    request,
-                    close,
-                    upgrade,
-                    body,
-                };
-            }
+            Head::Request(served) => return Next::Request(served),
             Head::NotOurs => return Next::HandOff,
             Head::Partial => {}
         }
