@@ -151,10 +151,58 @@ impl Backend {
     }
 }
 
+/// Rule keys of one kind, and which lengths they come in: a path of a
+/// length no key has is not hashed and probed for (a host with only `/`
+/// probes once per request, where each path element was a probe).
+#[derive(Default)]
+struct Keys {
+    routes: HashMap<Box<str>, Arc<Route>>,
+    lengths: KeyLengths,
+}
+
+impl Keys {
+    fn insert(&mut self, key: Box<str>, route: Arc<Route>) {
+        self.lengths.insert(key.len());
+        self.routes.insert(key, route);
+    }
+
+    fn get(&self, key: &str) -> Option<&Arc<Route>> {
+        if self.lengths.may_hold(key.len()) {
+            self.routes.get(key)
+        } else {
+            None
+        }
+    }
+}
+
+/// The lengths of a set of keys: exactly, below 64 bytes; above, only
+/// whether there are any.
+#[derive(Default, Clone, Copy)]
+struct KeyLengths {
+    short: u64,
+    long: bool,
+}
+
+impl KeyLengths {
+    fn insert(&mut self, len: usize) {
+        match 1u64.checked_shl(u32::try_from(len).unwrap_or(u32::MAX)) {
+            Some(bit) => self.short |= bit,
+            None => self.long = true,
+        }
+    }
+
+    fn may_hold(self, len: usize) -> bool {
+        match 1u64.checked_shl(u32::try_from(len).unwrap_or(u32::MAX)) {
+            Some(bit) => self.short & bit != 0,
+            None => self.long,
+        }
+    }
+}
+
 #[derive(Default)]
 struct HostRoutes {
-    exact: HashMap<Box<str>, Arc<Route>>,
-    prefix: HashMap<Box<str>, Arc<Route>>,
+    exact: Keys,
+    prefix: Keys,
 }
 
 impl HostRoutes {
@@ -276,6 +324,21 @@ mod tests {
 
     fn picks(backend: &Backend, n: usize) -> Vec<usize> {
         (0..n).map(|_| backend.pick().unwrap().index).collect()
+    }
+
+    #[test]
+    fn key_lengths_hold_exactly_what_was_inserted_below_64_bytes() {
+        let mut lengths = KeyLengths::default();
+        for len in [0, 5, 63] {
+            lengths.insert(len);
+        }
+        for len in 0..64 {
+            assert_eq!(lengths.may_hold(len), [0, 5, 63].contains(&len), "{len}");
+        }
+        assert!(!lengths.may_hold(64), "no long key yet");
+        lengths.insert(200);
+        assert!(lengths.may_hold(64) && lengths.may_hold(usize::MAX));
+        assert!(!lengths.may_hold(6), "short lengths still exact");
     }
 
     #[test]

@@ -430,15 +430,27 @@ fn reference_match<'a>(
 }
 
 fn path_strategy() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop_oneof!["a", "b", "ab", ""], 0..4)
-        .prop_flat_map(|parts| (Just(parts), any::<bool>()))
-        .prop_map(|(parts, trailing)| {
-            let mut p = format!("/{}", parts.join("/"));
-            if trailing && !p.ends_with('/') {
-                p.push('/');
-            }
-            p
-        })
+    // The long element takes paths across the 64 bytes up to which the
+    // table knows its keys' lengths exactly.
+    let long = "l".repeat(40);
+    prop::collection::vec(
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("ab".to_string()),
+            Just(String::new()),
+            Just(long)
+        ],
+        0..4,
+    )
+    .prop_flat_map(|parts| (Just(parts), any::<bool>()))
+    .prop_map(|(parts, trailing)| {
+        let mut p = format!("/{}", parts.join("/"));
+        if trailing && !p.ends_with('/') {
+            p.push('/');
+        }
+        p
+    })
 }
 
 fn rules_strategy() -> impl Strategy<Value = Vec<(String, PathType)>> {
