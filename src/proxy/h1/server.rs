@@ -269,6 +269,9 @@ async fn switch_protocols(
     let (parts, body) = response.into_parts();
     drop(body);
     out.clear();
+    // An upgrade is usually a connection's first request, so `out` has
+    // never been grown: room at once (see `write_response`).
+    out.reserve(HEAD_ROOM);
     let encoded = encode_head(
         &mut out,
         &parts,
