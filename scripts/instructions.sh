@@ -4,11 +4,13 @@
 # the count is repeatable on a shared or noisy machine, so it shows what
 # one change did to the hot path.
 #
-#   scripts/instructions.sh [request|concurrent|websocket|burst] [COUNT] [BINARY]
+#   scripts/instructions.sh [request|concurrent|websocket|burst] [COUNT] [BINARY|nginx|haproxy]
 #
 # Starts the benchmark backend, runs BINARY (default: a fresh release
 # build) under callgrind pinned to one CPU (so with the runtime a pinned
-# benchmark run has), warms up, then counts COUNT exchanges on one client
+# benchmark run has), or nginx or HAProxy configured as the benchmark
+# runs them (Debian packages, installed when missing; nginx without its
+# master process, so that one process is counted), warms up, then counts COUNT exchanges on one client
 # connection (request), COUNT exchanges spread over 64 client connections
 # with one request in flight on each (concurrent: the proxy is never idle,
 # so the runtime's per-wakeup work is shared by many requests, as in the
@@ -27,7 +29,7 @@ if [ -z "$count" ]; then
     if [ "$workload" = burst ]; then count=256; else count=3000; fi
 fi
 binary=${3:-}
-case "$workload" in request | concurrent | websocket | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|burst] [COUNT] [BINARY]" >&2; exit 2 ;; esac
+case "$workload" in request | concurrent | websocket | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|burst] [COUNT] [BINARY|nginx|haproxy]" >&2; exit 2 ;; esac
 
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
@@ -52,45 +54,44 @@ pids+=($!)
 for _ in $(seq 50); do grep -q 127.0.0.1 "$dir/backend.out" && break; sleep 0.1; done
 backend_port=$(grep -oE '127\.0\.0\.1:[0-9]+' "$dir/backend.out" | head -1 | cut -d: -f2)
 
-cat >"$dir/manifests/bench.yaml" <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: bench}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: bench
-  namespace: bench
-  labels: {kubernetes.io/service-name: bench}
-addressType: IPv4
-ports: [{name: http, port: $backend_port}]
-endpoints:
-- addresses: ["127.0.0.1"]
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: bench, namespace: bench}
-spec:
-  ingressClassName: switchyard
-  rules:
-  - host: bench.test
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend: {service: {name: bench, port: {number: 80}}}
-YAML
-
-taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
-    "$binary" run --manifests "$dir/manifests" --http-addr 127.0.0.1:0 \
-    --admin-addr 127.0.0.1:0 --access-log false --log-level warn \
-    >"$dir/switchyard.out" 2>"$dir/switchyard.err" &
-pids+=($!)
-for _ in $(seq 300); do grep -q "http=" "$dir/switchyard.out" 2>/dev/null && break; sleep 0.1; done
-port=$(grep -oE 'http=127\.0\.0\.1:[0-9]+' "$dir/switchyard.out" | cut -d: -f2)
+case "$binary" in
+nginx | haproxy)
+    # The other proxies as the benchmark runs them, for a count of their
+    # own on the same workload: nginx in one process (no master).
+    command -v "$binary" >/dev/null 2>&1 || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$binary" >/dev/null
+    }
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
+    target/release/loadgen config "$binary" --backend "127.0.0.1:$backend_port" --port "$port" \
+        --dir "$dir/nginx" >"$dir/proxy.conf"
+    if [ "$binary" = nginx ]; then
+        run=(nginx -g 'master_process off;' -p "$dir/nginx" -c "$dir/proxy.conf")
+    else
+        run=(haproxy -db -f "$dir/proxy.conf")
+    fi
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+        "${run[@]}" >"$dir/proxy.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 300); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' \
+            "$port" 2>/dev/null && break
+        sleep 0.1
+    done
+    ;;
+*)
+    target/release/loadgen config switchyard --backend "127.0.0.1:$backend_port" \
+        >"$dir/manifests/bench.yaml"
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+        "$binary" run --manifests "$dir/manifests" --http-addr 127.0.0.1:0 \
+        --admin-addr 127.0.0.1:0 --access-log false --log-level warn \
+        >"$dir/switchyard.out" 2>"$dir/switchyard.err" &
+    pids+=($!)
+    for _ in $(seq 300); do grep -q "http=" "$dir/switchyard.out" 2>/dev/null && break; sleep 0.1; done
+    port=$(grep -oE 'http=127\.0\.0\.1:[0-9]+' "$dir/switchyard.out" | cut -d: -f2)
+    ;;
+esac
 
 # The driver: zero the counters after the warm-up, dump after the count.
 python3 - "$port" "$count" "$workload" <<'PY'
@@ -128,11 +129,18 @@ CLOSE = bytes([0x88, 0x80, 1, 2, 3, 4])
 client = connect() if workload == "request" else None
 
 def request():
+    global client
     client.sendall(GET)
     head, body = read_head(client)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    lines = [line.lower() for line in head.split(b"\r\n")]
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
     read_exactly(client, length, body)
+    if b"connection: close" in lines:
+        # nginx ends a keep-alive connection after 1000 requests (its
+        # keepalive_requests): the next one opens a new connection, which
+        # is counted as that proxy's cost.
+        client.close()
+        client = connect()
 
 def session():
     s = connect()

@@ -114,6 +114,22 @@ enum Cmd {
         #[arg(long)]
         without_direct: bool,
     },
+    /// Print the configuration the benchmark runs a proxy with (switchyard's
+    /// manifests, nginx.conf or haproxy.cfg), for scripts that run the
+    /// proxies on their own, such as `scripts/instructions.sh`.
+    Config {
+        proxy: targets::Kind,
+        /// The backend it proxies to.
+        #[arg(long)]
+        backend: SocketAddr,
+        /// The port nginx or HAProxy listens on (switchyard's comes from
+        /// its command line).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// nginx's directory for its pid file, logs and temporary files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run every figure against every target and write the report.
     Suite {
         #[command(flatten)]
@@ -240,6 +256,23 @@ fn main() -> anyhow::Result<()> {
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result
+        }
+        Cmd::Config {
+            proxy,
+            backend,
+            port,
+            dir,
+        } => {
+            let text = match proxy {
+                targets::Kind::Switchyard => targets::manifests(backend, targets::HOST),
+                targets::Kind::Nginx => targets::nginx_conf(port, backend, targets::HOST, &dir),
+                targets::Kind::Haproxy => targets::haproxy_cfg(port, backend),
+                targets::Kind::Direct => {
+                    anyhow::bail!("direct: the backend reached directly has no configuration")
+                }
+            };
+            print!("{text}");
+            Ok(())
         }
         Cmd::Suite {
             proxy,
