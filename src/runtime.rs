@@ -77,10 +77,8 @@ pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
     }
 }
 
-async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {flag} {addr}"))
+fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    crate::proxy::listener::bind(addr).with_context(|| format!("cannot listen on {flag} {addr}"))
 }
 
 /// `switchyard run`: serves until SIGTERM or Ctrl-C, then drains.
@@ -92,10 +90,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         bail!("--publish-service and --publish-status-address need cluster mode (no --manifests)");
     }
-    let http = bind(args.http_addr, "--http-addr").await?;
-    let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
+    let http = bind(args.http_addr, "--http-addr")?;
+    let admin_listener = bind(args.admin_addr, "--admin-addr")?;
     let metrics_listener = match args.metrics_addr {
-        Some(addr) => Some(bind(addr, "--metrics-addr").await?),
+        Some(addr) => Some(bind(addr, "--metrics-addr")?),
         None => None,
     };
     let http_addr = http.local_addr()?;

@@ -1,8 +1,10 @@
-//! The accept loop: connection caps (global and per client address), one
-//! task per connection, and the
-//! graceful part of shutdown (stop accepting, let in-flight requests end).
+//! The listening socket and the accept loop: connection caps (global and
+//! per client address), one task per connection, and the graceful part of
+//! shutdown (stop accepting, let in-flight requests end).
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::client_body::ClientBody;
 use super::client_io::ClientIo;
@@ -30,16 +32,52 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// calls as reading instead of peeking saves.)
 const FIRST_READ: usize = 2048;
 
+/// New connections accepted before the other tasks and the IO driver get a
+/// turn (`yield_now` waits for the driver's next poll). Accepting a whole
+/// burst first (up to the runtime's budget of 128) left every connection
+/// of it waiting for every other's first step, so that the first
+/// responses of 256 connections opened at once came all at the end.
+const ACCEPT_BATCH: usize = 16;
+
+/// Connections the kernel holds ready for an accept. std and tokio listen
+/// with 128, and a burst of new clients beyond that (a deploy, a load
+/// balancer failing over) had its connections refused at the handshake and
+/// retried by the client a second later. nginx listens with 511, HAProxy
+/// with its connection limit; the kernel caps this at `net.core.somaxconn`
+/// (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`], rebindable at
+/// once after a restart (`SO_REUSEADDR`, as tokio's `bind` sets it).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Proxy {
     /// Accepts connections until draining begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut accepted_since_yield = 0;
         loop {
+            if accepted_since_yield == ACCEPT_BATCH {
+                accepted_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = self.shutdown.draining() => break,
             };
             let (stream, remote) = match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    accepted_since_yield += 1;
+                    a
+                }
                 Err(e) => {
                     // Out of file descriptors, typically: back off briefly
                     // rather than spin.
@@ -186,5 +224,57 @@ impl Proxy {
             result = connection.as_mut() => result,
             _ = self.shutdown.forced() => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// More connections at once than the 128 std and tokio listen with,
+    /// and than the accept queue of a kernel whose `somaxconn` is that old
+    /// default.
+    const BURST: usize = 300;
+
+    /// Connects `BURST` clients at once to `listener`, which accepts none
+    /// of them while they connect: each handshake completes only if the
+    /// kernel has room to queue it. (Beyond the queue's limit the
+    /// connection is refused at the handshake again on each retry for as
+    /// long as nothing accepts, so the guard below is a hang guard, not a
+    /// measure of time.)
+    async fn queued_handshakes(listener: &TcpListener) -> usize {
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..BURST).map(|_| tokio::spawn(tokio::net::TcpStream::connect(addr)));
+        let connected = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::future::join_all(connects),
+        )
+        .await;
+        let Ok(connected) = connected else { return 0 };
+        let mut streams = Vec::new();
+        for stream in connected {
+            streams.push(stream.unwrap().unwrap());
+        }
+        // Every one of them is waiting in the queue for an accept.
+        for _ in 0..streams.len() {
+            listener.accept().await.unwrap();
+        }
+        streams.len()
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_128_connections_is_queued_for_accept_not_refused() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .map_or(4096, |text| text.trim().parse().unwrap_or(4096));
+        if somaxconn < BURST {
+            eprintln!(
+                "net.core.somaxconn is {somaxconn}: the kernel caps every backlog below {BURST}"
+            );
+            return;
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(queued_handshakes(&listener).await, BURST);
     }
 }
