@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Instructions switchyard spends per proxied request, per WebSocket
-# session or per new client connection, counted by callgrind: unlike time,
-# the count is repeatable on a shared or noisy machine, so it shows what
-# one change did to the hot path.
+# Instructions a proxy spends per proxied request, per WebSocket session
+# or per new client connection, counted by callgrind: unlike time, the
+# count is repeatable on a shared or noisy machine, so it shows what one
+# change did to the hot path, and how switchyard compares with nginx and
+# HAProxy doing the same work.
 #
 #   scripts/instructions.sh [request|concurrent|websocket|burst] [COUNT] [BINARY|nginx|haproxy]
 #
-# Starts the benchmark backend, runs BINARY (default: a fresh release
-# build) under callgrind pinned to one CPU (so with the runtime a pinned
-# benchmark run has), or nginx or HAProxy configured as the benchmark
-# runs them (Debian packages, installed when missing; nginx without its
-# master process, so that one process is counted), warms up, then counts COUNT exchanges on one client
-# connection (request), COUNT exchanges spread over 64 client connections
-# with one request in flight on each (concurrent: the proxy is never idle,
-# so the runtime's per-wakeup work is shared by many requests, as in the
-# benchmark's CPU-bound figures), COUNT sessions (websocket: connect, 101, one
-# message, close), or COUNT connections opened at once with one request
-# each (burst, as the benchmark's burst figure; most of them need a new
-# backend connection too). Installs valgrind and python3 (Debian packages) when missing.
+# Starts the benchmark backend and runs, under callgrind pinned to one CPU
+# (so with the runtime a pinned benchmark run has), switchyard's BINARY
+# (default: a fresh release build) or nginx or HAProxy configured as the
+# benchmark runs them (`loadgen config`; nginx without its master process,
+# so that the one serving process is counted). After a warm-up it counts
+# COUNT exchanges on one client connection (request), COUNT exchanges
+# spread over 64 client connections with one request in flight on each
+# (concurrent: the proxy is never idle, so the runtime's per-wakeup work is
+# shared by many requests, as in the benchmark's CPU-bound figures), COUNT
+# sessions (websocket: connect, 101, one message, close), or COUNT
+# connections opened at once with one request each (burst, as the
+# benchmark's burst figure; most of them need a new backend connection
+# too). User-space instructions only: the kernel's work is not counted.
+# Installs valgrind, python3, nginx and HAProxy (Debian packages) when
+# missing and needed.
 # With INSTRUCTIONS_DUMP=FILE the callgrind profile is kept there, for
 # `callgrind_annotate --inclusive=yes FILE` to say where they go.
 set -euo pipefail
