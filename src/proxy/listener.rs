@@ -45,7 +45,7 @@ const ACCEPT_BATCH: usize = 16;
 /// retried by the client a second later. nginx listens with 511, HAProxy
 /// with its connection limit; the kernel caps this at `net.core.somaxconn`
 /// (4096 by default).
-pub const LISTEN_BACKLOG: u32 = 4096;
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`], rebindable at
 /// once after a restart (`SO_REUSEADDR`, as tokio's `bind` sets it).
