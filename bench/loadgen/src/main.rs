@@ -113,6 +113,10 @@ enum Cmd {
         /// Leave out the backend reached directly (for profiling a proxy).
         #[arg(long)]
         without_direct: bool,
+        /// Other proxies to go round too, comma-separated (nginx, haproxy),
+        /// configured as the benchmark runs them.
+        #[arg(long, value_delimiter = ',')]
+        others: Vec<targets::Kind>,
     },
     /// Print the configuration the benchmark runs a proxy with (switchyard's
     /// manifests, nginx.conf or haproxy.cfg), for scripts that run the
@@ -234,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             baseline,
             transfers,
             without_direct,
+            others,
         } => {
             let (mut backend, setup) = start_backend(proxy)?;
             let mut targets = vec![
@@ -249,10 +254,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 targets.push((label, targets::Kind::Switchyard, baseline));
             }
+            for kind in others {
+                targets.push((kind.name().to_string(), kind, setup.clone()));
+            }
             if without_direct {
                 targets.remove(0);
             }
-            let result = runtime.block_on(suite::tunnels(&targets, transfers));
+            let generator = [std::process::id(), backend.id()];
+            let result = runtime.block_on(suite::tunnels(&targets, transfers, &generator));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result

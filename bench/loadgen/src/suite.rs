@@ -407,7 +407,11 @@ pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Res
 /// `targets` pairs each label with how to start it; prints every transfer
 /// and each target's median by MB/s, with how busy both CPUs were, the
 /// proxy process's CPU per MB and the generator CPU's.
-pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> anyhow::Result<()> {
+pub async fn tunnels(
+    targets: &[(String, Kind, Setup)],
+    transfers: usize,
+    generator_pids: &[u32],
+) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for (label, kind, setup) in targets {
         eprintln!("starting {label}");
@@ -416,13 +420,15 @@ pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> any
         running.push((run, pids));
     }
     let cpus = Cpus::of(&targets[0].2);
-    // [target][direction] -> (MB/s, core use, proxy µs per MB)
-    let mut results: Vec<[Vec<(f64, CoreUse, f64)>; 2]> =
+    // [target][direction] -> every transfer
+    let mut results: Vec<[Vec<Transfer>; 2]> =
         targets.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    let mb = client::TUNNEL_BYTES as f64 / 1e6;
     for round in 1..=transfers {
         for (((label, _, _), (run, pids)), out) in targets.iter().zip(&running).zip(&mut results) {
             for (direction, out) in out.iter_mut().enumerate() {
                 let ticks = sysstat::cpu_ticks(pids);
+                let switches = sysstat::context_switches(generator_pids);
                 let transfer = async {
                     if direction == 0 {
                         client::tunnel_upload(&run.target).await
@@ -432,24 +438,36 @@ pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> any
                 };
                 let (mb_s, use_) = with_core_use(&cpus, transfer).await?;
                 let cpu_s = (sysstat::cpu_ticks(pids) - ticks) as f64 / sysstat::ticks_per_second();
-                let us_per_mb = cpu_s * 1e6 / (client::TUNNEL_BYTES as f64 / 1e6);
+                let us_per_mb = cpu_s * 1e6 / mb;
+                let switches_per_mb =
+                    (sysstat::context_switches(generator_pids) - switches) as f64 / mb;
                 eprintln!(
-                    "{label} {} {round}: {mb_s:.0} MB/s, CPU busy proxy {:.0} % generator {:.0} %, proxy {us_per_mb:.0} µs/MB",
+                    "{label} {} {round}: {mb_s:.0} MB/s, CPU busy proxy {:.0} % generator {:.0} %, proxy {us_per_mb:.0} µs/MB, generator and backend {switches_per_mb:.1} context switches/MB",
                     ["up", "down"][direction],
                     use_.proxy * 100.0,
                     use_.generator * 100.0
                 );
-                out.push((mb_s, use_, us_per_mb));
+                out.push(Transfer {
+                    mb_s,
+                    use_,
+                    us_per_mb,
+                    switches_per_mb,
+                });
             }
         }
     }
     for ((label, _, _), out) in targets.iter().zip(results) {
         for (direction, rounds) in out.into_iter().enumerate() {
-            let (mb_s, use_, us_per_mb) = median_by(rounds, |r| r.0);
+            let Transfer {
+                mb_s,
+                use_,
+                us_per_mb,
+                switches_per_mb,
+            } = median_by(rounds, |r| r.mb_s);
             // A CPU busy for a fraction f while MB/s go by spends f / (MB/s)
             // seconds per MB.
             println!(
-                "{label} {}: median {mb_s:.0} MB/s (CPU busy proxy {:.0} % generator {:.0} %; per MB: proxy process {us_per_mb:.0} µs, generator CPU {:.0} µs)",
+                "{label} {}: median {mb_s:.0} MB/s (CPU busy proxy {:.0} % generator {:.0} %; per MB: proxy process {us_per_mb:.0} µs, generator CPU {:.0} µs, generator and backend context switches {switches_per_mb:.1})",
                 ["up", "down"][direction],
                 use_.proxy * 100.0,
                 use_.generator * 100.0,
@@ -458,6 +476,16 @@ pub async fn tunnels(targets: &[(String, Kind, Setup)], transfers: usize) -> any
         }
     }
     Ok(())
+}
+
+/// One tunnel transfer of `loadgen tunnels`.
+struct Transfer {
+    mb_s: f64,
+    use_: CoreUse,
+    /// The proxy process's CPU per MB.
+    us_per_mb: f64,
+    /// The load generator's and the backend's context switches per MB.
+    switches_per_mb: f64,
 }
 
 /// A target kept running through the load figures.

@@ -66,6 +66,25 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Context switches of a set of processes, all their threads, voluntary
+/// (a wait: each one is a later wake-up) and not.
+pub fn context_switches(pids: &[u32]) -> u64 {
+    let of_thread = |status: &str| -> u64 {
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
+    pids.iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| of_thread(&status))
+        .sum()
+}
+
 /// User and system CPU time of a set of processes, in clock ticks, apart.
 pub fn cpu_split_ticks(pids: &[u32]) -> (u64, u64) {
     pids.iter().fold((0, 0), |(user, system), &p| {
