@@ -311,6 +311,19 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_waits_adds_a_context_switch_to_its_process() {
+        let me = [std::process::id()];
+        let before = context_switches(&me);
+        // Waiting on another thread is a voluntary switch on any scheduler.
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(5)))
+            .join()
+            .unwrap();
+        let after = context_switches(&me);
+        assert!(after > before, "{before} -> {after}");
+        assert_eq!(context_switches(&[u32::MAX]), 0, "no such process");
+    }
+
+    #[test]
     fn this_process_may_run_on_some_cpu() {
         let cpus = own_cpus();
         assert!(!cpus.is_empty());
