@@ -52,9 +52,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // messages carry none, and a removal costs a hash and a probe each.
     let hop_by_hop = fixed_hop_by_hop();
     let mut present = [false; 9];
-    for name in headers.keys() {
+    // Whether a `Connection` value may list a field beyond the fixed ones.
+    let mut lists_others = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop.iter().position(|h| *h == name) {
             present[i] = true;
+            if i == 0 {
+                lists_others |= !names_only_fixed(value.as_bytes());
+            }
         }
     }
     if present == [false; 9] {
@@ -62,7 +67,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // What `Connection` lists beyond those (`keep-alive` and `upgrade` are
     // among them): usually nothing, so usually no allocation.
-    let listed: Vec<HeaderName> = if present[0] {
+    let listed: Vec<HeaderName> = if lists_others {
         tokens(headers, &header::CONNECTION)
             .filter(|t| {
                 !hop_by_hop
@@ -83,6 +88,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether a `Connection` value is one of the two that browsers send on
+/// every request.
+fn names_no_upgrade(value: &[u8]) -> bool {
+    value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
+}
+
+/// Whether a `Connection` value is one of the few that browsers, WebSocket
+/// clients and backends send and that name no field beyond the fixed
+/// hop-by-hop ones (`close` is an option, not a field): the general token
+/// walk for those cost about 600 instructions per message.
+fn names_only_fixed(value: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"upgrade", b"close"]
+        .iter()
+        .any(|common| value.eq_ignore_ascii_case(common))
 }
 
 /// A client address as the value of `X-Forwarded-For`; made once per
@@ -126,10 +147,11 @@ pub struct SeenFields {
     /// The first `Host` field, and how many there are (counted to two).
     pub host: Option<HeaderValue>,
     pub hosts: u8,
-    /// Whether there is a `Connection`, an `Upgrade` or a
-    /// `Transfer-Encoding` field: each needs a closer look, and most
-    /// requests have none.
-    pub connection: bool,
+    /// Whether there is a `Connection` field other than a plain
+    /// `keep-alive` or `close` (which browsers send on every request, and
+    /// which ask for no upgrade), an `Upgrade` or a `Transfer-Encoding`
+    /// field: each needs a closer look, and most requests have none.
+    pub connection_may_upgrade: bool,
     pub upgrade: bool,
     pub transfer_encoding: bool,
     /// The first `X-Request-Id` field.
@@ -146,7 +168,7 @@ impl SeenFields {
                 }
                 seen.hosts = seen.hosts.saturating_add(1).min(2);
             } else if *name == header::CONNECTION {
-                seen.connection = true;
+                seen.connection_may_upgrade |= !names_no_upgrade(value.as_bytes());
             } else if *name == header::UPGRADE {
                 seen.upgrade = true;
             } else if *name == header::TRANSFER_ENCODING {
@@ -214,6 +236,29 @@ mod tests {
     }
 
     #[test]
+    fn common_connection_values_remove_only_the_fixed_fields() {
+        for value in ["keep-alive", "Upgrade", "close", "Keep-Alive"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, value.parse().unwrap());
+            h.insert(header::UPGRADE, "websocket".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, vec!["x-kept"], "{value}");
+        }
+        // A second value, or one with more in it, takes the general walk.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "close".parse().unwrap());
+        h.append(header::CONNECTION, "x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
     fn client_addresses_are_written_as_the_standard_text() {
         for client in [
             "0.0.0.0",
@@ -253,12 +298,17 @@ mod tests {
         assert_eq!(seen.hosts, 2, "counted to two");
         assert_eq!(seen.request_id.unwrap(), "first");
         assert!(seen.transfer_encoding);
-        assert!(!seen.connection && !seen.upgrade);
+        assert!(!seen.connection_may_upgrade && !seen.upgrade);
+
+        h.append(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        h.append(header::CONNECTION, "close".parse().unwrap());
+        let seen = SeenFields::of(&h);
+        assert!(!seen.connection_may_upgrade, "these two never ask for one");
 
         h.append(header::CONNECTION, "upgrade".parse().unwrap());
         h.append(header::UPGRADE, "websocket".parse().unwrap());
         let seen = SeenFields::of(&h);
-        assert!(seen.connection && seen.upgrade);
+        assert!(seen.connection_may_upgrade && seen.upgrade);
 
         let none = SeenFields::of(&HeaderMap::new());
         assert_eq!((none.hosts, none.host, none.request_id), (0, None, None));

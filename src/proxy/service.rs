@@ -62,7 +62,7 @@ pub async fn handle(
     }
 
     // 1. validate
-    let upgrade = if seen.connection || seen.upgrade {
+    let upgrade = if seen.connection_may_upgrade || seen.upgrade {
         upgrade::classify(request.version(), request.headers())
     } else {
         UpgradeRequest::None
