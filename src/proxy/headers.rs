@@ -101,9 +101,7 @@ fn names_no_upgrade(value: &[u8]) -> bool {
 /// hop-by-hop ones (`close` is an option, not a field): the general token
 /// walk for those cost about 600 instructions per message.
 fn names_only_fixed(value: &[u8]) -> bool {
-    [&b"keep-alive"[..], b"upgrade", b"close"]
-        .iter()
-        .any(|common| value.eq_ignore_ascii_case(common))
+    names_no_upgrade(value) || value.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// A client address as the value of `X-Forwarded-For`; made once per
