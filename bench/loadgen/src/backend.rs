@@ -11,22 +11,15 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const SMALL_BODY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
 
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    // A backlog as large as the proxies' (tokio's `bind` listens with 128):
-    // the direct baseline's burst of 256 connections overflowed the
-    // accept queue, and the refused ones came a second later.
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(4096)?;
+    // switchyard's listening socket, whose backlog is larger than tokio's
+    // 128: with that, the direct baseline's burst of 256 connections
+    // overflowed the accept queue, and the refused ones came a second later.
+    let listener = switchyard::proxy::listener::bind(addr)?;
     println!("listening {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
