@@ -81,9 +81,9 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
 /// removed, lower-case. Borrows when nothing needs changing (the usual case).
 pub fn normalize_request_host(raw: &str) -> Cow<'_, str> {
     // Plain byte loops: this runs on every request, and `rfind` (a
-    // general reverse `memrchr`) and a short-circuiting scan cost three
-    // times as much on a typical host. The fold does not stop early, so
-    // it compiles to vector compares.
+    // general reverse `memrchr`) and a short-circuiting scan cost about
+    // twice as many instructions on a typical host (callgrind). The fold
+    // does not stop early, so it has no branch per byte.
     let last_colon = raw.bytes().rposition(|b| b == b':');
     let upper = raw
         .bytes()

@@ -185,17 +185,24 @@ struct KeyLengths {
 
 impl KeyLengths {
     fn insert(&mut self, len: usize) {
-        match 1u64.checked_shl(u32::try_from(len).unwrap_or(u32::MAX)) {
+        match Self::bit(len) {
             Some(bit) => self.short |= bit,
             None => self.long = true,
         }
     }
 
     fn may_hold(self, len: usize) -> bool {
-        match 1u64.checked_shl(u32::try_from(len).unwrap_or(u32::MAX)) {
+        match Self::bit(len) {
             Some(bit) => self.short & bit != 0,
             None => self.long,
         }
+    }
+
+    /// The bit of `short` for a length below 64.
+    fn bit(len: usize) -> Option<u64> {
+        u32::try_from(len)
+            .ok()
+            .and_then(|len| 1u64.checked_shl(len))
     }
 }
 

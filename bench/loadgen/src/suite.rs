@@ -406,7 +406,8 @@ pub async fn bursts(setup: &Setup, kinds: &[Kind], repeat: usize) -> anyhow::Res
 /// (going round them): a quick before/after for changes to the tunnel.
 /// `targets` pairs each label with how to start it; prints every transfer
 /// and each target's median by MB/s, with how busy both CPUs were, the
-/// proxy process's CPU per MB and the generator CPU's.
+/// proxy process's CPU per MB, the generator CPU's, and the context
+/// switches per MB of `generator_pids` (the load generator and backend).
 pub async fn tunnels(
     targets: &[(String, Kind, Setup)],
     transfers: usize,
