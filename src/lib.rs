@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod busy_poll;
 pub mod cli;
 pub mod config;
 pub mod descriptors;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use switchyard::busy_poll::BusyPoll;
 use switchyard::cli::{Cli, Command, LogFormat};
 use switchyard::{config, descriptors, logging, memory, runtime};
 
@@ -53,11 +54,24 @@ fn main() -> ExitCode {
         Command::Check(_) | Command::Routes(_) => None,
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let busy_poll = match &command {
+        Command::Run(run) if !run.busy_poll.is_zero() => Some(BusyPoll::new(run.busy_poll)),
+        _ => None,
+    };
+    if busy_poll.is_some() && workers > 1 {
+        eprintln!(
+            "error: --busy-poll needs one worker thread, and {workers} would serve \
+             (set --worker-threads 1, or give the process one CPU)"
+        );
+        return ExitCode::from(2);
+    }
     // One core: a current-thread runtime has no work-stealing to pay for.
     let runtime = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if let Some(busy_poll) = &busy_poll {
+            builder.on_thread_unpark(busy_poll.unpark_hook());
+        }
+        builder.enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -66,6 +80,9 @@ fn main() -> ExitCode {
     }
     .expect("tokio runtime");
     let result = runtime.block_on(async move {
+        if let Some(busy_poll) = busy_poll {
+            tokio::spawn(busy_poll.run());
+        }
         match command {
             Command::Run(args) => runtime::run(*args).await.map(|()| 0),
             Command::Check(args) => runtime::check(args).await,

@@ -86,6 +86,7 @@ fn help_documents_every_flag_of_the_contract() {
         "--election-id",
         "--metrics-addr",
         "--worker-threads",
+        "--busy-poll",
     ] {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }
@@ -433,4 +434,71 @@ fn a_busy_port_is_a_clear_error() {
         err.contains(&format!("cannot listen on --http-addr {addr}")),
         "{err}"
     );
+}
+
+#[test]
+fn busy_polling_with_more_than_one_worker_is_a_clear_error() {
+    let (code, _, err) = switchyard(&[
+        "run",
+        "--manifests",
+        "examples/manifests",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--busy-poll",
+        "50us",
+        "--worker-threads",
+        "2",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--busy-poll needs one worker thread, and 2 would serve"),
+        "{err}"
+    );
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn a_busy_polling_proxy_serves_requests_and_tunnels_and_sleeps_when_idle() {
+    let echo = backends::echo("echo").await;
+    let dir = dir_with("r.yaml", route("r", "h", "/", &[echo.addr]));
+    let proxy = Switchyard::start(
+        dir.path(),
+        &["--busy-poll", "200us", "--worker-threads", "1"],
+    );
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+    for _ in 0..20 {
+        assert_eq!(get(proxy.http, "h", "/", &[]).await.status, 200);
+    }
+    let mut ws = websocket(proxy.http, "h").await;
+    ws.send(Message::text("polled")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("polled"));
+
+    // With no traffic the polling stops: a thread that kept polling would
+    // use a whole core (Linux counts 100 ticks a second); an idle one next
+    // to nothing.
+    let ticks_per_second = 100;
+    let before = cpu_ticks(proxy.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(proxy.pid()) - before;
+    assert!(
+        used < ticks_per_second / 4,
+        "{used} ticks of CPU in a second with no traffic"
+    );
+    // The tunnel opened before the quiet second still works.
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
 }
