@@ -13,7 +13,8 @@
 # benchmark runs them (`loadgen config`; nginx without its master process,
 # so that the one serving process is counted). After a warm-up it counts
 # COUNT exchanges on one client connection (request), COUNT exchanges
-# spread over 64 client connections with one request in flight on each
+# spread over 64 client connections (INSTRUCTIONS_CONNECTIONS=N for
+# another number) with one request in flight on each
 # (concurrent: the proxy is never idle, so the runtime's per-wakeup work is
 # shared by many requests, as in the benchmark's CPU-bound figures), COUNT
 # sessions (websocket: connect, 101, one message, close), or COUNT
@@ -98,10 +99,10 @@ nginx | haproxy)
 esac
 
 # The driver: zero the counters after the warm-up, dump after the count.
-python3 - "$port" "$count" "$workload" <<'PY'
+python3 - "$port" "$count" "$workload" "${INSTRUCTIONS_CONNECTIONS:-64}" <<'PY'
 import socket, subprocess, sys
 
-port, count, workload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, count, workload, connections = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 
 def connect():
     s = socket.create_connection(("127.0.0.1", port))
@@ -226,7 +227,7 @@ def concurrent(n, clients):
     ready.close()
 
 if workload == "concurrent":
-    clients = [connect() for _ in range(64)]
+    clients = [connect() for _ in range(connections)]
     concurrent(max(500, count // 6), clients)
     subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
     concurrent(count, clients)

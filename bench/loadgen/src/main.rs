@@ -3,6 +3,7 @@
 //! is the one command that installs what is needed and runs it all.
 
 mod backend;
+mod busy_report;
 mod chart;
 mod client;
 mod report;
@@ -98,6 +99,10 @@ enum Cmd {
         /// Seconds each binary is measured per round of a load figure.
         #[arg(long, default_value_t = 1)]
         seconds: u64,
+        /// Start the new binary with busy polling (`--busy-poll 50us`)
+        /// and the baseline without: what the setting costs or saves.
+        #[arg(long)]
+        busy_polling: bool,
     },
     /// Tunnel throughput alone: the backend directly, the switchyard
     /// binary and any baseline binaries, going round them.
@@ -213,14 +218,16 @@ fn main() -> anyhow::Result<()> {
             proxy,
             baseline,
             seconds,
+            busy_polling,
         } => {
             sysstat::raise_nofile_limit();
-            let (mut backend, new) = start_backend(proxy)?;
+            let (mut backend, mut new) = start_backend(proxy)?;
             let baseline = targets::Setup {
                 switchyard: baseline,
                 workdir: new.workdir.join("baseline"),
                 ..new.clone()
             };
+            new.busy_polling = busy_polling;
             let plan = suite::Plan {
                 figure_seconds: seconds,
                 concurrency: vec![1, 16, 64, 256],
@@ -275,7 +282,7 @@ fn main() -> anyhow::Result<()> {
             let text = match proxy {
                 targets::Kind::Switchyard => targets::manifests(backend, targets::HOST),
                 targets::Kind::Nginx => targets::nginx_conf(port, backend, targets::HOST, &dir),
-                targets::Kind::Haproxy => targets::haproxy_cfg(port, backend),
+                targets::Kind::Haproxy => targets::haproxy_cfg(port, backend, false),
                 targets::Kind::Direct => {
                     anyhow::bail!("direct: the backend reached directly has no configuration")
                 }
@@ -347,6 +354,7 @@ fn start_backend(proxy: ProxyArgs) -> anyhow::Result<(std::process::Child, targe
         backend: backend_addr,
         proxy_cpu: proxy.proxy_cpu,
         workdir: std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id())),
+        busy_polling: false,
     };
     Ok((backend, setup))
 }

@@ -269,6 +269,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         t.load.as_ref().map(translate_load).unwrap_or_default()
     );
 
+    out.push_str(&crate::busy_report::section(results));
     let _ = writeln!(out, "## Targets\n");
     for line in targets(results) {
         let _ = writeln!(out, "- {line}");
@@ -281,8 +282,8 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
              When the proxy's core is busy all the time, the request rate is one over the \
              proxy CPU per request, so each rate target is a budget of CPU time per request. \
              All three proxies make the same system calls per request (one read and one \
-             write on each side), and the kernel's part of that, loopback TCP included, is \
-             most of the budget.\n"
+             write on each side; nginx adds a getsockopt), and the kernel's part of that, \
+             loopback TCP included, is most of the budget.\n"
         );
         for line in budget {
             let _ = writeln!(out, "- {line}");
@@ -508,6 +509,7 @@ fn targets(results: &Results) -> Vec<String> {
             a.p99_us
         ));
     }
+    lines.extend(crate::busy_report::target_lines(results, mark));
     let up = sy.tunnel_up_mb_s / direct.tunnel_up_mb_s;
     let down = sy.tunnel_down_mb_s / direct.tunnel_down_mb_s;
     lines.push(format!(
@@ -631,13 +633,13 @@ fn translate_load(load: &FigureLoad) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::client::{BurstResult, CpuPerRequest, HttpResult, RateResult, RttResult};
     use crate::translate_bench::TranslateResult;
 
     /// A target with one keep-alive figure at 16 connections.
-    fn measured(kind: Kind, rps: f64, user_us: f64, kernel_us: f64) -> TargetResults {
+    pub(crate) fn measured(kind: Kind, rps: f64, user_us: f64, kernel_us: f64) -> TargetResults {
         TargetResults {
             kind,
             start_to_ready_ms: 0.0,
@@ -662,9 +664,10 @@ mod tests {
         }
     }
 
-    fn results(targets: Vec<TargetResults>) -> Results {
+    pub(crate) fn results(targets: Vec<TargetResults>) -> Results {
         Results {
             targets,
+            busy_polling: Vec::new(),
             reconfig: Vec::new(),
             translate: TranslateResult::default(),
             nofile_limit: 0,

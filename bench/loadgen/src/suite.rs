@@ -145,9 +145,30 @@ pub struct Reconfig {
     pub rss_after: u64,
 }
 
+/// A proxy that can busy-poll, measured with it on (see
+/// [`busy_polling`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct BusyPolled {
+    pub kind: Kind,
+    /// Keep-alive figures at [`BUSY_POLLING_CONCURRENCY`].
+    pub http: Vec<HttpResult>,
+    pub tunnel_rtt: RttResult,
+    /// The proxy's CPU while no traffic comes, in cores.
+    pub idle_cores: f64,
+    pub loads: Vec<FigureLoad>,
+}
+
+/// Busy polling saves wake-ups where the proxy's core waits between
+/// requests: with few connections. With more the core is busy anyway.
+pub const BUSY_POLLING_CONCURRENCY: [usize; 2] = [1, 16];
+
+/// How long a proxy is watched with no traffic for its idle CPU.
+const IDLE_WATCH: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub targets: Vec<TargetResults>,
+    pub busy_polling: Vec<BusyPolled>,
     pub reconfig: Vec<Reconfig>,
     pub translate: TranslateResult,
     pub nofile_limit: u64,
@@ -255,8 +276,10 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
             loads: std::mem::take(&mut run.loads),
         });
     }
-    // The reconfiguration figure starts its own proxies in the same places.
+    // The busy-polling and reconfiguration figures start their own proxies
+    // in the same places.
     drop(runs);
+    let busy_polling = busy_polling(setup, plan, backend_pid).await?;
     let mut reconfig = Vec::new();
     for kind in [Kind::Switchyard, Kind::Nginx]
         .into_iter()
@@ -270,11 +293,71 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
     let translate = translate_bench::run(&setup.switchyard, &setup.workdir, ours).await?;
     Ok(Results {
         targets,
+        busy_polling,
         reconfig,
         translate,
         nofile_limit,
         figure_seconds: plan.figure_seconds,
     })
+}
+
+/// switchyard with `--busy-poll` and HAProxy with `busy-polling`: the
+/// keep-alive figures at [`BUSY_POLLING_CONCURRENCY`] and the tunnel round
+/// trip, which wait for wake-ups that busy polling saves, then the CPU each
+/// takes while no traffic comes. One proxy at a time, not going round
+/// them: HAProxy's poller keeps its core busy all the time, which would
+/// slow whatever else ran there.
+async fn busy_polling(
+    setup: &Setup,
+    plan: &Plan,
+    backend_pid: u32,
+) -> anyhow::Result<Vec<BusyPolled>> {
+    let setup = Setup {
+        busy_polling: true,
+        workdir: setup.workdir.join("busy-polling"),
+        ..setup.clone()
+    };
+    let window = Window {
+        warm_up: client::WARM_UP,
+        measure: Duration::from_secs(plan.figure_seconds),
+    };
+    let mut polled = Vec::new();
+    for kind in [Kind::Switchyard, Kind::Haproxy] {
+        if !plan.targets.contains(&kind) {
+            continue;
+        }
+        eprintln!("{} busy polling:", kind.name());
+        let mut run = TargetRun::start(kind, &setup, backend_pid).await?;
+        let runs = std::slice::from_mut(&mut run);
+        let http = keep_alive_figures(runs, &BUSY_POLLING_CONCURRENCY, window)
+            .await
+            .pop()
+            .expect("one target's figures");
+        let rtt = tunnel_rtt_rounds(runs)
+            .await
+            .pop()
+            .expect("one target's rounds");
+        let idle_cores = idle_cores(&run.probe.proxy_pids).await;
+        eprintln!("{}: {idle_cores:.2} cores idle", kind.name());
+        polled.push(BusyPolled {
+            kind,
+            http,
+            tunnel_rtt: median_by(collect(rtt)?, |r| r.p50_us as f64),
+            idle_cores,
+            loads: std::mem::take(&mut run.loads),
+        });
+    }
+    Ok(polled)
+}
+
+/// The CPU `pids` take over [`IDLE_WATCH`] with no traffic, in cores;
+/// after a moment for the last figure's connections to close.
+async fn idle_cores(pids: &[u32]) -> f64 {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = sysstat::cpu_ticks(pids);
+    tokio::time::sleep(IDLE_WATCH).await;
+    let ticks = sysstat::cpu_ticks(pids).saturating_sub(before);
+    ticks as f64 / sysstat::ticks_per_second() / IDLE_WATCH.as_secs_f64()
 }
 
 /// Two switchyard binaries side by side: the burst, then every load
@@ -571,25 +654,7 @@ async fn load_figures(
         warm_up: client::WARM_UP,
         measure: Duration::from_secs(plan.figure_seconds),
     };
-    let mut http: Vec<Vec<HttpResult>> = runs.iter().map(|_| Vec::new()).collect();
-    for &c in &plan.concurrency {
-        let figure = rounds(
-            &format!("http c={c}"),
-            runs,
-            ROUNDS,
-            |r: &HttpResult| Some(r.rps),
-            async |probe: &Probe| keep_alive(probe, c, window).await,
-        )
-        .await;
-        for ((run, rounds), http) in runs.iter().zip(figure).zip(&mut http) {
-            let r = median_by(rounds, |r| r.rps);
-            eprintln!(
-                "{}: http c={c}: {:.0} req/s p99 {} us ({} errors)",
-                run.label, r.rps, r.p99_us, r.errors
-            );
-            http.push(r);
-        }
-    }
+    let http = keep_alive_figures(runs, &plan.concurrency, window).await;
     let mut bodies: Vec<Vec<HttpResult>> = runs.iter().map(|_| Vec::new()).collect();
     for (size, c) in [(64 * 1024, 8), (1024 * 1024, 4)] {
         let figure = rounds(
@@ -633,13 +698,7 @@ async fn load_figures(
         async |probe: &Probe| with_core_use(&cpus, client::tunnel_download(&probe.target)).await,
     )
     .await;
-    // A round trip is better when shorter: spread by its inverse.
-    let speed =
-        |r: &std::io::Result<RttResult>| r.as_ref().ok().map(|r| 1.0 / r.p50_us.max(1) as f64);
-    let rtt = rounds("tunnel rtt", runs, ROUNDS, speed, async |probe: &Probe| {
-        client::tunnel_rtt(&probe.target, 5000).await
-    })
-    .await;
+    let rtt = tunnel_rtt_rounds(runs).await;
 
     let mut figures = Vec::new();
     let per_target = http
@@ -668,6 +727,47 @@ async fn load_figures(
         });
     }
     Ok(figures)
+}
+
+/// The keep-alive figure at each of `concurrency`, in rounds: for each
+/// target, its median round at each concurrency.
+async fn keep_alive_figures(
+    runs: &mut [TargetRun],
+    concurrency: &[usize],
+    window: Window,
+) -> Vec<Vec<HttpResult>> {
+    let mut http: Vec<Vec<HttpResult>> = runs.iter().map(|_| Vec::new()).collect();
+    for &c in concurrency {
+        let figure = rounds(
+            &format!("http c={c}"),
+            runs,
+            ROUNDS,
+            |r: &HttpResult| Some(r.rps),
+            async |probe: &Probe| keep_alive(probe, c, window).await,
+        )
+        .await;
+        for ((run, rounds), http) in runs.iter().zip(figure).zip(&mut http) {
+            let r = median_by(rounds, |r| r.rps);
+            eprintln!(
+                "{}: http c={c}: {:.0} req/s p99 {} us ({} errors)",
+                run.label, r.rps, r.p99_us, r.errors
+            );
+            http.push(r);
+        }
+    }
+    http
+}
+
+/// The tunnel round trip of small messages, in rounds (each target's
+/// rounds, not yet reduced to a median).
+async fn tunnel_rtt_rounds(runs: &mut [TargetRun]) -> Vec<Vec<std::io::Result<RttResult>>> {
+    // A round trip is better when shorter: spread by its inverse.
+    let speed =
+        |r: &std::io::Result<RttResult>| r.as_ref().ok().map(|r| 1.0 / r.p50_us.max(1) as f64);
+    rounds("tunnel rtt", runs, ROUNDS, speed, async |probe: &Probe| {
+        client::tunnel_rtt(&probe.target, 5000).await
+    })
+    .await
 }
 
 /// A keep-alive figure with the proxy's CPU per request.

@@ -1,0 +1,266 @@
+//! The report's busy-polling section: switchyard with `--busy-poll` and
+//! HAProxy with `busy-polling` beside the main table's figures for the
+//! same loads without it, and what the rate targets say with it on.
+
+use std::fmt::Write as _;
+
+use crate::client::HttpResult;
+use crate::suite::{BusyPolled, Results};
+use crate::targets::{BUSY_POLL_WINDOW, Kind};
+
+fn polled(results: &Results, kind: Kind) -> Option<&BusyPolled> {
+    results.busy_polling.iter().find(|p| p.kind == kind)
+}
+
+/// The main table's keep-alive figure of `kind` at `concurrency`.
+fn unpolled(results: &Results, kind: Kind, concurrency: usize) -> Option<&HttpResult> {
+    let target = results.targets.iter().find(|t| t.kind == kind)?;
+    target.http.iter().find(|h| h.concurrency == concurrency)
+}
+
+fn cpu_us(h: &HttpResult) -> Option<f64> {
+    h.proxy_cpu.map(|c| c.user_us + c.kernel_us)
+}
+
+fn cell(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// The section's markdown, or nothing when no proxy was busy-polled.
+pub fn section(results: &Results) -> String {
+    let mut out = String::new();
+    let Some(sy) = polled(results, Kind::Switchyard) else {
+        return out;
+    };
+    let ha = polled(results, Kind::Haproxy);
+    let _ = writeln!(
+        out,
+        "### Busy polling\n\n\
+         switchyard's `--busy-poll` (off by default) keeps its thread polling for I/O for a \
+         short while after its last work instead of sleeping at once; HAProxy's \
+         `busy-polling` never lets its poller wait. Both save the wake-up a sleeping proxy \
+         needs for the next packet, which on a virtual machine is much of a round trip \
+         when connections are few. Measured after the main figures, one proxy at a time \
+         (HAProxy's poller keeps its core busy, which would slow another proxy there), \
+         switchyard with `--busy-poll {BUSY_POLL_WINDOW}`; the columns without busy polling \
+         are the main table's, and nginx has no such setting. CPU per request includes the \
+         polling.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| figure | switchyard busy-poll | HAProxy busy-polling | switchyard | nginx | HAProxy | busy-poll ÷ nginx | busy-poll ÷ HAProxy busy-polling | busy-poll ÷ switchyard |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let mut row = |name: String, values: [Option<f64>; 5]| {
+        let [sy, ha, plain, nginx, haproxy] = values;
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(sy),
+            cell(ha),
+            cell(plain),
+            cell(nginx),
+            cell(haproxy),
+            ratio(sy, nginx),
+            ratio(sy, ha),
+            ratio(sy, plain),
+        );
+    };
+    for (i, h) in sy.http.iter().enumerate() {
+        let c = h.concurrency;
+        let ha = ha.and_then(|p| p.http.get(i));
+        let plain = [Kind::Switchyard, Kind::Nginx, Kind::Haproxy].map(|k| unpolled(results, k, c));
+        let figure = |f: &dyn Fn(&HttpResult) -> Option<f64>| {
+            [Some(h), ha, plain[0], plain[1], plain[2]].map(|h| h.and_then(f))
+        };
+        row(
+            format!("keep-alive, {c} conn: req/s"),
+            figure(&|h| Some(h.rps)),
+        );
+        row(
+            format!("latency p50 / {c} conn (µs)"),
+            figure(&|h| Some(h.p50_us as f64)),
+        );
+        row(
+            format!("latency p99 / {c} conn (µs)"),
+            figure(&|h| Some(h.p99_us as f64)),
+        );
+        row(
+            format!("proxy CPU per request / {c} conn, user + kernel (µs)"),
+            figure(&cpu_us),
+        );
+    }
+    let rtt = |kind: Kind, p99: bool| {
+        let t = results.targets.iter().find(|t| t.kind == kind)?;
+        Some(if p99 {
+            t.tunnel_rtt.p99_us
+        } else {
+            t.tunnel_rtt.p50_us
+        } as f64)
+    };
+    for (p99, name) in [(false, "p50"), (true, "p99")] {
+        let busy = |p: &BusyPolled| {
+            let r = &p.tunnel_rtt;
+            Some(if p99 { r.p99_us } else { r.p50_us } as f64)
+        };
+        row(
+            format!("tunnel round trip {name} (µs)"),
+            [
+                busy(sy),
+                ha.and_then(busy),
+                rtt(Kind::Switchyard, p99),
+                rtt(Kind::Nginx, p99),
+                rtt(Kind::Haproxy, p99),
+            ],
+        );
+    }
+    row(
+        "CPU with no traffic (cores)".into(),
+        [
+            Some(sy.idle_cores),
+            ha.map(|p| p.idle_cores),
+            None,
+            None,
+            None,
+        ],
+    );
+    out.push('\n');
+    out
+}
+
+/// The rate targets with busy polling on: switchyard's figures against
+/// nginx's (which cannot busy-poll) and HAProxy's with `busy-polling`,
+/// with the same test as the main table's targets.
+pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> Vec<String> {
+    let (Some(sy), Some(ha)) = (
+        polled(results, Kind::Switchyard),
+        polled(results, Kind::Haproxy),
+    ) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for (h, a) in sy.http.iter().zip(&ha.http) {
+        let Some(n) = unpolled(results, Kind::Nginx, h.concurrency) else {
+            continue;
+        };
+        let ok =
+            h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
+        lines.push(format!(
+            "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}` (off by default) against HAProxy's `busy-polling`, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
+            mark(ok),
+            h.concurrency,
+            if h.concurrency == 1 { "" } else { "s" },
+            h.rps / n.rps,
+            h.rps / a.rps,
+            h.p99_us,
+            n.p99_us,
+            a.p99_us
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{CpuPerRequest, RttResult};
+    use crate::report::tests::{measured, results};
+
+    /// `kind` busy-polled: one keep-alive figure at 16 connections.
+    fn busy(kind: Kind, rps: f64, p99_us: u64) -> BusyPolled {
+        BusyPolled {
+            kind,
+            http: vec![HttpResult {
+                concurrency: 16,
+                rps,
+                p99_us,
+                proxy_cpu: Some(CpuPerRequest {
+                    user_us: 20.0,
+                    kernel_us: 40.0,
+                }),
+                ..HttpResult::default()
+            }],
+            tunnel_rtt: RttResult::default(),
+            idle_cores: if kind == Kind::Haproxy { 1.0 } else { 0.0 },
+            loads: Vec::new(),
+        }
+    }
+
+    /// The main table's three proxies at 16 connections, without busy
+    /// polling, with p99 `unpolled_p99_us` each.
+    fn with_main_table(busy_polling: Vec<BusyPolled>, unpolled_p99_us: u64) -> Results {
+        let mut results = results(vec![
+            measured(Kind::Switchyard, 6000.0, 8.0, 50.0),
+            measured(Kind::Nginx, 5000.0, 8.0, 50.0),
+            measured(Kind::Haproxy, 4000.0, 8.0, 50.0),
+        ]);
+        for t in &mut results.targets {
+            t.http[0].p99_us = unpolled_p99_us;
+        }
+        results.busy_polling = busy_polling;
+        results
+    }
+
+    #[test]
+    fn each_busy_polled_figure_sits_beside_the_same_figure_without_it() {
+        let results = with_main_table(
+            vec![
+                busy(Kind::Switchyard, 15000.0, 90),
+                busy(Kind::Haproxy, 12000.0, 95),
+            ],
+            200,
+        );
+        let section = section(&results);
+        assert!(
+            section.contains(
+                "| keep-alive, 16 conn: req/s | 15000 | 12000 | 6000 | 5000 | 4000 | 3.00 | 1.25 | 2.50 |"
+            ),
+            "{section}"
+        );
+        assert!(section.contains(
+            "| proxy CPU per request / 16 conn, user + kernel (µs) | 60.00 | 60.00 | 58.00 | 58.00 | 58.00 |"
+        ));
+        assert!(section.contains("| CPU with no traffic (cores) | 0.00 | 1.00 | - | - | - |"));
+    }
+
+    #[test]
+    fn the_rate_target_with_busy_polling_is_met_only_with_p99_no_worse() {
+        let mark = |ok: bool| if ok { "met" } else { "missed" };
+        let ahead = with_main_table(
+            vec![
+                busy(Kind::Switchyard, 15000.0, 90),
+                busy(Kind::Haproxy, 12000.0, 95),
+            ],
+            200,
+        );
+        let lines = target_lines(&ahead, mark);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("met:"), "{}", lines[0]);
+        let slower_tail = with_main_table(
+            vec![
+                busy(Kind::Switchyard, 15000.0, 120),
+                busy(Kind::Haproxy, 12000.0, 95),
+            ],
+            200,
+        );
+        assert!(target_lines(&slower_tail, mark)[0].starts_with("missed:"));
+    }
+
+    #[test]
+    fn without_busy_polled_figures_there_is_no_section_and_no_target() {
+        let results = with_main_table(Vec::new(), 200);
+        assert_eq!(section(&results), "");
+        assert!(target_lines(&results, |_| "met").is_empty());
+    }
+}
