@@ -16,12 +16,14 @@
 //! How: a task that yields in a loop. Tokio's single-threaded scheduler,
 //! left with nothing but a yielded task, polls the I/O driver without
 //! waiting before it runs the task again, so while the task loops every
-//! socket event is taken as soon as it is there. The task cannot see which
-//! other tasks ran, but it sees the time between its own turns: a turn
-//! longer than [`OTHER_WORK`] means the thread did something else (or was
-//! preempted), and restarts the window. Once a window passes without such
-//! a turn the task waits to be armed again, and the runtime parks; the
-//! runtime's unpark hook (work arrived after a sleep) arms it.
+//! socket event is taken as soon as it is there. Between two of its turns
+//! the task reads how long the runtime spent running tasks (its busy
+//! time, which leaves out the wait for I/O): more than [`OTHER_WORK`]
+//! means other tasks ran, and restarts the window. Time alone would not
+//! do: under a tracer that slows every system call, each turn would look
+//! like work and the polling would never stop. Once a window passes
+//! without work the task waits to be armed again, and the runtime parks;
+//! the runtime's unpark hook (work arrived after a sleep) arms it.
 //!
 //! Only for the single-threaded runtime: a multi-threaded one has no way
 //! to keep a task on a given worker, so one task could not keep each
@@ -33,11 +35,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// A turn of the polling task longer than this means the thread did other
-/// work in between. A turn with nothing else to do is one `epoll_wait`
-/// that does not wait and a pass of the scheduler, well under this; a
-/// request through the proxy takes longer.
-const OTHER_WORK: Duration = Duration::from_micros(5);
+/// Busy time between two turns of the polling task above this means other
+/// tasks ran. A turn with nothing else to do adds the poll of the polling
+/// task itself, a fraction of a microsecond; a request through the proxy
+/// takes longer.
+const OTHER_WORK: Duration = Duration::from_micros(2);
 
 /// Busy polling for one runtime: the hook that arms it and the task that
 /// polls.
@@ -71,19 +73,22 @@ impl BusyPoll {
         }
     }
 
-    /// Yields until a whole window has passed in short turns only.
+    /// Yields until a whole window has passed without other tasks running.
     async fn poll_until_quiet(&self) {
-        let mut last_turn = Instant::now();
-        let mut quiet_since = last_turn;
+        // The single-threaded runtime's one worker.
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let busy = || metrics.worker_total_busy_duration(0);
+        let mut busy_before = busy();
+        let mut quiet_since = Instant::now();
         loop {
             tokio::task::yield_now().await;
-            let now = Instant::now();
-            if now - last_turn > OTHER_WORK {
-                quiet_since = now;
-            } else if now - quiet_since >= self.window {
+            let busy_now = busy();
+            if busy_now.saturating_sub(busy_before) > OTHER_WORK {
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= self.window {
                 return;
             }
-            last_turn = now;
+            busy_before = busy_now;
         }
     }
 }
