@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
+use crate::report::rate_target;
 use crate::suite::{BusyPolled, Results};
 use crate::targets::{BUSY_POLL_WINDOW, Kind};
 
@@ -154,18 +155,12 @@ pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> V
         let Some(n) = unpolled(results, Kind::Nginx, h.concurrency) else {
             continue;
         };
-        let ok =
-            h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
-        lines.push(format!(
-            "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}` (off by default) against HAProxy's `busy-polling`, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
-            mark(ok),
-            h.concurrency,
-            if h.concurrency == 1 { "" } else { "s" },
-            h.rps / n.rps,
-            h.rps / a.rps,
-            h.p99_us,
-            n.p99_us,
-            a.p99_us
+        lines.push(rate_target(
+            &format!(
+                "the same with `--busy-poll {BUSY_POLL_WINDOW}` (off by default) against HAProxy's `busy-polling`"
+            ),
+            [h, n, a],
+            &mark,
         ));
     }
     lines

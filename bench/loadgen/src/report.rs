@@ -8,6 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::chart;
+use crate::client::HttpResult;
 use crate::suite::{CoreUse, FigureLoad, Results, TargetResults};
 use crate::targets::Kind;
 
@@ -482,6 +483,27 @@ fn tunnel_limits(results: &Results) -> Vec<String> {
 }
 
 /// The goals from the performance issue, each met or not, with the numbers.
+/// The rate target's line for switchyard's keep-alive figure against
+/// nginx's and HAProxy's at the same concurrency, `name` saying which.
+pub(crate) fn rate_target(
+    name: &str,
+    [h, n, a]: [&HttpResult; 3],
+    mark: impl Fn(bool) -> &'static str,
+) -> String {
+    let ok = h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
+    format!(
+        "{}: {name}, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
+        mark(ok),
+        h.concurrency,
+        if h.concurrency == 1 { "" } else { "s" },
+        h.rps / n.rps,
+        h.rps / a.rps,
+        h.p99_us,
+        n.p99_us,
+        a.p99_us
+    )
+}
+
 fn targets(results: &Results) -> Vec<String> {
     let mut lines = Vec::new();
     let (Some(sy), Some(ng), Some(ha), Some(direct)) = (
@@ -494,19 +516,10 @@ fn targets(results: &Results) -> Vec<String> {
     };
     let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     for (i, h) in sy.http.iter().enumerate() {
-        let (n, a) = (&ng.http[i], &ha.http[i]);
-        let ok =
-            h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
-        lines.push(format!(
-            "{}: request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
-            mark(ok),
-            h.concurrency,
-            if h.concurrency == 1 { "" } else { "s" },
-            h.rps / n.rps,
-            h.rps / a.rps,
-            h.p99_us,
-            n.p99_us,
-            a.p99_us
+        lines.push(rate_target(
+            "request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse",
+            [h, &ng.http[i], &ha.http[i]],
+            mark,
         ));
     }
     lines.extend(crate::busy_report::target_lines(results, mark));
