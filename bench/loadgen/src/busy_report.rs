@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
-use crate::report::rate_target;
+use crate::report::{num, rate_target, ratio};
 use crate::suite::{BusyPolled, Results};
 use crate::targets::{BUSY_POLL_WINDOW, Kind};
 
@@ -24,16 +24,12 @@ fn cpu_us(h: &HttpResult) -> Option<f64> {
 }
 
 fn cell(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v >= 100.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.2}"),
-        None => "-".into(),
-    }
+    v.map_or_else(|| "-".into(), num)
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        (Some(a), Some(b)) => ratio(a, b),
         _ => "-".into(),
     }
 }
@@ -73,9 +69,9 @@ pub fn section(results: &Results) -> String {
             cell(plain),
             cell(nginx),
             cell(haproxy),
-            ratio(sy, nginx),
-            ratio(sy, ha),
-            ratio(sy, plain),
+            ratio_of(sy, nginx),
+            ratio_of(sy, ha),
+            ratio_of(sy, plain),
         );
     };
     for (i, h) in sy.http.iter().enumerate() {
@@ -224,9 +220,9 @@ mod tests {
             "{section}"
         );
         assert!(section.contains(
-            "| proxy CPU per request / 16 conn, user + kernel (µs) | 60.00 | 60.00 | 58.00 | 58.00 | 58.00 |"
+            "| proxy CPU per request / 16 conn, user + kernel (µs) | 60.0 | 60.0 | 58.0 | 58.0 | 58.0 |"
         ));
-        assert!(section.contains("| CPU with no traffic (cores) | 0.00 | 1.00 | - | - | - |"));
+        assert!(section.contains("| CPU with no traffic (cores) | 0.0 | 1.0 | - | - | - |"));
     }
 
     #[test]

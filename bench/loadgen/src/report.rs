@@ -23,7 +23,7 @@ fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
     results.targets.iter().find(|t| t.kind == kind)
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}", a / b)
     } else {
@@ -31,7 +31,7 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else {
@@ -316,15 +316,28 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         "| target | figure | rounds | best ÷ worst round | load average | other processes (cores) | stolen by the hypervisor (cores) | rounds measured again |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for t in &results.targets {
-        for l in &t.loads {
+    // The busy-polled proxies' rounds too, named by their setting.
+    let loads = results
+        .targets
+        .iter()
+        .map(|t| (t.kind.name().to_string(), &t.loads))
+        .chain(results.busy_polling.iter().map(|p| {
+            let setting = if p.kind == Kind::Haproxy {
+                "busy-polling"
+            } else {
+                "busy-poll"
+            };
+            (format!("{} {setting}", p.kind.name()), &p.loads)
+        }));
+    for (target, target_loads) in loads {
+        for l in target_loads {
             let spread = l
                 .spread
                 .map_or_else(|| "-".to_string(), |s| format!("{s:.2}"));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
-                t.kind.name(),
+                target,
                 l.figure,
                 l.rounds,
                 spread,
