@@ -27,7 +27,8 @@
 //!
 //! Only for the single-threaded runtime: a multi-threaded one has no way
 //! to keep a task on a given worker, so one task could not keep each
-//! worker awake.
+//! worker awake. With more than one thread, [`crate::serving`] gives each
+//! a single-threaded runtime of its own, each with its own `BusyPoll`.
 
 use std::sync::Arc;
 use std::time::Duration;

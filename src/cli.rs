@@ -181,11 +181,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<usize>,
 
-    /// After its last work, keep polling for I/O this long before the
+    /// After its last work, keep polling for I/O this long before a
     /// serving thread sleeps (`0s`: off). Saves the wake-up a sleeping
     /// thread needs for the next packet, tens of microseconds on a
     /// virtual machine, for up to this much CPU after each burst of work.
-    /// Needs one worker thread.
+    /// With more than one worker thread, each serves connections from a
+    /// listening socket of its own (SO_REUSEPORT).
     #[arg(long, value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
     pub busy_poll: Duration,
 

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod route_metrics;
 pub mod routes;
 pub mod runtime;
+pub mod serving;
 pub mod shutdown;
 pub mod snapshot;
 pub mod source;

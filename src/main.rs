@@ -2,6 +2,7 @@
 //! [`switchyard::runtime`].
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// mimalloc: faster than the system allocator for many small, short-lived
 /// allocations across threads, and it hands freed memory back to the OS
@@ -13,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use switchyard::busy_poll::BusyPoll;
 use switchyard::cli::{Cli, Command, LogFormat};
+use switchyard::serving::Serving;
 use switchyard::{config, descriptors, logging, memory, runtime};
 
 fn main() -> ExitCode {
@@ -54,19 +56,19 @@ fn main() -> ExitCode {
         Command::Check(_) | Command::Routes(_) => None,
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let busy_poll = match &command {
-        Command::Run(run) if !run.busy_poll.is_zero() => Some(BusyPoll::new(run.busy_poll)),
-        _ => None,
+    let busy_poll_window = match &command {
+        Command::Run(run) => run.busy_poll,
+        Command::Check(_) | Command::Routes(_) => Duration::ZERO,
     };
-    if busy_poll.is_some() && workers > 1 {
-        eprintln!(
-            "error: --busy-poll needs one worker thread, and {workers} would serve \
-             (set --worker-threads 1, or give the process one CPU)"
-        );
-        return ExitCode::from(2);
-    }
+    let serving = Serving::choose(workers, busy_poll_window);
+    // Busy polling on this runtime's one thread; with more threads the
+    // serving threads poll (see `serving`).
+    let busy_poll =
+        (workers <= 1 && !busy_poll_window.is_zero()).then(|| BusyPoll::new(busy_poll_window));
     // One core: a current-thread runtime has no work-stealing to pay for.
-    let runtime = if workers <= 1 {
+    // With serving threads this runtime keeps the rest (admin, sources,
+    // shutdown), which needs no more than one thread.
+    let runtime = if workers <= 1 || serving != Serving::InRuntime {
         let mut builder = tokio::runtime::Builder::new_current_thread();
         if let Some(busy_poll) = &busy_poll {
             builder.on_thread_unpark(busy_poll.unpark_hook());
@@ -84,7 +86,7 @@ fn main() -> ExitCode {
             tokio::spawn(busy_poll.run());
         }
         match command {
-            Command::Run(args) => runtime::run(*args).await.map(|()| 0),
+            Command::Run(args) => runtime::run(*args, serving).await.map(|()| 0),
             Command::Check(args) => runtime::check(args).await,
             Command::Routes(args) => runtime::routes(args).await,
         }

@@ -21,6 +21,7 @@ use crate::proxy::client_limits::ClientLimitConfig;
 use crate::proxy::tunnel::TunnelLimits;
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::routes::{PassiveHealthConfig, RouteStore, TranslateOptions, Translation, translate};
+use crate::serving::Serving;
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::ClusterSnapshot;
 use crate::source::files::{self, FileSource, LoadReport};
@@ -81,8 +82,40 @@ fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     crate::proxy::listener::bind(addr).with_context(|| format!("cannot listen on {flag} {addr}"))
 }
 
+/// The proxy's listening socket(s): one for the runtime `run` is on, or
+/// one per serving thread.
+enum HttpListeners {
+    InRuntime(TcpListener),
+    PerThread {
+        listeners: Vec<std::net::TcpListener>,
+        busy_poll: Duration,
+    },
+}
+
+fn bind_http(addr: SocketAddr, serving: Serving) -> anyhow::Result<(HttpListeners, SocketAddr)> {
+    match serving {
+        Serving::InRuntime => {
+            let listener = bind(addr, "--http-addr")?;
+            let bound = listener.local_addr()?;
+            Ok((HttpListeners::InRuntime(listener), bound))
+        }
+        Serving::Threads { count, busy_poll } => {
+            let listeners = crate::proxy::listener::bind_per_thread(addr, count)
+                .with_context(|| format!("cannot listen on --http-addr {addr}"))?;
+            let bound = listeners[0].local_addr()?;
+            Ok((
+                HttpListeners::PerThread {
+                    listeners,
+                    busy_poll,
+                },
+                bound,
+            ))
+        }
+    }
+}
+
 /// `switchyard run`: serves until SIGTERM or Ctrl-C, then drains.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
     let cluster_mode = args.source.manifests.is_empty();
     if !cluster_mode
         && (args.cluster.publish_service.is_some()
@@ -90,13 +123,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         bail!("--publish-service and --publish-status-address need cluster mode (no --manifests)");
     }
-    let http = bind(args.http_addr, "--http-addr")?;
+    let (http, http_addr) = bind_http(args.http_addr, serving)?;
     let admin_listener = bind(args.admin_addr, "--admin-addr")?;
     let metrics_listener = match args.metrics_addr {
         Some(addr) => Some(bind(addr, "--metrics-addr")?),
         None => None,
     };
-    let http_addr = http.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new());
@@ -152,7 +184,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy_config(&args),
         shutdown.clone(),
     );
-    tokio::spawn(proxy.serve(http));
+    match http {
+        HttpListeners::InRuntime(listener) => {
+            tokio::spawn(proxy.serve(listener));
+        }
+        HttpListeners::PerThread {
+            listeners,
+            busy_poll,
+        } => {
+            let threads = crate::serving::start(listeners, &proxy, busy_poll)
+                .context("cannot start the serving threads")?;
+            tracing::info!(
+                threads = threads.len(),
+                "serving on threads of their own, each busy polling"
+            );
+        }
+    }
     tracing::info!(%http_addr, %admin_addr, "switchyard is serving");
     // Tests and scripts read the bound addresses from this line.
     match &metrics_addr {

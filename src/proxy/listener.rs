@@ -50,12 +50,45 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`], rebindable at
 /// once after a restart (`SO_REUSEADDR`, as tokio's `bind` sets it).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// `count` listening sockets on one address, for the serving threads
+/// ([`crate::serving`]): each has `SO_REUSEPORT`, so the kernel spreads
+/// new connections over them. Returned deregistered (std sockets,
+/// non-blocking), for each thread to register with its own runtime.
+///
+/// The kernel lets any process of the same user join a group of
+/// `SO_REUSEPORT` sockets, so a second switchyard started on the same
+/// address by mistake would quietly share the traffic. A plain bind first
+/// makes that a clear "address in use", as it is with one listener (and
+/// picks the port when `addr`'s is 0).
+pub fn bind_per_thread(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let addr = {
+        let probe = new_socket(addr)?;
+        probe.bind(addr)?;
+        probe.local_addr()?
+    };
+    (0..count)
+        .map(|_| bind_with(addr, true)?.into_std())
+        .collect()
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = new_socket(addr)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

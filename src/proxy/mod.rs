@@ -142,6 +142,29 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Another proxy for another serving thread ([`crate::serving`]): the
+    /// same routes, metrics, settings, connection limits and shutdown,
+    /// with a backend pool of its own, since a backend connection is
+    /// polled by the runtime it was made in.
+    pub fn sibling(&self) -> Arc<Self> {
+        Arc::new(Self {
+            pool: Pool::new(
+                self.config.upstream_connect_timeout,
+                self.config.upstream_response_timeout,
+            ),
+            connection_slots: self.connection_slots.clone(),
+            client_limits: self.client_limits.clone(),
+            routes: self.routes.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config,
+            shutdown: self.shutdown.clone(),
+            http1: self.http1.clone(),
+            http: self.http.clone(),
+        })
+    }
+}
+
 /// One client connection. It holds a connection slot until both the HTTP
 /// connection and any tunnel it became are gone.
 pub struct ConnInfo {

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::metrics::Metrics;
+use switchyard::proxy::listener::bind_per_thread;
 use switchyard::proxy::{Proxy, ProxyConfig};
 use switchyard::routes::{RouteStore, TranslateOptions, translate};
+use switchyard::serving::{self, ServingThread};
 use switchyard::shutdown::Shutdown;
 use switchyard::source::manifest;
 use tokio::net::TcpListener;
@@ -49,6 +51,35 @@ impl TestProxy {
         };
         test.set_routes(yaml);
         test
+    }
+
+    /// A proxy on `count` serving threads of its own, each busy polling
+    /// for `busy_poll` (as `run --busy-poll` with more than one worker).
+    pub fn start_on_threads(
+        yaml: &str,
+        count: usize,
+        busy_poll: Duration,
+    ) -> (Self, Vec<ServingThread>) {
+        let listeners = bind_per_thread("127.0.0.1:0".parse().unwrap(), count).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let routes = Arc::new(RouteStore::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = Shutdown::new();
+        let proxy = Proxy::new(
+            routes.clone(),
+            metrics.clone(),
+            ProxyConfig::default(),
+            shutdown.clone(),
+        );
+        let threads = serving::start(listeners, &proxy, busy_poll).unwrap();
+        let test = Self {
+            addr,
+            routes,
+            metrics,
+            shutdown,
+        };
+        test.set_routes(yaml);
+        (test, threads)
     }
 
     /// Translates `yaml` and swaps the result in, as a source would.
