@@ -192,6 +192,8 @@ pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
             listeners,
             busy_poll,
         } => {
+            // Left running on their own: they end once the drain has
+            // seen their connections end, or with the process.
             let threads = crate::serving::start(listeners, &proxy, busy_poll)
                 .context("cannot start the serving threads")?;
             tracing::info!(

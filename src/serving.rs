@@ -74,9 +74,10 @@ pub fn start(
                 .enable_all()
                 .build()?;
             let handle = runtime.handle().clone();
+            let name = format!("serve-{index}");
             let thread = std::thread::Builder::new()
-                .name(format!("serve-{index}"))
-                .spawn(move || runtime.block_on(serve(listener, proxy, busy_poll)))?;
+                .name(name.clone())
+                .spawn(move || runtime.block_on(serve(&name, listener, proxy, busy_poll)))?;
             Ok(ServingThread {
                 runtime: handle,
                 thread,
@@ -85,14 +86,21 @@ pub fn start(
         .collect()
 }
 
-async fn serve(listener: std::net::TcpListener, proxy: Arc<Proxy>, busy_poll: BusyPoll) {
+async fn serve(
+    name: &str,
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    busy_poll: BusyPoll,
+) {
     tokio::spawn(busy_poll.run());
     // Registered here, with this thread's runtime, so that this thread is
     // the one that polls it.
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(%error, "serving thread cannot use its listening socket");
+            // Dropped, the socket leaves the group, and the kernel gives
+            // its share of new connections to the other threads.
+            tracing::error!(thread = name, %error, "serving thread cannot use its listening socket; the others serve");
             return;
         }
     };
