@@ -122,6 +122,22 @@ pub fn section(results: &Results) -> String {
             ],
         );
     }
+    let unpolled_tunnel = |kind: Kind, way: usize| {
+        let t = results.targets.iter().find(|t| t.kind == kind)?;
+        Some([t.tunnel_up_mb_s, t.tunnel_down_mb_s][way])
+    };
+    for (way, name) in ["client→backend", "backend→client"].into_iter().enumerate() {
+        row(
+            format!("tunnel {name} (MB/s)"),
+            [
+                Some(sy.tunnel_mb_s[way]),
+                ha.map(|p| p.tunnel_mb_s[way]),
+                unpolled_tunnel(Kind::Switchyard, way),
+                unpolled_tunnel(Kind::Nginx, way),
+                unpolled_tunnel(Kind::Haproxy, way),
+            ],
+        );
+    }
     row(
         "CPU with no traffic (cores)".into(),
         [
@@ -138,14 +154,35 @@ pub fn section(results: &Results) -> String {
 
 /// The rate targets with busy polling on: switchyard's figures against
 /// nginx's (which cannot busy-poll) and HAProxy's with `busy-polling`,
-/// with the same test as the main table's targets.
+/// with the same test as the main table's targets; and the tunnel target
+/// against the backend reached directly in the same rounds.
 pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> Vec<String> {
-    let (Some(sy), Some(ha)) = (
-        polled(results, Kind::Switchyard),
-        polled(results, Kind::Haproxy),
-    ) else {
+    let Some(sy) = polled(results, Kind::Switchyard) else {
         return Vec::new();
     };
+    let mut lines = Vec::new();
+    if let Some(ha) = polled(results, Kind::Haproxy) {
+        lines.extend(rate_lines(results, sy, ha, &mark));
+    }
+    if let Some(direct) = sy.direct_tunnel_mb_s {
+        let [up, down] = [0, 1].map(|way| sy.tunnel_mb_s[way] / direct[way]);
+        lines.push(format!(
+            "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}`: tunnel throughput ≥ 0.9× direct \
+             — {up:.2}× up, {down:.2}× down (direct {} and {} MB/s in the same rounds)",
+            mark(up >= 0.9 && down >= 0.9),
+            num(direct[0]),
+            num(direct[1]),
+        ));
+    }
+    lines
+}
+
+fn rate_lines(
+    results: &Results,
+    sy: &BusyPolled,
+    ha: &BusyPolled,
+    mark: &impl Fn(bool) -> &'static str,
+) -> Vec<String> {
     let mut lines = Vec::new();
     for (h, a) in sy.http.iter().zip(&ha.http) {
         let Some(n) = unpolled(results, Kind::Nginx, h.concurrency) else {
@@ -156,7 +193,7 @@ pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> V
                 "the same with `--busy-poll {BUSY_POLL_WINDOW}` (off by default) against HAProxy's `busy-polling`"
             ),
             [h, n, a],
-            &mark,
+            mark,
         ));
     }
     lines
@@ -167,6 +204,7 @@ mod tests {
     use super::*;
     use crate::client::{CpuPerRequest, RttResult};
     use crate::report::tests::{measured, results};
+    use crate::suite::FigureLoad;
 
     /// `kind` busy-polled: one keep-alive figure at 16 connections.
     fn busy(kind: Kind, rps: f64, p99_us: u64) -> BusyPolled {
@@ -183,6 +221,9 @@ mod tests {
                 ..HttpResult::default()
             }],
             tunnel_rtt: RttResult::default(),
+            tunnel_mb_s: [900.0, 800.0],
+            direct_tunnel_mb_s: Some([1000.0, 1000.0]),
+            direct_loads: Vec::new(),
             idle_cores: if kind == Kind::Haproxy { 1.0 } else { 0.0 },
             loads: Vec::new(),
         }
@@ -236,7 +277,7 @@ mod tests {
             200,
         );
         let lines = target_lines(&ahead, mark);
-        assert_eq!(lines.len(), 1);
+        assert_eq!(lines.len(), 2, "a rate line and the tunnel line: {lines:?}");
         assert!(lines[0].starts_with("met:"), "{}", lines[0]);
         let slower_tail = with_main_table(
             vec![
@@ -246,6 +287,67 @@ mod tests {
             200,
         );
         assert!(target_lines(&slower_tail, mark)[0].starts_with("missed:"));
+    }
+
+    #[test]
+    fn busy_polled_tunnels_are_held_to_direct_from_the_same_rounds() {
+        let mark = |ok: bool| if ok { "met" } else { "missed" };
+        let mut sy = busy(Kind::Switchyard, 15000.0, 90);
+        let mut results = with_main_table(vec![sy.clone(), busy(Kind::Haproxy, 12000.0, 95)], 200);
+        for t in &mut results.targets {
+            (t.tunnel_up_mb_s, t.tunnel_down_mb_s) = (700.0, 600.0);
+        }
+        let section = section(&results);
+        assert!(
+            section.contains(
+                "| tunnel client→backend (MB/s) | 900 | 900 | 700 | 700 | 700 | 1.29 | 1.00 | 1.29 |"
+            ),
+            "{section}"
+        );
+        assert!(section.contains("| tunnel backend→client (MB/s) | 800 | 800 | 600 |"));
+        let tunnel = |results: &Results| target_lines(results, mark).pop().unwrap();
+        // 900 and 800 of direct's 1000: up reaches 0.9×, down does not.
+        let line = tunnel(&results);
+        assert!(line.starts_with("missed: the same with"), "{line}");
+        assert!(
+            line.contains("0.90× up, 0.80× down (direct 1000 and 1000 MB/s in the same rounds)"),
+            "{line}"
+        );
+        sy.tunnel_mb_s = [950.0, 900.0];
+        assert!(tunnel(&with_main_table(vec![sy.clone()], 200)).starts_with("met:"));
+        // Without direct in the rounds there is nothing to hold them to.
+        sy.direct_tunnel_mb_s = None;
+        assert!(target_lines(&with_main_table(vec![sy], 200), mark).is_empty());
+    }
+
+    #[test]
+    fn the_load_table_has_the_busy_polled_rounds_and_the_direct_ones_beside_them() {
+        let load = |figure: &str, stolen_cores: f64| FigureLoad {
+            figure: figure.into(),
+            load_average: 1.5,
+            other_cores: 0.0,
+            stolen_cores,
+            rounds: 5,
+            measured_again: 0,
+            spread: Some(1.25),
+        };
+        let mut sy = busy(Kind::Switchyard, 15000.0, 90);
+        sy.loads = vec![load("tunnel up", 0.02)];
+        sy.direct_loads = vec![load("tunnel up", 0.3)];
+        let mut out = String::new();
+        crate::report::load_table(&with_main_table(vec![sy], 200), &mut out);
+        assert!(
+            out.contains(
+                "| switchyard busy-poll | tunnel up | 5 | 1.25 | 1.50 | 0.00 | 0.02 | 0 |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| direct beside switchyard busy-poll | tunnel up | 5 | 1.25 | 1.50 | 0.00 | 0.30 | 0 |"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -310,6 +310,24 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         "\n## Plots\n\n![Latency against load](bench/plots/latency.png)\n\n![Memory against open tunnels](bench/plots/memory.png)\n"
     );
 
+    load_table(results, &mut out);
+    let _ = writeln!(out, "\n## Configurations\n");
+    for t in &results.targets {
+        if let Some(config) = &t.config {
+            let _ = writeln!(
+                out,
+                "{}:\n\n```\n{}\n```\n",
+                t.kind.name(),
+                config.trim_end()
+            );
+        }
+    }
+    out
+}
+
+/// The load while each target's figures were measured, busy-polled
+/// proxies and the direct rounds beside them included.
+pub(crate) fn load_table(results: &Results, out: &mut String) {
     let _ = writeln!(out, "## Load while measuring\n");
     let _ = writeln!(
         out,
@@ -321,13 +339,15 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         .targets
         .iter()
         .map(|t| (t.kind.name().to_string(), &t.loads))
-        .chain(results.busy_polling.iter().map(|p| {
+        .chain(results.busy_polling.iter().flat_map(|p| {
             let setting = if p.kind == Kind::Haproxy {
                 "busy-polling"
             } else {
                 "busy-poll"
             };
-            (format!("{} {setting}", p.kind.name()), &p.loads)
+            let polled = format!("{} {setting}", p.kind.name());
+            let direct = format!("direct beside {polled}");
+            [(polled, &p.loads), (direct, &p.direct_loads)]
         }));
     for (target, target_loads) in loads {
         for l in target_loads {
@@ -348,18 +368,6 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
             );
         }
     }
-    let _ = writeln!(out, "\n## Configurations\n");
-    for t in &results.targets {
-        if let Some(config) = &t.config {
-            let _ = writeln!(
-                out,
-                "{}:\n\n```\n{}\n```\n",
-                t.kind.name(),
-                config.trim_end()
-            );
-        }
-    }
-    out
 }
 
 /// For each keep-alive figure: how busy the proxy's core was, the CPU time

@@ -153,6 +153,12 @@ pub struct BusyPolled {
     /// Keep-alive figures at [`BUSY_POLLING_CONCURRENCY`].
     pub http: Vec<HttpResult>,
     pub tunnel_rtt: RttResult,
+    /// Tunnel throughput, client to backend and backend to client (MB/s).
+    pub tunnel_mb_s: [f64; 2],
+    /// The backend reached directly, in the same rounds as `tunnel_mb_s`.
+    pub direct_tunnel_mb_s: Option<[f64; 2]>,
+    /// The rounds of the backend reached directly beside this proxy.
+    pub direct_loads: Vec<FigureLoad>,
     /// The proxy's CPU while no traffic comes, in cores.
     pub idle_cores: f64,
     pub loads: Vec<FigureLoad>,
@@ -321,28 +327,60 @@ async fn busy_polling(
         warm_up: client::WARM_UP,
         measure: Duration::from_secs(plan.figure_seconds),
     };
+    // The backend reached directly goes round with each busy-polled proxy
+    // in its tunnel transfers: a ratio to direct from minutes apart would
+    // carry the host's drift. (Direct does not use the proxies' core, which
+    // HAProxy's poller keeps busy.)
+    let mut direct = if plan.targets.contains(&Kind::Direct) {
+        Some(TargetRun::start(Kind::Direct, &setup, backend_pid).await?)
+    } else {
+        None
+    };
     let mut polled = Vec::new();
     for kind in [Kind::Switchyard, Kind::Haproxy] {
         if !plan.targets.contains(&kind) {
             continue;
         }
         eprintln!("{} busy polling:", kind.name());
-        let mut run = TargetRun::start(kind, &setup, backend_pid).await?;
-        let runs = std::slice::from_mut(&mut run);
-        let http = keep_alive_figures(runs, &BUSY_POLLING_CONCURRENCY, window)
+        let mut runs = vec![TargetRun::start(kind, &setup, backend_pid).await?];
+        let http = keep_alive_figures(&mut runs[..1], &BUSY_POLLING_CONCURRENCY, window)
             .await
             .pop()
             .expect("one target's figures");
-        let rtt = tunnel_rtt_rounds(runs)
+        let rtt = tunnel_rtt_rounds(&mut runs[..1])
             .await
             .pop()
             .expect("one target's rounds");
+        runs.extend(direct.take());
+        let (up, down) = tunnel_throughput_rounds(&mut runs, &setup).await;
+        let mut medians = up.into_iter().zip(down).map(|(up, down)| {
+            anyhow::Ok([
+                median_by(collect(up)?, |r| r.0).0,
+                median_by(collect(down)?, |r| r.0).0,
+            ])
+        });
+        let tunnel_mb_s = medians.next().expect("the proxy's transfers")?;
+        let direct_tunnel_mb_s = medians.next().transpose()?;
+        direct = runs.pop_if(|run| run.kind == Kind::Direct);
+        let direct_loads = direct
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.loads))
+            .unwrap_or_default();
+        let mut run = runs.pop().expect("the busy-polled proxy");
         let idle_cores = idle_cores(&run.probe.proxy_pids).await;
-        eprintln!("{}: {idle_cores:.2} cores idle", kind.name());
+        eprintln!(
+            "{}: tunnel up {:.0} MB/s, down {:.0} MB/s; {idle_cores:.2} cores idle",
+            kind.name(),
+            tunnel_mb_s[0],
+            tunnel_mb_s[1]
+        );
         polled.push(BusyPolled {
             kind,
             http,
             tunnel_rtt: median_by(collect(rtt)?, |r| r.p50_us as f64),
+            tunnel_mb_s,
+            direct_tunnel_mb_s,
+            direct_loads,
             idle_cores,
             loads: std::mem::take(&mut run.loads),
         });
@@ -680,24 +718,7 @@ async fn load_figures(
         async |probe: &Probe| client::ws_handshakes(&probe.target, 16, window.measure).await,
     )
     .await;
-    let cpus = Cpus::of(setup);
-    let throughput = |r: &std::io::Result<(f64, CoreUse)>| r.as_ref().ok().map(|r| r.0);
-    let up = rounds(
-        "tunnel up",
-        runs,
-        TUNNEL_TRANSFERS,
-        throughput,
-        async |probe: &Probe| with_core_use(&cpus, client::tunnel_upload(&probe.target)).await,
-    )
-    .await;
-    let down = rounds(
-        "tunnel down",
-        runs,
-        TUNNEL_TRANSFERS,
-        throughput,
-        async |probe: &Probe| with_core_use(&cpus, client::tunnel_download(&probe.target)).await,
-    )
-    .await;
+    let (up, down) = tunnel_throughput_rounds(runs, setup).await;
     let rtt = tunnel_rtt_rounds(runs).await;
 
     let mut figures = Vec::new();
@@ -756,6 +777,37 @@ async fn keep_alive_figures(
         }
     }
     http
+}
+
+/// A tunnel transfer's MB/s with how busy both CPUs were, or its error.
+type TunnelRound = std::io::Result<(f64, CoreUse)>;
+
+/// Tunnel throughput client to backend and backend to client, in
+/// [`TUNNEL_TRANSFERS`] rounds (each target's transfers, not yet reduced
+/// to a median).
+async fn tunnel_throughput_rounds(
+    runs: &mut [TargetRun],
+    setup: &Setup,
+) -> (Vec<Vec<TunnelRound>>, Vec<Vec<TunnelRound>>) {
+    let cpus = Cpus::of(setup);
+    let throughput = |r: &TunnelRound| r.as_ref().ok().map(|r| r.0);
+    let up = rounds(
+        "tunnel up",
+        runs,
+        TUNNEL_TRANSFERS,
+        throughput,
+        async |probe: &Probe| with_core_use(&cpus, client::tunnel_upload(&probe.target)).await,
+    )
+    .await;
+    let down = rounds(
+        "tunnel down",
+        runs,
+        TUNNEL_TRANSFERS,
+        throughput,
+        async |probe: &Probe| with_core_use(&cpus, client::tunnel_download(&probe.target)).await,
+    )
+    .await;
+    (up, down)
 }
 
 /// The tunnel round trip of small messages, in rounds (each target's
