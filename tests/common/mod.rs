@@ -37,19 +37,8 @@ impl TestProxy {
 
     pub async fn start_with(config: ProxyConfig, yaml: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let routes = Arc::new(RouteStore::default());
-        let metrics = Arc::new(Metrics::new());
-        let shutdown = Shutdown::new();
-        let proxy = Proxy::new(routes.clone(), metrics.clone(), config, shutdown.clone());
+        let (test, proxy) = Self::new(listener.local_addr().unwrap(), config, yaml);
         tokio::spawn(proxy.serve(listener));
-        let test = Self {
-            addr,
-            routes,
-            metrics,
-            shutdown,
-        };
-        test.set_routes(yaml);
         test
     }
 
@@ -62,16 +51,17 @@ impl TestProxy {
     ) -> (Self, Vec<ServingThread>) {
         let listeners = bind_per_thread("127.0.0.1:0".parse().unwrap(), count).unwrap();
         let addr = listeners[0].local_addr().unwrap();
+        let (test, proxy) = Self::new(addr, ProxyConfig::default(), yaml);
+        let threads = serving::start(listeners, &proxy, busy_poll).unwrap();
+        (test, threads)
+    }
+
+    /// The proxy for `addr` with `yaml`'s routes in force, not yet serving.
+    fn new(addr: SocketAddr, config: ProxyConfig, yaml: &str) -> (Self, Arc<Proxy>) {
         let routes = Arc::new(RouteStore::default());
         let metrics = Arc::new(Metrics::new());
         let shutdown = Shutdown::new();
-        let proxy = Proxy::new(
-            routes.clone(),
-            metrics.clone(),
-            ProxyConfig::default(),
-            shutdown.clone(),
-        );
-        let threads = serving::start(listeners, &proxy, busy_poll).unwrap();
+        let proxy = Proxy::new(routes.clone(), metrics.clone(), config, shutdown.clone());
         let test = Self {
             addr,
             routes,
@@ -79,7 +69,7 @@ impl TestProxy {
             shutdown,
         };
         test.set_routes(yaml);
-        (test, threads)
+        (test, proxy)
     }
 
     /// Translates `yaml` and swaps the result in, as a source would.
