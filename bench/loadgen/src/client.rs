@@ -359,6 +359,12 @@ pub struct RateResult {
     pub completed: u64,
     pub errors: u64,
     pub per_second: f64,
+    /// The proxy's CPU per session (none for the backend reached
+    /// directly), filled in by the suite.
+    pub proxy_cpu: Option<CpuPerRequest>,
+    /// How busy the proxy's and the generator's CPUs were, filled in by
+    /// the suite: which of them set the pace.
+    pub cores: crate::suite::CoreUse,
 }
 
 /// New WebSocket sessions per second: connect, 101, one message echoed,
@@ -391,6 +397,7 @@ pub async fn ws_handshakes(target: &Target, concurrency: usize, duration: Durati
         completed,
         errors,
         per_second: completed as f64 / start.elapsed().as_secs_f64(),
+        ..RateResult::default()
     }
 }
 

@@ -179,6 +179,18 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         results,
         |t| Some(t.websocket_sessions.per_second),
     );
+    for kernel in [false, true] {
+        let part = if kernel { "kernel" } else { "user" };
+        row(
+            &mut out,
+            &format!("proxy CPU per WebSocket session, {part} (µs)"),
+            results,
+            |t| {
+                let cpu = t.websocket_sessions.proxy_cpu?;
+                Some(if kernel { cpu.kernel_us } else { cpu.user_us })
+            },
+        );
+    }
     row(&mut out, "tunnel client→backend (MB/s)", results, |t| {
         Some(t.tunnel_up_mb_s)
     });
@@ -302,6 +314,20 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
              shows that cost, which also depends on how each proxy hands data on.\n"
         );
         for line in tunnels {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
+    let sessions = session_limits(results);
+    if !sessions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### What limits WebSocket sessions\n\n\
+             Each session is two new TCP connections (client to proxy, proxy to backend), an \
+             upgrade, one message each way and two closes. The client and the backend share \
+             the generator's CPU; the proxy has its own. How busy each CPU was says which of \
+             them set the pace.\n"
+        );
+        for line in sessions {
             let _ = writeln!(out, "- {line}");
         }
     }
@@ -501,6 +527,37 @@ fn tunnel_limits(results: &Results) -> Vec<String> {
         lines.push(measured + &verdict);
     }
     lines
+}
+
+/// For each target: how busy the proxy's CPU and the generator's were
+/// during the WebSocket sessions, and which one was full.
+fn session_limits(results: &Results) -> Vec<String> {
+    results
+        .targets
+        .iter()
+        .filter(|t| t.websocket_sessions.per_second > 0.0)
+        .map(|t| {
+            let s = &t.websocket_sessions;
+            let limit = if s.cores.proxy >= 0.9 {
+                "the proxy's CPU is the full one"
+            } else if s.cores.generator >= 0.9 {
+                "the generator's CPU is the full one"
+            } else {
+                "neither CPU is full"
+            };
+            let proxy = if t.kind == Kind::Direct {
+                "its CPU idle".to_string()
+            } else {
+                format!("the proxy's CPU busy {:.0} %", s.cores.proxy * 100.0)
+            };
+            format!(
+                "{}: {:.0} sessions/s, {proxy}, the generator's {:.0} %: {limit}.",
+                t.kind.name(),
+                s.per_second,
+                s.cores.generator * 100.0
+            )
+        })
+        .collect()
 }
 
 /// The goals from the performance issue, each met or not, with the numbers.
@@ -798,6 +855,51 @@ pub(crate) mod tests {
         );
         // 2000 / 3000 = 0.67× with the generator's CPU 90 % busy: 0.74× at 100 %.
         assert!(line.contains("it would be 0.74×"), "{line}");
+    }
+
+    #[test]
+    fn websocket_sessions_name_the_full_cpu_and_the_proxy_cpu_per_session() {
+        let sessions = |kind, per_second, proxy, generator, user_us| {
+            let mut t = measured(kind, 1.0, 1.0, 1.0);
+            t.websocket_sessions = RateResult {
+                per_second,
+                proxy_cpu: (kind != Kind::Direct).then_some(CpuPerRequest {
+                    user_us,
+                    kernel_us: 100.0,
+                }),
+                cores: CoreUse { proxy, generator },
+                ..RateResult::default()
+            };
+            t
+        };
+        let results = results(vec![
+            sessions(Kind::Direct, 7000.0, 0.0, 0.98, 0.0),
+            sessions(Kind::Switchyard, 6000.0, 0.95, 0.8, 25.0),
+            sessions(Kind::Nginx, 6500.0, 0.6, 0.7, 12.0),
+        ]);
+        let lines = session_limits(&results);
+        assert_eq!(
+            lines,
+            [
+                "direct: 7000 sessions/s, its CPU idle, the generator's 98 %: the generator's CPU is the full one.",
+                "switchyard: 6000 sessions/s, the proxy's CPU busy 95 %, the generator's 80 %: the proxy's CPU is the full one.",
+                "nginx: 6500 sessions/s, the proxy's CPU busy 60 %, the generator's 70 %: neither CPU is full.",
+            ]
+        );
+        let context = Context {
+            date: String::new(),
+            machine: String::new(),
+            versions: String::new(),
+            command: String::new(),
+        };
+        let report = markdown(&results, &context);
+        assert!(
+            report.contains(
+                "| proxy CPU per WebSocket session, user (µs) | 25.0 | 12.0 | - | - | 2.08 |"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("### What limits WebSocket sessions"));
     }
 
     #[test]

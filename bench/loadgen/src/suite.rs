@@ -90,6 +90,13 @@ impl Cpus {
             .collect();
         Self { proxy, generator }
     }
+
+    fn windows(&self) -> CoreWindows {
+        CoreWindows {
+            proxy: CoreWindow::start(&self.proxy),
+            generator: CoreWindow::start(&self.generator),
+        }
+    }
 }
 
 /// Runs `figure` and measures how busy each side's CPUs were meanwhile.
@@ -97,14 +104,24 @@ async fn with_core_use<T, E>(
     cpus: &Cpus,
     figure: impl Future<Output = Result<T, E>>,
 ) -> Result<(T, CoreUse), E> {
-    let proxy = CoreWindow::start(&cpus.proxy);
-    let generator = CoreWindow::start(&cpus.generator);
+    let windows = cpus.windows();
     let result = figure.await?;
-    let use_ = CoreUse {
-        proxy: proxy.busy(),
-        generator: generator.busy(),
-    };
-    Ok((result, use_))
+    Ok((result, windows.use_()))
+}
+
+/// Both sides' CPU time from a start, for a [`CoreUse`] at the end.
+struct CoreWindows {
+    proxy: CoreWindow,
+    generator: CoreWindow,
+}
+
+impl CoreWindows {
+    fn use_(&self) -> CoreUse {
+        CoreUse {
+            proxy: self.proxy.busy(),
+            generator: self.generator.busy(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -710,12 +727,13 @@ async fn load_figures(
         }
     }
     let per_second = |r: &RateResult| Some(r.per_second);
+    let cpus = Cpus::of(setup);
     let sessions = rounds(
         "websocket sessions",
         runs,
         ROUNDS,
         per_second,
-        async |probe: &Probe| client::ws_handshakes(&probe.target, 16, window.measure).await,
+        async |probe: &Probe| websocket_sessions(probe, &cpus, window).await,
     )
     .await;
     let (up, down) = tunnel_throughput_rounds(runs, setup).await;
@@ -831,14 +849,42 @@ async fn keep_alive(probe: &Probe, c: usize, window: Window) -> HttpResult {
     })
     .await;
     let after = sysstat::cpu_split_ticks(pids);
-    if !pids.is_empty() && r.requests > 0 {
-        let us = |ticks: u64| ticks as f64 / sysstat::ticks_per_second() * 1e6 / r.requests as f64;
-        r.proxy_cpu = Some(CpuPerRequest {
-            user_us: us(after.0.saturating_sub(before.0)),
-            kernel_us: us(after.1.saturating_sub(before.1)),
-        });
-    }
+    r.proxy_cpu = cpu_per(r.requests, before, after, pids);
     r
+}
+
+/// WebSocket sessions from 16 connections at a time, with the proxy's CPU
+/// per session and how busy each side's CPUs were: whether the proxy or
+/// the generator (which opens, and as the backend accepts, two
+/// connections per session) set the pace.
+async fn websocket_sessions(probe: &Probe, cpus: &Cpus, window: Window) -> RateResult {
+    let pids = &probe.proxy_pids;
+    let before = sysstat::cpu_split_ticks(pids);
+    let windows = cpus.windows();
+    let mut r = client::ws_handshakes(&probe.target, 16, window.measure).await;
+    r.cores = windows.use_();
+    let after = sysstat::cpu_split_ticks(pids);
+    r.proxy_cpu = cpu_per(r.completed, before, after, pids);
+    r
+}
+
+/// CPU time per unit of work between two readings of `pids`' user and
+/// kernel ticks; none without processes (the backend reached directly)
+/// or without work.
+fn cpu_per(
+    done: u64,
+    before: (u64, u64),
+    after: (u64, u64),
+    pids: &[u32],
+) -> Option<CpuPerRequest> {
+    if pids.is_empty() || done == 0 {
+        return None;
+    }
+    let us = |ticks: u64| ticks as f64 / sysstat::ticks_per_second() * 1e6 / done as f64;
+    Some(CpuPerRequest {
+        user_us: us(after.0.saturating_sub(before.0)),
+        kernel_us: us(after.1.saturating_sub(before.1)),
+    })
 }
 
 /// Measures `figure` `count` times on every target, going round the
@@ -1107,6 +1153,19 @@ mod tests {
         assert_eq!(worst.rounds, 3);
         assert_eq!(worst.measured_again, 1);
         assert!(most_disturbed(Vec::new(), 3).is_none());
+    }
+
+    #[test]
+    fn cpu_per_unit_of_work_splits_user_and_kernel_ticks_and_needs_processes_and_work() {
+        let per_second = sysstat::ticks_per_second();
+        // One second of user time and two of kernel time over 1,000 sessions.
+        let ticks = |seconds: f64| (seconds * per_second) as u64;
+        let cpu = cpu_per(1000, (5, 7), (5 + ticks(1.0), 7 + ticks(2.0)), &[42])
+            .expect("processes and work");
+        assert!((cpu.user_us - 1000.0).abs() < 1e-6, "{cpu:?}");
+        assert!((cpu.kernel_us - 2000.0).abs() < 1e-6, "{cpu:?}");
+        assert!(cpu_per(1000, (0, 0), (10, 10), &[]).is_none());
+        assert!(cpu_per(0, (0, 0), (10, 10), &[42]).is_none());
     }
 
     #[test]
