@@ -546,7 +546,7 @@ fn session_limits(results: &Results) -> Vec<String> {
                 "neither CPU is full"
             };
             let proxy = if t.kind == Kind::Direct {
-                "its CPU idle".to_string()
+                "no proxy".to_string()
             } else {
                 format!("the proxy's CPU busy {:.0} %", s.cores.proxy * 100.0)
             };
@@ -881,7 +881,7 @@ pub(crate) mod tests {
         assert_eq!(
             lines,
             [
-                "direct: 7000 sessions/s, its CPU idle, the generator's 98 %: the generator's CPU is the full one.",
+                "direct: 7000 sessions/s, no proxy, the generator's 98 %: the generator's CPU is the full one.",
                 "switchyard: 6000 sessions/s, the proxy's CPU busy 95 %, the generator's 80 %: the proxy's CPU is the full one.",
                 "nginx: 6500 sessions/s, the proxy's CPU busy 60 %, the generator's 70 %: neither CPU is full.",
             ]
