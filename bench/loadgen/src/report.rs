@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::chart;
-use crate::client::HttpResult;
+use crate::client::{CpuPerRequest, HttpResult};
 use crate::suite::{CoreUse, FigureLoad, Results, TargetResults};
 use crate::targets::Kind;
 
@@ -64,6 +64,27 @@ fn row(
         r(get(Kind::Haproxy)),
         r(get(Kind::Direct)),
     );
+}
+
+/// Two rows, the proxy's user and kernel CPU per `unit` of work.
+fn cpu_rows(
+    out: &mut String,
+    unit: &str,
+    results: &Results,
+    cpu: impl Fn(&TargetResults) -> Option<CpuPerRequest>,
+) {
+    for kernel in [false, true] {
+        let part = if kernel { "kernel" } else { "user" };
+        row(
+            out,
+            &format!("proxy CPU per {unit}, {part} (µs)"),
+            results,
+            |t| {
+                let cpu = cpu(t)?;
+                Some(if kernel { cpu.kernel_us } else { cpu.user_us })
+            },
+        );
+    }
 }
 
 pub fn markdown(results: &Results, ctx: &Context) -> String {
@@ -154,18 +175,9 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         |t| Some(t.burst.max_us as f64),
     );
     for (i, c) in levels.iter().enumerate() {
-        for kernel in [false, true] {
-            let part = if kernel { "kernel" } else { "user" };
-            row(
-                &mut out,
-                &format!("proxy CPU per request / {c} conn, {part} (µs)"),
-                results,
-                |t| {
-                    let cpu = t.http.get(i)?.proxy_cpu?;
-                    Some(if kernel { cpu.kernel_us } else { cpu.user_us })
-                },
-            );
-        }
+        cpu_rows(&mut out, &format!("request / {c} conn"), results, |t| {
+            t.http.get(i)?.proxy_cpu
+        });
     }
     row(&mut out, "64 KiB request bodies (MB/s)", results, |t| {
         t.bodies.first().map(|b| b.mb_per_s)
@@ -179,18 +191,9 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         results,
         |t| Some(t.websocket_sessions.per_second),
     );
-    for kernel in [false, true] {
-        let part = if kernel { "kernel" } else { "user" };
-        row(
-            &mut out,
-            &format!("proxy CPU per WebSocket session, {part} (µs)"),
-            results,
-            |t| {
-                let cpu = t.websocket_sessions.proxy_cpu?;
-                Some(if kernel { cpu.kernel_us } else { cpu.user_us })
-            },
-        );
-    }
+    cpu_rows(&mut out, "WebSocket session", results, |t| {
+        t.websocket_sessions.proxy_cpu
+    });
     row(&mut out, "tunnel client→backend (MB/s)", results, |t| {
         Some(t.tunnel_up_mb_s)
     });
