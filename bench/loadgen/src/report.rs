@@ -541,12 +541,11 @@ fn session_limits(results: &Results) -> Vec<String> {
         .filter(|t| t.websocket_sessions.per_second > 0.0)
         .map(|t| {
             let s = &t.websocket_sessions;
-            let limit = if s.cores.proxy >= 0.9 {
-                "the proxy's CPU is the full one"
-            } else if s.cores.generator >= 0.9 {
-                "the generator's CPU is the full one"
-            } else {
-                "neither CPU is full"
+            let limit = match (s.cores.proxy >= 0.9, s.cores.generator >= 0.9) {
+                (true, true) => "both CPUs are full",
+                (true, false) => "the proxy's CPU is the full one",
+                (false, true) => "the generator's CPU is the full one",
+                (false, false) => "neither CPU is full",
             };
             let proxy = if t.kind == Kind::Direct {
                 "no proxy".to_string()
@@ -879,6 +878,7 @@ pub(crate) mod tests {
             sessions(Kind::Direct, 7000.0, 0.0, 0.98, 0.0),
             sessions(Kind::Switchyard, 6000.0, 0.95, 0.8, 25.0),
             sessions(Kind::Nginx, 6500.0, 0.6, 0.7, 12.0),
+            sessions(Kind::Haproxy, 6800.0, 0.93, 0.91, 19.0),
         ]);
         let lines = session_limits(&results);
         assert_eq!(
@@ -887,6 +887,7 @@ pub(crate) mod tests {
                 "direct: 7000 sessions/s, no proxy, the generator's 98 %: the generator's CPU is the full one.",
                 "switchyard: 6000 sessions/s, the proxy's CPU busy 95 %, the generator's 80 %: the proxy's CPU is the full one.",
                 "nginx: 6500 sessions/s, the proxy's CPU busy 60 %, the generator's 70 %: neither CPU is full.",
+                "haproxy: 6800 sessions/s, the proxy's CPU busy 93 %, the generator's 91 %: both CPUs are full.",
             ]
         );
         let context = Context {
@@ -898,7 +899,7 @@ pub(crate) mod tests {
         let report = markdown(&results, &context);
         assert!(
             report.contains(
-                "| proxy CPU per WebSocket session, user (µs) | 25.0 | 12.0 | - | - | 2.08 |"
+                "| proxy CPU per WebSocket session, user (µs) | 25.0 | 12.0 | 19.0 | - | 2.08 | 1.32 | - |"
             ),
             "{report}"
         );
