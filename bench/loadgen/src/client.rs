@@ -39,8 +39,9 @@ pub struct HttpResult {
     pub proxy_cpu: Option<CpuPerRequest>,
 }
 
-/// A proxy's CPU time per request over one figure, in user space and in
-/// the kernel (where loopback TCP is processed, for the sender's side).
+/// A proxy's CPU time per unit of work over one figure (a request, or a
+/// WebSocket session), in user space and in the kernel (where loopback TCP
+/// is processed, for the sender's side).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CpuPerRequest {
     pub user_us: f64,

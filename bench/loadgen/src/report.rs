@@ -472,6 +472,10 @@ fn time_budget(results: &Results) -> Vec<String> {
     lines
 }
 
+/// The share of its time a CPU is busy from which the report calls it
+/// full: the one that set a figure's pace.
+const FULL_CPU: f64 = 0.9;
+
 /// For each tunnel direction: which CPU was full, and the generator's CPU
 /// time per MB moved through each proxy against direct.
 fn tunnel_limits(results: &Results) -> Vec<String> {
@@ -514,7 +518,7 @@ fn tunnel_limits(results: &Results) -> Vec<String> {
             cost(figure(sy)),
             cost(figure(direct)),
         );
-        let verdict = if sy_cores.proxy >= 0.9 {
+        let verdict = if sy_cores.proxy >= FULL_CPU {
             " switchyard's CPU is the full one: the proxy is the limit here.".to_string()
         } else if sy_cores.generator >= 0.85 {
             // At the same cost per MB with its CPU busy all the time.
@@ -541,7 +545,7 @@ fn session_limits(results: &Results) -> Vec<String> {
         .filter(|t| t.websocket_sessions.per_second > 0.0)
         .map(|t| {
             let s = &t.websocket_sessions;
-            let limit = match (s.cores.proxy >= 0.9, s.cores.generator >= 0.9) {
+            let limit = match (s.cores.proxy >= FULL_CPU, s.cores.generator >= FULL_CPU) {
                 (true, true) => "both CPUs are full",
                 (true, false) => "the proxy's CPU is the full one",
                 (false, true) => "the generator's CPU is the full one",
