@@ -6,6 +6,8 @@ mod backend;
 mod busy_report;
 mod chart;
 mod client;
+mod floor;
+mod floor_report;
 mod report;
 mod soak;
 mod suite;
@@ -52,6 +54,16 @@ enum Cmd {
     Backend {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+    },
+    /// The floor: a forwarder that only passes bytes between each client
+    /// connection and a backend connection of its own, the least a proxy
+    /// can cost here (the benchmark runs it beside the proxies).
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+        /// The backend it forwards to.
+        #[arg(long)]
+        backend: SocketAddr,
     },
     /// Soak switchyard: mixed load, manifest changes and a backend killed
     /// every 20 s; samples RSS and descriptors; fails on growth or loss.
@@ -161,11 +173,11 @@ enum Cmd {
         #[arg(long, default_value = "bench/results.json")]
         json: PathBuf,
         /// Targets to measure, comma-separated (for a partial look; the
-        /// report is only complete with all four).
+        /// report is only complete with all five).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "direct,switchyard,nginx,haproxy"
+            default_value = "direct,switchyard,nginx,haproxy,floor"
         )]
         targets: Vec<targets::Kind>,
         /// Shown in the report as the command that produced it.
@@ -176,12 +188,17 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    // Built by the commands that need one: the floor runs on its own
+    // thread with none beside it.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+    };
     match cli.command {
-        Cmd::Backend { addr } => runtime.block_on(backend::serve(addr)),
+        Cmd::Backend { addr } => runtime()?.block_on(backend::serve(addr)),
+        Cmd::Floor { addr, backend } => floor::serve(addr, backend),
         Cmd::Soak {
             switchyard,
             seconds,
@@ -209,7 +226,7 @@ fn main() -> anyhow::Result<()> {
             targets,
         } => {
             let (mut backend, setup) = start_backend(proxy)?;
-            let result = runtime.block_on(suite::bursts(&setup, &targets, repeat));
+            let result = runtime()?.block_on(suite::bursts(&setup, &targets, repeat));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result
@@ -235,7 +252,7 @@ fn main() -> anyhow::Result<()> {
                 changes: 0,
                 targets: vec![targets::Kind::Switchyard],
             };
-            let result = runtime.block_on(suite::compare(&new, &baseline, &plan, backend.id()));
+            let result = runtime()?.block_on(suite::compare(&new, &baseline, &plan, backend.id()));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&new.workdir);
             result
@@ -268,7 +285,7 @@ fn main() -> anyhow::Result<()> {
                 targets.remove(0);
             }
             let generator = [std::process::id(), backend.id()];
-            let result = runtime.block_on(suite::tunnels(&targets, transfers, &generator));
+            let result = runtime()?.block_on(suite::tunnels(&targets, transfers, &generator));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result
@@ -285,6 +302,11 @@ fn main() -> anyhow::Result<()> {
                 targets::Kind::Haproxy => targets::haproxy_cfg(port, backend, false),
                 targets::Kind::Direct => {
                     anyhow::bail!("direct: the backend reached directly has no configuration")
+                }
+                targets::Kind::Floor => {
+                    anyhow::bail!(
+                        "floor: no configuration; it runs as `loadgen floor --backend ADDR`"
+                    )
                 }
             };
             print!("{text}");
@@ -314,7 +336,7 @@ fn main() -> anyhow::Result<()> {
                 changes,
                 targets,
             };
-            let results = runtime.block_on(suite::run(&setup, &plan, backend.id()));
+            let results = runtime()?.block_on(suite::run(&setup, &plan, backend.id()));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&workdir);
             let results = results?;

@@ -100,7 +100,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     let _ = writeln!(out, "{}\n", ctx.versions);
     let _ = writeln!(
         out,
-        "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself.\n\
+        "- Each proxy runs alone, pinned to CPU 0 with one worker (switchyard's runtime sizes itself to the one CPU it may use; nginx `worker_processes 1`; HAProxy `nbthread 1`). The load generator and the backend share CPU 1. \"direct\" is the same load sent to the backend itself; \"floor\" is a forwarder that does nothing but pass bytes on, pinned like the proxies, as the least a proxy can cost (see The floor).\n\
          - Every proxy keeps connections to the backend alive, passes WebSocket upgrades through, has access logging off, and answers 404 for unknown hosts. The configurations are at the end.\n\
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
          - All targets are started before any is loaded, and every load figure goes round them: it is measured on each target in turn, {} times over, and each target's figure is its median round (by rate, throughput or median round trip). A slow spell of the shared host then falls on every target alike rather than on whichever was being measured.\n\
@@ -290,6 +290,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     for line in targets(results) {
         let _ = writeln!(out, "- {line}");
     }
+    out.push_str(&crate::floor_report::section(results));
     let budget = time_budget(results);
     if !budget.is_empty() {
         let _ = writeln!(
@@ -368,6 +369,12 @@ pub(crate) fn load_table(results: &Results, out: &mut String) {
         .targets
         .iter()
         .map(|t| (t.kind.name().to_string(), &t.loads))
+        .chain(
+            results
+                .floor
+                .iter()
+                .map(|f| ("floor".to_string(), &f.loads)),
+        )
         .chain(results.busy_polling.iter().flat_map(|p| {
             let setting = if p.kind == Kind::Haproxy {
                 "busy-polling"
@@ -600,18 +607,21 @@ fn targets(results: &Results) -> Vec<String> {
     };
     let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     for (i, h) in sy.http.iter().enumerate() {
-        lines.push(rate_target(
-            "request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse",
-            [h, &ng.http[i], &ha.http[i]],
-            mark,
-        ));
+        lines.push(
+            rate_target(
+                "request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse",
+                [h, &ng.http[i], &ha.http[i]],
+                mark,
+            ) + &crate::floor_report::rate_note(results, h.concurrency),
+        );
     }
     lines.extend(crate::busy_report::target_lines(results, mark));
     let up = sy.tunnel_up_mb_s / direct.tunnel_up_mb_s;
     let down = sy.tunnel_down_mb_s / direct.tunnel_down_mb_s;
     lines.push(format!(
-        "{}: tunnel throughput ≥ 0.9× direct — {up:.2}× up, {down:.2}× down",
-        mark(up >= 0.9 && down >= 0.9)
+        "{}: tunnel throughput ≥ 0.9× direct — {up:.2}× up, {down:.2}× down{}",
+        mark(up >= 0.9 && down >= 0.9),
+        crate::floor_report::tunnel_note(results)
     ));
     if let Some(idle) = &sy.idle_tunnels {
         lines.push(format!(
@@ -643,6 +653,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Nginx => RGBColor(0x2c, 0xa0, 0x2c),
         Kind::Haproxy => RGBColor(0xd6, 0x27, 0x28),
         Kind::Direct => RGBColor(0x7f, 0x7f, 0x7f),
+        Kind::Floor => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 
@@ -675,6 +686,10 @@ fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
             let points = t.http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
             target_line(t.kind, points.collect(), 4)
         })
+        .chain(results.floor.iter().map(|f| {
+            let points = f.http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
+            target_line(Kind::Floor, points.collect(), 4)
+        }))
         .collect();
     let frame = chart::Frame::new(
         "p99 latency against request rate (each point: one concurrency level)",
@@ -764,6 +779,7 @@ pub(crate) mod tests {
     pub(crate) fn results(targets: Vec<TargetResults>) -> Results {
         Results {
             targets,
+            floor: None,
             busy_polling: Vec::new(),
             reconfig: Vec::new(),
             translate: TranslateResult::default(),

@@ -1,6 +1,7 @@
 //! The whole benchmark: every target started fresh and met with a burst
-//! of new connections, then the load figures going round the targets, then
-//! idle tunnels, reconfiguration and translation. Each figure records the
+//! of new connections, then the load figures going round the targets (the
+//! floor, [`crate::floor`], taking the keep-alive and tunnel throughput
+//! ones), then idle tunnels, reconfiguration and translation. Each figure records the
 //! load average, the CPU other processes used and the CPU the hypervisor
 //! took (steal) while it ran; a round disturbed by either is measured
 //! again once.
@@ -32,7 +33,7 @@ pub struct Plan {
     pub concurrency: Vec<usize>,
     pub idle_tunnels: usize,
     pub changes: usize,
-    /// Which targets to measure (all four by default).
+    /// Which targets to measure (all five by default).
     pub targets: Vec<Kind>,
 }
 
@@ -148,6 +149,19 @@ pub struct TargetResults {
     pub loads: Vec<FigureLoad>,
 }
 
+/// The floor ([`crate::floor`]): the figures it takes, measured in the
+/// same rounds as the targets'.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorResults {
+    pub burst: BurstResult,
+    pub http: Vec<HttpResult>,
+    pub tunnel_up_mb_s: f64,
+    pub tunnel_down_mb_s: f64,
+    pub tunnel_up_cores: CoreUse,
+    pub tunnel_down_cores: CoreUse,
+    pub loads: Vec<FigureLoad>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconfig {
     pub kind: Kind,
@@ -191,6 +205,7 @@ const IDLE_WATCH: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub targets: Vec<TargetResults>,
+    pub floor: Option<FloorResults>,
     pub busy_polling: Vec<BusyPolled>,
     pub reconfig: Vec<Reconfig>,
     pub translate: TranslateResult,
@@ -266,7 +281,21 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
         eprintln!("{}:", kind.name());
         runs.push(TargetRun::start(kind, setup, backend_pid).await?);
     }
-    let load = load_figures(&mut runs, setup, plan).await?;
+    // The floor last, where the load figures look for it.
+    runs.sort_by_key(|run| run.kind == Kind::Floor);
+    let (load, floor_load) = load_figures(&mut runs, setup, plan).await?;
+    let floor = runs
+        .pop_if(|run| run.kind == Kind::Floor)
+        .zip(floor_load)
+        .map(|(mut run, load)| FloorResults {
+            burst: run.burst.clone(),
+            http: load.http,
+            tunnel_up_mb_s: load.tunnel_up.0,
+            tunnel_down_mb_s: load.tunnel_down.0,
+            tunnel_up_cores: load.tunnel_up.1,
+            tunnel_down_cores: load.tunnel_down.1,
+            loads: std::mem::take(&mut run.loads),
+        });
     let mut targets = Vec::new();
     for (run, load) in runs.iter_mut().zip(load) {
         let idle_tunnels = if run.kind == Kind::Direct {
@@ -316,6 +345,7 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
     let translate = translate_bench::run(&setup.switchyard, &setup.workdir, ours).await?;
     Ok(Results {
         targets,
+        floor,
         busy_polling,
         reconfig,
         translate,
@@ -432,7 +462,7 @@ pub async fn compare(
         run.label = label;
         runs.push(run);
     }
-    let figures = load_figures(&mut runs, new, plan).await?;
+    let (figures, _) = load_figures(&mut runs, new, plan).await?;
     let rows = comparison(&runs[0].burst, &runs[1].burst, &figures[0], &figures[1]);
     println!("| figure | new | baseline | new ÷ baseline |\n|---|---|---|---|");
     for (figure, new, baseline) in rows {
@@ -686,6 +716,13 @@ impl TargetRun {
     }
 }
 
+/// The floor's load figures, each its median round.
+struct FloorFigures {
+    http: Vec<HttpResult>,
+    tunnel_up: (f64, CoreUse),
+    tunnel_down: (f64, CoreUse),
+}
+
 /// One target's load figures, each its median round.
 struct LoadFigures {
     http: Vec<HttpResult>,
@@ -699,22 +736,27 @@ struct LoadFigures {
 /// The load figures, in rounds: each figure is measured on every target
 /// in turn, [`ROUNDS`] times over ([`TUNNEL_TRANSFERS`] for tunnel
 /// throughput), so that a slow spell of the shared host falls on all
-/// targets alike instead of on whichever one was being measured.
+/// targets alike instead of on whichever one was being measured. The
+/// floor, if it is the last of `runs`, goes round with them in the
+/// keep-alive and tunnel throughput figures only, and its figures come
+/// apart.
 async fn load_figures(
     runs: &mut [TargetRun],
     setup: &Setup,
     plan: &Plan,
-) -> anyhow::Result<Vec<LoadFigures>> {
+) -> anyhow::Result<(Vec<LoadFigures>, Option<FloorFigures>)> {
     let window = Window {
         warm_up: client::WARM_UP,
         measure: Duration::from_secs(plan.figure_seconds),
     };
-    let http = keep_alive_figures(runs, &plan.concurrency, window).await;
-    let mut bodies: Vec<Vec<HttpResult>> = runs.iter().map(|_| Vec::new()).collect();
+    let with_floor = runs.last().is_some_and(|run| run.kind == Kind::Floor);
+    let proxies = runs.len() - usize::from(with_floor);
+    let mut http = keep_alive_figures(runs, &plan.concurrency, window).await;
+    let mut bodies: Vec<Vec<HttpResult>> = (0..proxies).map(|_| Vec::new()).collect();
     for (size, c) in [(64 * 1024, 8), (1024 * 1024, 4)] {
         let figure = rounds(
             &format!("body {size}"),
-            runs,
+            &mut runs[..proxies],
             ROUNDS,
             |r: &HttpResult| Some(r.mb_per_s),
             async |probe: &Probe| client::http_load(&probe.target, c, window, size, || {}).await,
@@ -730,14 +772,26 @@ async fn load_figures(
     let cpus = Cpus::of(setup);
     let sessions = rounds(
         "websocket sessions",
-        runs,
+        &mut runs[..proxies],
         ROUNDS,
         per_second,
         async |probe: &Probe| websocket_sessions(probe, &cpus, window).await,
     )
     .await;
-    let (up, down) = tunnel_throughput_rounds(runs, setup).await;
-    let rtt = tunnel_rtt_rounds(runs).await;
+    let (mut up, mut down) = tunnel_throughput_rounds(runs, setup).await;
+    let rtt = tunnel_rtt_rounds(&mut runs[..proxies]).await;
+    let floor = if with_floor {
+        let http = http.pop().expect("the floor's keep-alive figures");
+        let up = up.pop().expect("the floor's transfers up");
+        let down = down.pop().expect("the floor's transfers down");
+        Some(FloorFigures {
+            http,
+            tunnel_up: median_by(collect(up)?, |r| r.0),
+            tunnel_down: median_by(collect(down)?, |r| r.0),
+        })
+    } else {
+        None
+    };
 
     let mut figures = Vec::new();
     let per_target = http
@@ -765,7 +819,7 @@ async fn load_figures(
             tunnel_rtt,
         });
     }
-    Ok(figures)
+    Ok((figures, floor))
 }
 
 /// The keep-alive figure at each of `concurrency`, in rounds: for each

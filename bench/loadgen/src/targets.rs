@@ -1,7 +1,9 @@
 //! The things under test, started the same way: switchyard, nginx and
 //! HAProxy as equivalent reverse proxies (keep-alive to the backend,
 //! WebSocket support, one worker, access logs off, pinned to one core),
-//! and "direct", the backend itself, as the physical baseline.
+//! "direct", the backend itself, as the physical baseline, and "floor",
+//! a forwarder that does nothing but pass bytes on ([`crate::floor`]), as
+//! the least a proxy can cost.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -24,6 +26,7 @@ pub enum Kind {
     Switchyard,
     Nginx,
     Haproxy,
+    Floor,
 }
 
 impl Kind {
@@ -33,6 +36,7 @@ impl Kind {
             Kind::Switchyard => "switchyard",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -114,6 +118,7 @@ impl Running {
             Kind::Switchyard => running.start_switchyard(setup)?,
             Kind::Nginx => running.start_nginx(setup)?,
             Kind::Haproxy => running.start_haproxy(setup)?,
+            Kind::Floor => running.start_floor(setup)?,
         }
         let poll_every = Duration::from_millis(1);
         if !wait_serving(&running.target, Duration::from_secs(30), poll_every).await {
@@ -225,6 +230,26 @@ impl Running {
         Ok(())
     }
 
+    /// The floor, pinned like the proxies, on a port it picks and prints.
+    fn start_floor(&mut self, setup: &Setup) -> anyhow::Result<()> {
+        let mut child = self
+            .pinned(setup, std::env::current_exe()?)
+            .arg("floor")
+            .arg("--backend")
+            .arg(setup.backend.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the floor")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+        self.target.addr =
+            crate::suite::parse_listening(&line).context("the floor printed no address")?;
+        self.port = self.target.addr.port();
+        self.child = Some(child);
+        Ok(())
+    }
+
     /// Adds a route for `host` the way an operator of this proxy would:
     /// a new manifest file for switchyard, a config change and
     /// `nginx -s reload` for nginx.
@@ -249,7 +274,7 @@ impl Running {
                     bail!("nginx -s reload failed");
                 }
             }
-            Kind::Direct | Kind::Haproxy => {
+            Kind::Direct | Kind::Haproxy | Kind::Floor => {
                 bail!("{} is not reconfigured in this benchmark", self.kind.name())
             }
         }
@@ -262,7 +287,7 @@ impl Running {
             Kind::Nginx => "nginx.conf",
             Kind::Haproxy => "haproxy.cfg",
             Kind::Switchyard => "manifests/bench.yaml",
-            Kind::Direct => return None,
+            Kind::Direct | Kind::Floor => return None,
         };
         std::fs::read_to_string(self.dir.join(file)).ok()
     }
