@@ -130,7 +130,7 @@ enum Cmd {
         /// Leave out the backend reached directly (for profiling a proxy).
         #[arg(long)]
         without_direct: bool,
-        /// Other proxies to go round too, comma-separated (nginx, haproxy),
+        /// Other targets to go round too, comma-separated (nginx, haproxy, floor),
         /// configured as the benchmark runs them.
         #[arg(long, value_delimiter = ',')]
         others: Vec<targets::Kind>,

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 
 use crate::chart;
 use crate::client::{CpuPerRequest, HttpResult};
-use crate::suite::{CoreUse, FigureLoad, Results, TargetResults};
+use crate::suite::{CoreUse, FigureLoad, FloorResults, Results, TargetResults};
 use crate::targets::Kind;
 
 pub struct Context {
@@ -493,18 +493,23 @@ fn tunnel_limits(results: &Results) -> Vec<String> {
         return Vec::new();
     };
     type Figure = fn(&TargetResults) -> (f64, CoreUse);
-    let directions: [(&str, Figure); 2] = [
-        ("client→backend", |t| {
-            (t.tunnel_up_mb_s, t.tunnel_up_cores)
-        }),
-        ("backend→client", |t| {
-            (t.tunnel_down_mb_s, t.tunnel_down_cores)
-        }),
+    type FloorFigure = fn(&FloorResults) -> (f64, CoreUse);
+    let directions: [(&str, Figure, FloorFigure); 2] = [
+        (
+            "client→backend",
+            |t| (t.tunnel_up_mb_s, t.tunnel_up_cores),
+            |f| (f.tunnel_up_mb_s, f.tunnel_up_cores),
+        ),
+        (
+            "backend→client",
+            |t| (t.tunnel_down_mb_s, t.tunnel_down_cores),
+            |f| (f.tunnel_down_mb_s, f.tunnel_down_cores),
+        ),
     ];
     // Microseconds of the generator's CPU per MB moved.
     let cost = |(mb_s, cores): (f64, CoreUse)| cores.generator * 1e6 / mb_s;
     let mut lines = Vec::new();
-    for (name, figure) in directions {
+    for (name, figure, floor_figure) in directions {
         let (direct_mb_s, _) = figure(direct);
         let (sy_mb_s, sy_cores) = figure(sy);
         if direct_mb_s <= 0.0 || sy_mb_s <= 0.0 || sy_cores.generator <= 0.0 {
@@ -516,6 +521,10 @@ fn tunnel_limits(results: &Results) -> Vec<String> {
                 let measured = figure(target(results, kind)?);
                 (measured.0 > 0.0).then(|| format!(", {} {:.0}", kind.name(), cost(measured)))
             })
+            .chain(results.floor.as_ref().and_then(|floor| {
+                let measured = floor_figure(floor);
+                (measured.0 > 0.0).then(|| format!(", the floor {:.0}", cost(measured)))
+            }))
             .collect();
         let measured = format!(
             "{name}: switchyard's CPU busy {:.0} %, the generator's {:.0} %. The generator's CPU \
@@ -877,6 +886,34 @@ pub(crate) mod tests {
         );
         // 2000 / 3000 = 0.67× with the generator's CPU 90 % busy: 0.74× at 100 %.
         assert!(line.contains("it would be 0.74×"), "{line}");
+    }
+
+    #[test]
+    fn the_generators_cost_per_mb_through_the_floor_follows_the_proxies() {
+        let mut results = results(vec![
+            tunnelled(Kind::Direct, 3000.0, 0.0, 1.0),
+            tunnelled(Kind::Switchyard, 2000.0, 0.45, 0.9),
+        ]);
+        let through = CoreUse {
+            proxy: 0.4,
+            generator: 0.95,
+        };
+        results.floor = Some(FloorResults {
+            burst: crate::client::BurstResult::default(),
+            http: Vec::new(),
+            tunnel_up_mb_s: 2500.0,
+            tunnel_down_mb_s: 2500.0,
+            tunnel_up_cores: through,
+            tunnel_down_cores: through,
+            loads: Vec::new(),
+        });
+        let lines = tunnel_limits(&results);
+        // 0.95 s of the generator's CPU per 2,500 MB: 380 µs per MB.
+        assert!(
+            lines[0].contains("through switchyard and 333 direct, the floor 380."),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]
