@@ -135,6 +135,13 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         others: Vec<targets::Kind>,
     },
+    /// Each load of the benchmark for a second against one switchyard,
+    /// then stop it: the training run of `scripts/pgo.sh`, whose
+    /// instrumented binary writes its profile as it exits.
+    Train {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
     /// Print the configuration the benchmark runs a proxy with (switchyard's
     /// manifests, nginx.conf or haproxy.cfg), for scripts that run the
     /// proxies on their own, such as `scripts/instructions.sh`.
@@ -286,6 +293,13 @@ fn main() -> anyhow::Result<()> {
             }
             let generator = [std::process::id(), backend.id()];
             let result = runtime()?.block_on(suite::tunnels(&targets, transfers, &generator));
+            let _ = backend.kill();
+            let _ = std::fs::remove_dir_all(&setup.workdir);
+            result
+        }
+        Cmd::Train { proxy } => {
+            let (mut backend, setup) = start_backend(proxy)?;
+            let result = runtime()?.block_on(suite::train(&setup, backend.id()));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result

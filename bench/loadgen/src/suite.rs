@@ -435,6 +435,45 @@ async fn busy_polling(
     Ok(polled)
 }
 
+/// Each of the benchmark's loads, briefly, against one switchyard: the
+/// training run of a profile-guided build (`scripts/pgo.sh`), whose
+/// instrumented binary writes its profile when it is stopped at the end.
+/// What the profile needs is which code runs how often, not figures, so
+/// each load runs a second (one transfer each way for tunnels) and only
+/// its errors are reported.
+pub async fn train(setup: &Setup, backend_pid: u32) -> anyhow::Result<()> {
+    // Starting it meets it with the burst of new connections too.
+    let run = TargetRun::start(Kind::Switchyard, setup, backend_pid).await?;
+    let target = &run.probe.target;
+    let window = Window {
+        warm_up: Duration::ZERO,
+        measure: Duration::from_secs(1),
+    };
+    let mut errors = run.burst.errors;
+    for c in [1, 16, 64, 256] {
+        errors += client::http_load(target, c, window, 0, || {}).await.errors;
+    }
+    for (size, c) in [(64 * 1024, 8), (1024 * 1024, 4)] {
+        errors += client::http_load(target, c, window, size, || {})
+            .await
+            .errors;
+    }
+    errors += client::ws_handshakes(target, 16, window.measure)
+        .await
+        .errors;
+    client::tunnel_upload(target).await?;
+    client::tunnel_download(target).await?;
+    client::tunnel_rtt(target, 2000).await?;
+    eprintln!("trained: every load ran, {errors} failed exchanges");
+    if errors > 0 {
+        anyhow::bail!("{errors} exchanges failed while training");
+    }
+    // Dropping the run stops switchyard with SIGTERM: it drains, exits and
+    // writes its profile.
+    drop(run);
+    Ok(())
+}
+
 /// The CPU `pids` take over [`IDLE_WATCH`] with no traffic, in cores;
 /// after a moment for the last figure's connections to close.
 async fn idle_cores(pids: &[u32]) -> f64 {
