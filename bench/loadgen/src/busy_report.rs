@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
-use crate::report::{num, rate_target, ratio};
+use crate::report::{cell, num, rate_target, ratio_of};
 use crate::suite::{BusyPolled, Results};
 use crate::targets::{BUSY_POLL_WINDOW, Kind};
 
@@ -21,17 +21,6 @@ fn unpolled(results: &Results, kind: Kind, concurrency: usize) -> Option<&HttpRe
 
 fn cpu_us(h: &HttpResult) -> Option<f64> {
     h.proxy_cpu.map(|c| c.user_us + c.kernel_us)
-}
-
-fn cell(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), num)
-}
-
-fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) => ratio(a, b),
-        _ => "-".into(),
-    }
 }
 
 /// The section's markdown, or nothing when no proxy was busy-polled.

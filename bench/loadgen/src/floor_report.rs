@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
-use crate::report::{num, ratio};
+use crate::report::{cell, ratio_of};
 use crate::suite::{FloorResults, Results, TargetResults};
 use crate::targets::Kind;
 
@@ -23,17 +23,6 @@ fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
 
 fn at(http: &[HttpResult], concurrency: usize) -> Option<&HttpResult> {
     http.iter().find(|h| h.concurrency == concurrency)
-}
-
-fn cell(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), num)
-}
-
-fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) => ratio(a, b),
-        _ => "-".into(),
-    }
 }
 
 /// One row: the floor's figure, each target's, the floor's ratios to

@@ -22,7 +22,6 @@ mod translate_bench;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -382,8 +381,7 @@ fn start_backend(proxy: ProxyArgs) -> anyhow::Result<(std::process::Child, targe
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the backend")?;
-    let mut line = String::new();
-    BufReader::new(backend.stdout.take().expect("piped")).read_line(&mut line)?;
+    let line = targets::first_line(&mut backend)?;
     let backend_addr = suite::parse_listening(&line).context("backend printed no address")?;
     let setup = targets::Setup {
         switchyard: proxy.switchyard,

@@ -39,6 +39,19 @@ pub(crate) fn num(v: f64) -> String {
     }
 }
 
+/// A table cell: the figure, or "-" where there is none.
+pub(crate) fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), num)
+}
+
+/// The ratio of two figures, or "-" where either is missing.
+pub(crate) fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => ratio(a, b),
+        _ => "-".into(),
+    }
+}
+
 /// One table row: a figure for each target and switchyard's ratios.
 fn row(
     out: &mut String,
@@ -48,11 +61,7 @@ fn row(
 ) {
     let get = |k| target(results, k).and_then(&value);
     let sy = get(Kind::Switchyard);
-    let cell = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
-    let r = |other: Option<f64>| match (sy, other) {
-        (Some(a), Some(b)) => ratio(a, b),
-        _ => "-".into(),
-    };
+    let r = |other: Option<f64>| ratio_of(sy, other);
     let _ = writeln!(
         out,
         "| {name} | {} | {} | {} | {} | {} | {} | {} |",

@@ -34,7 +34,6 @@
 //! with it: those failures are counted and reported, not failed on.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -90,8 +89,7 @@ fn spawn(mut command: Command) -> anyhow::Result<(Proc, String)> {
         .stdout(Stdio::piped())
         .spawn()
         .context("spawning a child")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let line = crate::targets::first_line(&mut child)?;
     Ok((Proc(child), line))
 }
 

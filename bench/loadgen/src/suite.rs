@@ -1,10 +1,10 @@
 //! The whole benchmark: every target started fresh and met with a burst
 //! of new connections, then the load figures going round the targets (the
 //! floor, [`crate::floor`], taking the keep-alive and tunnel throughput
-//! ones), then idle tunnels, reconfiguration and translation. Each figure records the
-//! load average, the CPU other processes used and the CPU the hypervisor
-//! took (steal) while it ran; a round disturbed by either is measured
-//! again once.
+//! ones), then idle tunnels, reconfiguration and translation. Each figure
+//! records the load average, the CPU other processes used and the CPU the
+//! hypervisor took (steal) while it ran; a round disturbed by either is
+//! measured again once.
 
 use std::future::Future;
 use std::net::SocketAddr;

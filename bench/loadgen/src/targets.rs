@@ -75,6 +75,13 @@ pub struct Running {
 /// Starts per proxy for the start-to-first-answer figure.
 pub const STARTS: usize = 5;
 
+/// The first line `child` prints on its piped stdout: where it listens.
+pub fn first_line(child: &mut Child) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    Ok(line)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -173,8 +180,7 @@ impl Running {
             .stderr(Stdio::null())
             .spawn()
             .context("starting switchyard")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+        let line = first_line(&mut child)?;
         let http = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http="))
@@ -241,8 +247,7 @@ impl Running {
             .stderr(Stdio::null())
             .spawn()
             .context("starting the floor")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+        let line = first_line(&mut child)?;
         self.target.addr =
             crate::suite::parse_listening(&line).context("the floor printed no address")?;
         self.port = self.target.addr.port();

@@ -2,7 +2,6 @@
 //! EndpointSlices — parse, translate and compile times in process, and the
 //! resident memory of a switchyard serving them.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,9 +119,8 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut line = String::new();
-    // The file source loads and translates before printing this line.
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    // The file source loads and translates before printing its first line.
+    crate::targets::first_line(&mut child)?;
     let process_start_to_ready_ms = spawned.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let process_rss_bytes = sysstat::rss_bytes(child.id());
