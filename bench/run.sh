@@ -6,7 +6,9 @@
 #
 # The proxies run pinned to CPU 0, the load generator and backend to CPU 1.
 # Extra arguments go to `loadgen suite` (e.g. --tunnels 500
-# --changes 10 for a quick look). Takes a few minutes on 2 cores.
+# --changes 10 for a quick look). With `--pgo` as the first argument it
+# measures scripts/pgo.sh's profile-guided build of switchyard instead.
+# Takes about 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,20 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release -p switchyard -p switchyard-bench
+# With --pgo first, the switchyard measured is scripts/pgo.sh's
+# profile-guided build (two more release builds: about 19 minutes from
+# scratch instead of 12, about 13 once they are cached).
+binary=target/release/switchyard
+build=(--build "release build")
+if [ "${1:-}" = --pgo ]; then
+    shift
+    scripts/pgo.sh
+    binary=target/pgo/switchyard
+    build=(--build "profile-guided release build, scripts/pgo.sh" --command "bench/run.sh --pgo")
+fi
+pin=(taskset -c 1)
 if [ "$(nproc)" -lt 2 ]; then
     echo "warning: fewer than 2 CPUs; the proxy and the load generator share one" >&2
-    exec target/release/loadgen suite --switchyard target/release/switchyard --proxy-cpu 0 "$@"
+    pin=()
 fi
-exec taskset -c 1 target/release/loadgen suite --switchyard target/release/switchyard --proxy-cpu 0 "$@"
+exec "${pin[@]}" target/release/loadgen suite --switchyard "$binary" --proxy-cpu 0 "${build[@]}" "$@"

@@ -189,6 +189,10 @@ enum Cmd {
         /// Shown in the report as the command that produced it.
         #[arg(long, default_value = "bench/run.sh")]
         command: String,
+        /// Shown in the report after switchyard's version: how the binary
+        /// was built.
+        #[arg(long, default_value = "release build")]
+        build: String,
     },
 }
 
@@ -334,6 +338,7 @@ fn main() -> anyhow::Result<()> {
             plots,
             json,
             command,
+            build,
             targets,
         } => {
             let limit = sysstat::raise_nofile_limit() as usize;
@@ -359,7 +364,7 @@ fn main() -> anyhow::Result<()> {
             let ctx = report::Context {
                 date: shell("date -u +%Y-%m-%d"),
                 machine: machine(),
-                versions: versions(&setup.switchyard),
+                versions: versions(&setup.switchyard, &build),
                 command,
             };
             std::fs::write(&out, report::markdown(&results, &ctx))?;
@@ -417,9 +422,9 @@ fn machine() -> String {
     )
 }
 
-fn versions(switchyard: &std::path::Path) -> String {
+fn versions(switchyard: &std::path::Path, build: &str) -> String {
     format!(
-        "- {} (release build)\n- {}\n- {}",
+        "- {} ({build})\n- {}\n- {}",
         shell(&format!("{} --version", switchyard.display())),
         shell("nginx -v"),
         shell("haproxy -v | head -1")
