@@ -25,7 +25,10 @@ major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 profdata=llvm-profdata-$major
 if ! command -v "$profdata" >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$major" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$major" >/dev/null || {
+        echo "error: no llvm-$major here: $profdata must match rustc's LLVM $major to read its profiles" >&2
+        exit 1
+    }
 fi
 
 dir=$PWD/target/pgo
