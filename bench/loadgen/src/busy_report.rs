@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
-use crate::report::{cell, num, rate_target, ratio_of};
+use crate::report::{TUNNEL_OVER_DIRECT, cell, num, rate_target, ratio_of};
 use crate::suite::{BusyPolled, Results};
 use crate::targets::{BUSY_POLL_WINDOW, Kind};
 
@@ -158,7 +158,7 @@ pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> V
         lines.push(format!(
             "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}`: tunnel throughput ≥ 0.9× direct \
              — {up:.2}× up, {down:.2}× down (direct {} and {} MB/s in the same rounds)",
-            mark(up >= 0.9 && down >= 0.9),
+            mark(up >= TUNNEL_OVER_DIRECT && down >= TUNNEL_OVER_DIRECT),
             num(direct[0]),
             num(direct[1]),
         ));

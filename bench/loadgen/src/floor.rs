@@ -203,8 +203,7 @@ impl Floor {
         self.refresh(from);
     }
 
-    /// Writes what waits for `to`; once all is written, its peer is read
-    /// again, or, if the peer has ended, its FIN is passed on.
+    /// Writes what waits for `to`.
     fn flush(&mut self, to: RawFd) {
         let Some(side) = self.sides.get_mut(&to) else {
             return;
@@ -215,10 +214,8 @@ impl Floor {
             Err(_) => return self.close_pair(to),
         };
         side.outbound.drain(..written);
-        let (all_written, from) = (side.outbound.is_empty(), side.peer);
-        if all_written && self.sides[&from].read_closed {
-            self.pass_fin(to);
-        }
+        // Once all is written the peer is read again; its FIN, if it sent
+        // one, is read and passed on then ([`Self::forward`]).
         self.refresh(to);
     }
 

@@ -7,19 +7,11 @@
 use std::fmt::Write as _;
 
 use crate::client::HttpResult;
-use crate::report::{cell, ratio_of};
+use crate::report::{
+    RATE_OVER_HAPROXY, RATE_OVER_NGINX, TUNNEL_OVER_DIRECT, cell, ratio_of, target,
+};
 use crate::suite::{FloorResults, Results, TargetResults};
 use crate::targets::Kind;
-
-/// The rate target: this many times nginx's rate, and HAProxy's.
-const RATE_OVER_NGINX: f64 = 1.2;
-const RATE_OVER_HAPROXY: f64 = 1.0;
-/// The tunnel target: this share of the backend reached directly.
-const TUNNEL_OVER_DIRECT: f64 = 0.9;
-
-fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
-    results.targets.iter().find(|t| t.kind == kind)
-}
 
 fn at(http: &[HttpResult], concurrency: usize) -> Option<&HttpResult> {
     http.iter().find(|h| h.concurrency == concurrency)
@@ -69,7 +61,8 @@ pub fn section(results: &Results) -> String {
          backend connection of its own and passes bytes between them, one read and one \
          write per readiness event, and does nothing else (no HTTP parsing, routing, pool, \
          timers or metrics). It ran pinned like the proxies and went round with them in the \
-         keep-alive, burst and tunnel throughput figures. What it spends is almost all the \
+         keep-alive and tunnel throughput figures (not the burst: it connects to the backend \
+         inline, one new client at a time). What it spends is almost all the \
          kernel's, which every proxy pays; a proxy's cost above it is its own work. So a \
          ratio the floor does not reach is out of any proxy's reach on this machine.\n"
     );
@@ -117,14 +110,6 @@ pub fn section(results: &Results) -> String {
             });
         }
     }
-    let burst = crate::suite::BURST_CONNECTIONS;
-    row(
-        &mut out,
-        &format!("burst of {burst} new connections: first response p50 (µs)"),
-        Some(floor.burst.p50_us as f64),
-        results,
-        |t| Some(t.burst.p50_us as f64),
-    );
     row(
         &mut out,
         "tunnel client→backend (MB/s)",
@@ -218,7 +203,7 @@ pub fn tunnel_note(results: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{BurstResult, CpuPerRequest};
+    use crate::client::CpuPerRequest;
     use crate::report::tests::{measured, results};
     use crate::suite::{CoreUse, FigureLoad};
 
@@ -226,7 +211,6 @@ mod tests {
     /// given tunnel throughput.
     fn floor(rps: f64, up: f64, down: f64) -> FloorResults {
         FloorResults {
-            burst: BurstResult::default(),
             http: vec![HttpResult {
                 concurrency: 16,
                 rps,
@@ -329,6 +313,9 @@ mod tests {
             text.contains("| tunnel client→backend (MB/s) | 1000 | 0.0 | 0.0 | 0.0 | 2000 | - | - | 0.50 | 0.00 |"),
             "{text}"
         );
+        // The floor connects to the backend one new client at a time: its
+        // burst would be no floor, and the table has none.
+        assert!(!text.contains("| burst of"), "{text}");
     }
 
     #[test]

@@ -19,7 +19,13 @@ pub struct Context {
     pub command: String,
 }
 
-fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
+/// The rate target: at least this many times nginx's rate, and HAProxy's.
+pub(crate) const RATE_OVER_NGINX: f64 = 1.2;
+pub(crate) const RATE_OVER_HAPROXY: f64 = 1.0;
+/// The tunnel target: at least this share of the backend reached directly.
+pub(crate) const TUNNEL_OVER_DIRECT: f64 = 0.9;
+
+pub(crate) fn target(results: &Results, kind: Kind) -> Option<&TargetResults> {
     results.targets.iter().find(|t| t.kind == kind)
 }
 
@@ -437,7 +443,7 @@ fn time_budget(results: &Results) -> Vec<String> {
         let total = |c: &crate::client::CpuPerRequest| c.user_us + c.kernel_us;
         let busy = |rps: f64, c: &crate::client::CpuPerRequest| rps * total(c) / 1e4;
         // The CPU per request at which a fully busy core gives that rate.
-        let nginx_budget = 1e6 / (1.2 * ng.http[i].rps);
+        let nginx_budget = 1e6 / (RATE_OVER_NGINX * ng.http[i].rps);
         let haproxy_budget = 1e6 / ha.http[i].rps;
         let measured = format!(
             "{} connection{}: CPU per request (user + kernel) switchyard {:.1} + {:.1} µs, \
@@ -599,7 +605,10 @@ pub(crate) fn rate_target(
     [h, n, a]: [&HttpResult; 3],
     mark: impl Fn(bool) -> &'static str,
 ) -> String {
-    let ok = h.rps >= 1.2 * n.rps && h.rps >= a.rps && h.p99_us <= n.p99_us && h.p99_us <= a.p99_us;
+    let ok = h.rps >= RATE_OVER_NGINX * n.rps
+        && h.rps >= RATE_OVER_HAPROXY * a.rps
+        && h.p99_us <= n.p99_us
+        && h.p99_us <= a.p99_us;
     format!(
         "{}: {name}, {} connection{} — {:.2}× nginx, {:.2}× HAProxy, p99 {} µs vs {} / {} µs",
         mark(ok),
@@ -638,7 +647,7 @@ fn targets(results: &Results) -> Vec<String> {
     let down = sy.tunnel_down_mb_s / direct.tunnel_down_mb_s;
     lines.push(format!(
         "{}: tunnel throughput ≥ 0.9× direct — {up:.2}× up, {down:.2}× down{}",
-        mark(up >= 0.9 && down >= 0.9),
+        mark(up >= TUNNEL_OVER_DIRECT && down >= TUNNEL_OVER_DIRECT),
         crate::floor_report::tunnel_note(results)
     ));
     if let Some(idle) = &sy.idle_tunnels {
@@ -700,14 +709,12 @@ fn latency_plot(results: &Results, file: &Path) -> anyhow::Result<()> {
     let lines = results
         .targets
         .iter()
-        .map(|t| {
-            let points = t.http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
-            target_line(t.kind, points.collect(), 4)
+        .map(|t| (t.kind, &t.http))
+        .chain(results.floor.iter().map(|f| (Kind::Floor, &f.http)))
+        .map(|(kind, http)| {
+            let points = http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
+            target_line(kind, points.collect(), 4)
         })
-        .chain(results.floor.iter().map(|f| {
-            let points = f.http.iter().map(|h| (h.rps, h.p99_us as f64 / 1000.0));
-            target_line(Kind::Floor, points.collect(), 4)
-        }))
         .collect();
     let frame = chart::Frame::new(
         "p99 latency against request rate (each point: one concurrency level)",
@@ -908,7 +915,6 @@ pub(crate) mod tests {
             generator: 0.95,
         };
         results.floor = Some(FloorResults {
-            burst: crate::client::BurstResult::default(),
             http: Vec::new(),
             tunnel_up_mb_s: 2500.0,
             tunnel_down_mb_s: 2500.0,

@@ -1,7 +1,7 @@
 //! The whole benchmark: every target started fresh and met with a burst
 //! of new connections, then the load figures going round the targets (the
 //! floor, [`crate::floor`], taking the keep-alive and tunnel throughput
-//! ones), then idle tunnels, reconfiguration and translation. Each figure
+//! ones and no burst), then idle tunnels, reconfiguration and translation. Each figure
 //! records the load average, the CPU other processes used and the CPU the
 //! hypervisor took (steal) while it ran; a round disturbed by either is
 //! measured again once.
@@ -153,7 +153,6 @@ pub struct TargetResults {
 /// same rounds as the targets'.
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorResults {
-    pub burst: BurstResult,
     pub http: Vec<HttpResult>,
     pub tunnel_up_mb_s: f64,
     pub tunnel_down_mb_s: f64,
@@ -288,7 +287,6 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
         .pop_if(|run| run.kind == Kind::Floor)
         .zip(floor_load)
         .map(|(mut run, load)| FloorResults {
-            burst: run.burst.clone(),
             http: load.http,
             tunnel_up_mb_s: load.tunnel_up.0,
             tunnel_down_mb_s: load.tunnel_down.0,
@@ -314,7 +312,10 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
             kind: run.kind,
             start_to_ready_ms: run.running.start_to_ready.as_secs_f64() * 1000.0,
             idle_rss_bytes: run.idle_rss_bytes,
-            burst: run.burst.clone(),
+            burst: run
+                .burst
+                .clone()
+                .expect("every target but the floor meets the burst"),
             http: load.http,
             bodies: load.bodies,
             websocket_sessions: load.websocket_sessions,
@@ -449,7 +450,7 @@ pub async fn train(setup: &Setup, backend_pid: u32) -> anyhow::Result<()> {
         warm_up: Duration::ZERO,
         measure: Duration::from_secs(1),
     };
-    let mut errors = run.burst.errors;
+    let mut errors = run.burst.as_ref().map_or(0, |b| b.errors);
     for c in [1, 16, 64, 256] {
         errors += client::http_load(target, c, window, 0, || {}).await.errors;
     }
@@ -502,7 +503,8 @@ pub async fn compare(
         runs.push(run);
     }
     let (figures, _) = load_figures(&mut runs, new, plan).await?;
-    let rows = comparison(&runs[0].burst, &runs[1].burst, &figures[0], &figures[1]);
+    let burst = |run: &TargetRun| run.burst.clone().expect("switchyard meets the burst");
+    let rows = comparison(&burst(&runs[0]), &burst(&runs[1]), &figures[0], &figures[1]);
     println!("| figure | new | baseline | new ÷ baseline |\n|---|---|---|---|");
     for (figure, new, baseline) in rows {
         println!(
@@ -708,7 +710,9 @@ struct TargetRun {
     /// backend and this target's proxy.
     ours: Vec<u32>,
     idle_rss_bytes: u64,
-    burst: BurstResult,
+    /// None for the floor, which connects to the backend inline, one new
+    /// client at a time: its burst would be no floor for anyone's.
+    burst: Option<BurstResult>,
     loads: Vec<FigureLoad>,
 }
 
@@ -731,13 +735,17 @@ impl TargetRun {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_rss_bytes = running.rss_bytes();
         let mut loads = Vec::new();
-        let disturbance = Disturbance::start(ours.clone());
-        let burst = client::connection_burst(&running.target, BURST_CONNECTIONS).await;
-        record_load("connection burst", &disturbance, &mut loads, 1, 0);
-        eprintln!(
-            "  burst of {} connections: first response p50 {} us, max {} us ({} errors)",
-            burst.connections, burst.p50_us, burst.max_us, burst.errors
-        );
+        let mut burst = None;
+        if kind != Kind::Floor {
+            let disturbance = Disturbance::start(ours.clone());
+            let measured = client::connection_burst(&running.target, BURST_CONNECTIONS).await;
+            record_load("connection burst", &disturbance, &mut loads, 1, 0);
+            eprintln!(
+                "  burst of {} connections: first response p50 {} us, max {} us ({} errors)",
+                measured.connections, measured.p50_us, measured.max_us, measured.errors
+            );
+            burst = Some(measured);
+        }
         let probe = Probe {
             target: running.target.clone(),
             proxy_pids: running.pid().map(sysstat::process_tree).unwrap_or_default(),
