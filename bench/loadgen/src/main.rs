@@ -140,6 +140,11 @@ enum Cmd {
     Train {
         #[command(flatten)]
         proxy: ProxyArgs,
+        /// Where the instrumented switchyard writes its profile
+        /// (`LLVM_PROFILE_FILE` for it alone, `%p` for its process id), so
+        /// that an instrumented load generator's own counts stay apart.
+        #[arg(long)]
+        profile_file: Option<PathBuf>,
     },
     /// Print the configuration the benchmark runs a proxy with (switchyard's
     /// manifests, nginx.conf or haproxy.cfg), for scripts that run the
@@ -300,8 +305,12 @@ fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&setup.workdir);
             result
         }
-        Cmd::Train { proxy } => {
-            let (mut backend, setup) = start_backend(proxy)?;
+        Cmd::Train {
+            proxy,
+            profile_file,
+        } => {
+            let (mut backend, mut setup) = start_backend(proxy)?;
+            setup.switchyard_profile = profile_file;
             let result = runtime()?.block_on(suite::train(&setup, backend.id()));
             let _ = backend.kill();
             let _ = std::fs::remove_dir_all(&setup.workdir);
@@ -394,6 +403,7 @@ fn start_backend(proxy: ProxyArgs) -> anyhow::Result<(std::process::Child, targe
         proxy_cpu: proxy.proxy_cpu,
         workdir: std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id())),
         busy_polling: false,
+        switchyard_profile: None,
     };
     Ok((backend, setup))
 }

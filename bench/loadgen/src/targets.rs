@@ -53,6 +53,11 @@ pub struct Setup {
     /// `--busy-poll` [`BUSY_POLL_WINDOW`], HAProxy with `busy-polling`
     /// (nginx has no such setting).
     pub busy_polling: bool,
+    /// Where an instrumented switchyard writes what it counted
+    /// (`LLVM_PROFILE_FILE`), when the load generator is instrumented too
+    /// and writes its own counts elsewhere: the training run of
+    /// `scripts/pgo.sh`.
+    pub switchyard_profile: Option<PathBuf>,
 }
 
 /// switchyard's `--busy-poll` window when the benchmark busy-polls: long
@@ -155,8 +160,11 @@ impl Running {
             self.dir.join("manifests/bench.yaml"),
             manifests(setup.backend, HOST),
         )?;
-        let mut child = self
-            .pinned(setup, &setup.switchyard)
+        let mut command = self.pinned(setup, &setup.switchyard);
+        if let Some(profile) = &setup.switchyard_profile {
+            command.env("LLVM_PROFILE_FILE", profile);
+        }
+        let mut child = command
             .arg("run")
             .arg("--manifests")
             .arg(self.dir.join("manifests"))
