@@ -15,10 +15,12 @@
 #
 # The counts must be read by the LLVM that rustc is built on: the script
 # installs `llvm-N` from Debian's packages for rustc's LLVM major version N
-# when its `llvm-profdata-N` is missing. About 12 minutes from scratch on
-# 2 cores: an instrumented build of 7, a few seconds of load, a final build
-# of 5. The two builds keep their own target directories under target/pgo,
-# so that they do not undo the plain release build in target/release.
+# when its `llvm-profdata-N` is missing. About 10 minutes from scratch on
+# 2 cores: an instrumented build of 5, a few seconds of load, a final build
+# of 5. The final build is made whole every time: every crate lists the
+# profile among its inputs, and each training run writes a new one. The
+# two builds keep their own target directories under target/pgo, so that
+# they do not undo the plain release build in target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,19 +42,20 @@ mkdir -p "$dir/profiles"
 # code that runs and not the build scripts and procedural macros.
 host=$(rustc -vV | sed -n 's/^host: //p')
 
-# The instrumented build only has to count, not to be fast: it links with
-# ThinLTO instead of whole-program optimisation. Instrumented so, switchyard
-# and the load generator together take about 7 minutes from scratch, where
-# switchyard alone took 8 with whole-program optimisation. It changes only RUSTFLAGS, never the release profile (codegen units, debug
-# info, LTO as Cargo sees it), which goes into every crate's metadata hash
-# and so into the names the profile is matched by. Functions are
-# instrumented before link-time optimisation, where the final build reads
-# their counts.
+# The instrumented build only has to count, not to be fast: it skips the
+# link-time optimisation (dependencies compiled to machine code, not only
+# to bitcode for the link), which took switchyard alone 8 minutes
+# instrumented; switchyard and the load generator together now take
+# about 5. It changes only RUSTFLAGS, never the release profile (codegen
+# units, debug info, LTO as Cargo sees it), which goes into every crate's
+# metadata hash and so into the names the profile is matched by.
+# Functions are instrumented before link-time optimisation would run,
+# where the final build reads their counts.
 # The load generator is built instrumented beside it, so that the final
 # build makes both from the same dependencies in one go; its counts go
 # into the profile too, or the final build would take the code only it
 # runs (tokio's multi-threaded scheduler) for cold.
-RUSTFLAGS="-Cprofile-generate=$dir/profiles -Clto=thin" \
+RUSTFLAGS="-Cprofile-generate=$dir/profiles -Clinker-plugin-lto=no -Clto=off" \
     cargo build --release --target "$host" -p switchyard -p switchyard-bench \
     --target-dir "$dir/generate"
 generated=$dir/generate/$host/release
