@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark in one command: installs nginx, HAProxy and a font for the
-# plots (Debian packages), builds release binaries, measures switchyard,
-# nginx, HAProxy and the backend directly side by side, and writes
-# BENCHMARKS.md, bench/plots/*.png and bench/results.json.
+# plots (Debian packages), makes the profile-guided release build of
+# switchyard that production runs (scripts/pgo.sh, which builds the load
+# generator beside it), measures switchyard, nginx, HAProxy and the backend
+# directly side by side, and writes BENCHMARKS.md, bench/plots/*.png and
+# bench/results.json.
 #
 # The proxies run pinned to CPU 0, the load generator and backend to CPU 1.
 # Extra arguments go to `loadgen suite` (e.g. --tunnels 500
-# --changes 10 for a quick look). With `--pgo` as the first argument it
-# measures scripts/pgo.sh's profile-guided build of switchyard instead.
-# Takes about 12 minutes on 2 cores.
+# --changes 10 for a quick look). With `--plain` as the first argument it
+# measures the plain release build (`cargo build --release`) instead.
+# Takes about 20 minutes on 2 cores from scratch, 13 after a change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,21 +23,19 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo build --release -p switchyard -p switchyard-bench
-# With --pgo first, the switchyard measured is scripts/pgo.sh's
-# profile-guided build (two more release builds: about 19 minutes from
-# scratch instead of 12, about 13 once they are cached).
-binary=target/release/switchyard
-build=(--build "release build")
-if [ "${1:-}" = --pgo ]; then
+if [ "${1:-}" = --plain ]; then
     shift
+    cargo build --release -p switchyard -p switchyard-bench
+    bin=target/release
+    build=(--build "plain release build, as is the load generator" --command "bench/run.sh --plain")
+else
     scripts/pgo.sh
-    binary=target/pgo/switchyard
-    build=(--build "profile-guided release build, scripts/pgo.sh" --command "bench/run.sh --pgo")
+    bin=target/pgo
+    build=(--build "profile-guided release build by scripts/pgo.sh, as is the load generator")
 fi
 pin=(taskset -c 1)
 if [ "$(nproc)" -lt 2 ]; then
     echo "warning: fewer than 2 CPUs; the proxy and the load generator share one" >&2
     pin=()
 fi
-exec "${pin[@]}" target/release/loadgen suite --switchyard "$binary" --proxy-cpu 0 "${build[@]}" "$@"
+exec "${pin[@]}" "$bin/loadgen" suite --switchyard "$bin/switchyard" --proxy-cpu 0 "${build[@]}" "$@"
