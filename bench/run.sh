@@ -10,7 +10,7 @@
 # Extra arguments go to `loadgen suite` (e.g. --tunnels 500
 # --changes 10 for a quick look). With `--plain` as the first argument it
 # measures the plain release build (`cargo build --release`) instead.
-# Takes about 20 minutes on 2 cores from scratch, 13 after a change.
+# Takes 17-19 minutes on 2 cores from scratch, about 14 after a change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,12 +15,13 @@
 #
 # The counts must be read by the LLVM that rustc is built on: the script
 # installs `llvm-N` from Debian's packages for rustc's LLVM major version N
-# when its `llvm-profdata-N` is missing. About 10 minutes from scratch on
-# 2 cores: an instrumented build of 5, a few seconds of load, a final build
-# of 5. The final build is made whole every time: every crate lists the
-# profile among its inputs, and each training run writes a new one. The
-# two builds keep their own target directories under target/pgo, so that
-# they do not undo the plain release build in target/release.
+# when its `llvm-profdata-N` is missing. 10-12 minutes from scratch on
+# 2 cores: an instrumented build of 5-6, a few seconds of load, a final
+# build of 5-6; 7.5 after a change to switchyard. The final build is made
+# whole every time: every crate lists the profile among its inputs, and
+# each training run writes a new one. The two builds keep their own target
+# directories under target/pgo, so that they do not undo the plain release
+# build in target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
