@@ -62,8 +62,9 @@ RUSTFLAGS="-Cprofile-generate=$dir/profiles -Clinker-plugin-lto=no -Clto=off" \
 generated=$dir/generate/$host/release
 
 # The proxy on CPU 0 and the load on CPU 1, as the benchmark runs them.
-# LLVM_PROFILE_FILE names where the instrumented load generator and
-# backend write; --profile-file where switchyard does.
+# LLVM_PROFILE_FILE names where the instrumented load generator writes
+# (its backend is killed, and writes nothing); --profile-file where
+# switchyard does.
 pin=()
 if [ "$(nproc)" -ge 2 ]; then pin=(taskset -c 1); fi
 LLVM_PROFILE_FILE="$dir/profiles/generator-%p.profraw" \
