@@ -477,7 +477,7 @@ fn time_budget(results: &Results) -> Vec<String> {
             )
         };
         lines.push(format!(
-            "{measured} 1.2× nginx's rate allows {:.1} µs per request, {} switchyard's kernel \
+            "{measured} {RATE_OVER_NGINX:.1}× nginx's rate allows {:.1} µs per request, {} switchyard's kernel \
              time alone ({:.1} µs; nginx's: {:.1} µs); HAProxy's rate allows {:.1} µs, \
              {haproxy_left}.",
             nginx_budget,
@@ -636,7 +636,10 @@ fn targets(results: &Results) -> Vec<String> {
     for (i, h) in sy.http.iter().enumerate() {
         lines.push(
             rate_target(
-                "request rate ≥ 1.2× nginx and ≥ 1.0× HAProxy with p99 no worse",
+                &format!(
+                    "request rate ≥ {RATE_OVER_NGINX:.1}× nginx and ≥ {RATE_OVER_HAPROXY:.1}× \
+                     HAProxy with p99 no worse"
+                ),
                 [h, &ng.http[i], &ha.http[i]],
                 mark,
             ) + &crate::floor_report::rate_note(results, h.concurrency),
@@ -646,7 +649,7 @@ fn targets(results: &Results) -> Vec<String> {
     let up = sy.tunnel_up_mb_s / direct.tunnel_up_mb_s;
     let down = sy.tunnel_down_mb_s / direct.tunnel_down_mb_s;
     lines.push(format!(
-        "{}: tunnel throughput ≥ 0.9× direct — {up:.2}× up, {down:.2}× down{}",
+        "{}: tunnel throughput ≥ {TUNNEL_OVER_DIRECT:.1}× direct — {up:.2}× up, {down:.2}× down{}",
         mark(up >= TUNNEL_OVER_DIRECT && down >= TUNNEL_OVER_DIRECT),
         crate::floor_report::tunnel_note(results)
     ));

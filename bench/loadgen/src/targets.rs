@@ -87,6 +87,44 @@ pub fn first_line(child: &mut Child) -> std::io::Result<String> {
     Ok(line)
 }
 
+/// `program` on the proxies' CPU.
+fn pinned(setup: &Setup, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", &setup.proxy_cpu]).arg(program);
+    command
+}
+
+/// switchyard as the benchmark runs it, pinned, on the manifests in
+/// `manifests`; with `LLVM_PROFILE_FILE` set for it alone when the setup
+/// says where its profile goes.
+fn switchyard_command(setup: &Setup, manifests: &Path) -> Command {
+    let mut command = pinned(setup, &setup.switchyard);
+    command
+        .arg("run")
+        .arg("--manifests")
+        .arg(manifests)
+        .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--access-log",
+            "false",
+            "--log-level",
+            "warn",
+            "--max-connections",
+            "20000",
+        ])
+        .args(
+            setup
+                .busy_polling
+                .then_some(["--busy-poll", BUSY_POLL_WINDOW])
+                .into_iter()
+                .flatten(),
+        );
+    if let Some(profile) = &setup.switchyard_profile {
+        command.env("LLVM_PROFILE_FILE", profile);
+    }
+    command
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -149,41 +187,12 @@ impl Running {
         self.pid().map_or(0, sysstat::tree_rss_bytes)
     }
 
-    fn pinned(&self, setup: &Setup, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("taskset");
-        command.args(["-c", &setup.proxy_cpu]).arg(program);
-        command
-    }
-
     fn start_switchyard(&mut self, setup: &Setup) -> anyhow::Result<()> {
         std::fs::write(
             self.dir.join("manifests/bench.yaml"),
             manifests(setup.backend, HOST),
         )?;
-        let mut command = self.pinned(setup, &setup.switchyard);
-        if let Some(profile) = &setup.switchyard_profile {
-            command.env("LLVM_PROFILE_FILE", profile);
-        }
-        let mut child = command
-            .arg("run")
-            .arg("--manifests")
-            .arg(self.dir.join("manifests"))
-            .args(["--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args([
-                "--access-log",
-                "false",
-                "--log-level",
-                "warn",
-                "--max-connections",
-                "20000",
-            ])
-            .args(
-                setup
-                    .busy_polling
-                    .then_some(["--busy-poll", BUSY_POLL_WINDOW])
-                    .into_iter()
-                    .flatten(),
-            )
+        let mut child = switchyard_command(setup, &self.dir.join("manifests"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -205,8 +214,7 @@ impl Running {
             std::fs::create_dir_all(self.dir.join(sub))?;
         }
         std::fs::write(self.dir.join("nginx.conf"), self.nginx_conf(setup.backend))?;
-        let child = self
-            .pinned(setup, "nginx")
+        let child = pinned(setup, "nginx")
             .arg("-p")
             .arg(&self.dir)
             .arg("-c")
@@ -230,8 +238,7 @@ impl Running {
             self.dir.join("haproxy.cfg"),
             haproxy_cfg(self.port, setup.backend, setup.busy_polling),
         )?;
-        let child = self
-            .pinned(setup, "haproxy")
+        let child = pinned(setup, "haproxy")
             .arg("-db")
             .arg("-f")
             .arg(self.dir.join("haproxy.cfg"))
@@ -246,8 +253,7 @@ impl Running {
 
     /// The floor, pinned like the proxies, on a port it picks and prints.
     fn start_floor(&mut self, setup: &Setup) -> anyhow::Result<()> {
-        let mut child = self
-            .pinned(setup, std::env::current_exe()?)
+        let mut child = pinned(setup, std::env::current_exe()?)
             .arg("floor")
             .arg("--backend")
             .arg(setup.backend.to_string())
@@ -413,4 +419,52 @@ backend be
     server b1 {backend}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(switchyard_profile: Option<PathBuf>) -> Setup {
+        Setup {
+            switchyard: PathBuf::from("switchyard"),
+            backend: "127.0.0.1:8080".parse().unwrap(),
+            proxy_cpu: "0".into(),
+            workdir: PathBuf::from("work"),
+            busy_polling: false,
+            switchyard_profile,
+        }
+    }
+
+    fn profile_file(command: &Command) -> Option<Option<&std::ffi::OsStr>> {
+        command
+            .get_envs()
+            .find(|(name, _)| *name == "LLVM_PROFILE_FILE")
+            .map(|(_, value)| value)
+    }
+
+    #[test]
+    fn a_training_switchyard_alone_is_told_where_its_profile_goes() {
+        let training = switchyard_command(
+            &setup(Some("profiles/switchyard-%p.profraw".into())),
+            Path::new("m"),
+        );
+        assert_eq!(
+            profile_file(&training),
+            Some(Some(std::ffi::OsStr::new("profiles/switchyard-%p.profraw")))
+        );
+        // Otherwise it inherits the load generator's environment.
+        let measured = switchyard_command(&setup(None), Path::new("m"));
+        assert_eq!(profile_file(&measured), None);
+    }
+
+    #[test]
+    fn switchyard_runs_pinned_on_the_manifests_given() {
+        let command = switchyard_command(&setup(None), Path::new("m"));
+        assert_eq!(command.get_program(), "taskset");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args[..5], ["-c", "0", "switchyard", "run", "--manifests"]);
+        assert_eq!(args[5], "m");
+        assert!(!args.contains(&std::ffi::OsStr::new("--busy-poll")));
+    }
 }
