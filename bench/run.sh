@@ -7,14 +7,15 @@
 #
 # The proxies run pinned to CPU 0, the load generator and backend to CPU 1.
 # Extra arguments go to `loadgen suite` (e.g. --tunnels 500
-# --changes 10 for a quick look). About 12 minutes on 2 cores from scratch:
-# a release build of 5-6 and the measurement of 6-7.
+# --changes 10 for a quick look). 13 minutes on 2 cores from scratch
+# (Debian packages included): a release build of 6-7 and the measurement
+# of about 6.
 #
 # With `--pgo` as the first argument it measures the profile-guided build
 # of scripts/pgo.sh instead (which makes the load generator too). That build
 # trains a new profile and builds everything twice on every run, 10-12
 # minutes from scratch and 7.5 after a change, so the whole run takes
-# 17-19: beyond the 15 minutes the benchmark is meant to fit in, which is
+# 16-18: beyond the 15 minutes the benchmark is meant to fit in, which is
 # why it is not the default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
