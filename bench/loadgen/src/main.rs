@@ -25,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -198,6 +199,11 @@ enum Cmd {
         /// was built.
         #[arg(long, default_value = "release build")]
         build: String,
+        /// When the command running the suite began, in seconds since the
+        /// Unix epoch (`date +%s`): the report then holds the whole run,
+        /// installing and building included, to the time it must fit in.
+        #[arg(long)]
+        started_at: Option<u64>,
     },
 }
 
@@ -349,7 +355,15 @@ fn main() -> anyhow::Result<()> {
             command,
             build,
             targets,
+            started_at,
         } => {
+            let measuring_since = Instant::now();
+            let before_measuring = started_at.map(|started| {
+                let started = SystemTime::UNIX_EPOCH + Duration::from_secs(started);
+                SystemTime::now()
+                    .duration_since(started)
+                    .unwrap_or_default()
+            });
             let limit = sysstat::raise_nofile_limit() as usize;
             // The proxy holds two descriptors per tunnel, plus listeners,
             // the pool and its own files.
@@ -375,6 +389,10 @@ fn main() -> anyhow::Result<()> {
                 machine: machine(),
                 versions: versions(&setup.switchyard, &build),
                 command,
+                run_time: report::RunTime {
+                    before_measuring,
+                    measuring: measuring_since.elapsed(),
+                },
             };
             std::fs::write(&out, report::markdown(&results, &ctx))?;
             eprintln!(

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use plotters::prelude::*;
 
@@ -17,7 +18,21 @@ pub struct Context {
     pub machine: String,
     pub versions: String,
     pub command: String,
+    pub run_time: RunTime,
 }
+
+/// How long the run took, for the limit it must fit in.
+pub struct RunTime {
+    /// From the start of the command that ran the suite to the start of
+    /// the measurement (`bench/run.sh`: installing and building), when
+    /// that command said when it began.
+    pub before_measuring: Option<Duration>,
+    pub measuring: Duration,
+}
+
+/// The whole run, installing and building included, must finish within
+/// this many minutes on 2 cores.
+pub(crate) const RUN_MINUTES: f64 = 15.0;
 
 /// The rate target: at least this many times nginx's rate, and HAProxy's.
 pub(crate) const RATE_OVER_NGINX: f64 = 1.2;
@@ -302,7 +317,10 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
 
     out.push_str(&crate::busy_report::section(results));
     let _ = writeln!(out, "## Targets\n");
-    for line in targets(results) {
+    for line in targets(results)
+        .into_iter()
+        .chain([run_time_target(&ctx.run_time)])
+    {
         let _ = writeln!(out, "- {line}");
     }
     out.push_str(&crate::floor_report::section(results));
@@ -677,6 +695,32 @@ fn targets(results: &Results) -> Vec<String> {
     lines
 }
 
+/// The run against its time limit; judged only when the time before the
+/// measurement (the build) is known.
+fn run_time_target(time: &RunTime) -> String {
+    let minutes = |d: Duration| d.as_secs_f64() / 60.0;
+    let measuring = minutes(time.measuring);
+    let limit = format!("the whole run within {RUN_MINUTES:.0} minutes on 2 cores");
+    match time.before_measuring.map(minutes) {
+        Some(before) => {
+            let total = before + measuring;
+            format!(
+                "{}: {limit} — {total:.1} minutes: {before:.1} installing and building, \
+                 {measuring:.1} measuring",
+                if total <= RUN_MINUTES {
+                    "met"
+                } else {
+                    "**missed**"
+                }
+            )
+        }
+        None => format!(
+            "not judged: {limit} — the measurement took {measuring:.1} minutes; what came \
+             before it was not timed (`loadgen suite` without `--started-at`)"
+        ),
+    }
+}
+
 fn color(kind: Kind) -> RGBColor {
     match kind {
         Kind::Switchyard => RGBColor(0x1f, 0x77, 0xb4),
@@ -970,6 +1014,10 @@ pub(crate) mod tests {
             machine: String::new(),
             versions: String::new(),
             command: String::new(),
+            run_time: RunTime {
+                before_measuring: None,
+                measuring: Duration::from_secs(360),
+            },
         };
         let report = markdown(&results, &context);
         assert!(
@@ -979,6 +1027,33 @@ pub(crate) mod tests {
             "{report}"
         );
         assert!(report.contains("### What limits WebSocket sessions"));
+    }
+
+    #[test]
+    fn the_whole_run_is_judged_against_its_limit_only_when_its_start_is_known() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let run = |before: Option<u64>| {
+            run_time_target(&RunTime {
+                before_measuring: before.map(minutes),
+                measuring: minutes(6),
+            })
+        };
+        assert_eq!(
+            run(Some(7)),
+            "met: the whole run within 15 minutes on 2 cores — 13.0 minutes: \
+             7.0 installing and building, 6.0 measuring"
+        );
+        assert!(
+            run(Some(10)).starts_with("**missed**: the whole run within 15 minutes"),
+            "{}",
+            run(Some(10))
+        );
+        assert!(
+            run(None).starts_with("not judged: the whole run within 15 minutes"),
+            "{}",
+            run(None)
+        );
+        assert!(run(None).contains("the measurement took 6.0 minutes"));
     }
 
     #[test]
