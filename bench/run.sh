@@ -7,9 +7,9 @@
 #
 # The proxies run pinned to CPU 0, the load generator and backend to CPU 1.
 # Extra arguments go to `loadgen suite` (e.g. --tunnels 500
-# --changes 10 for a quick look). 13 minutes on 2 cores from scratch
-# (Debian packages included): a release build of 6-7 and the measurement
-# of about 6.
+# --changes 10 for a quick look). 13-13.5 minutes on 2 cores from scratch
+# (Debian packages included): a release build of 6.5-7.5 and the
+# measurement of about 6.
 #
 # With `--pgo` as the first argument it measures the profile-guided build
 # of scripts/pgo.sh instead (which makes the load generator too). That build
