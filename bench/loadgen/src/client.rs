@@ -85,9 +85,9 @@ pub struct Window {
 /// that the figure is the steady state ([`connection_burst`] measures the
 /// start on its own). The burst figure's 256 new connections get their
 /// first responses within 10-70 ms, so a quarter of a second leaves the
-/// start well behind; a longer warm-up only lengthens the run: the suite waits it out about 180 times (every
-/// round of the keep-alive, body and WebSocket session figures), so each
-/// 100 ms here is 18 s of it.
+/// start well behind. A longer warm-up only lengthens the run: the suite
+/// waits it out about 180 times (every round of the keep-alive, body and
+/// WebSocket session figures), so each 100 ms here is 18 s of it.
 pub const WARM_UP: Duration = Duration::from_millis(250);
 
 /// Keep-alive requests from `concurrency` connections: `GET /small`, or
