@@ -156,8 +156,9 @@ pub fn target_lines(results: &Results, mark: impl Fn(bool) -> &'static str) -> V
     if let Some(direct) = sy.direct_tunnel_mb_s {
         let [up, down] = [0, 1].map(|way| sy.tunnel_mb_s[way] / direct[way]);
         lines.push(format!(
-            "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}`: tunnel throughput ≥ {TUNNEL_OVER_DIRECT:.1}× direct \
-             — {up:.2}× up, {down:.2}× down (direct {} and {} MB/s in the same rounds)",
+            "{}: the same with `--busy-poll {BUSY_POLL_WINDOW}`: tunnel throughput ≥ \
+             {TUNNEL_OVER_DIRECT:.1}× direct — {up:.2}× up, {down:.2}× down (direct {} and {} \
+             MB/s in the same rounds)",
             mark(up >= TUNNEL_OVER_DIRECT && down >= TUNNEL_OVER_DIRECT),
             num(direct[0]),
             num(direct[1]),
