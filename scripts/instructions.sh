@@ -5,7 +5,7 @@
 # change did to the hot path, and how switchyard compares with nginx and
 # HAProxy doing the same work.
 #
-#   scripts/instructions.sh [request|concurrent|websocket|burst] [COUNT] [BINARY|nginx|haproxy]
+#   scripts/instructions.sh [request|concurrent|websocket|sessions|burst] [COUNT] [BINARY|nginx|haproxy]
 #
 # Starts the benchmark backend and runs, under callgrind pinned to one CPU
 # (so with the runtime a pinned benchmark run has), switchyard's BINARY
@@ -17,8 +17,11 @@
 # another number) with one request in flight on each
 # (concurrent: the proxy is never idle, so the runtime's per-wakeup work is
 # shared by many requests, as in the benchmark's CPU-bound figures), COUNT
-# sessions (websocket: connect, 101, one message, close), or COUNT
-# connections opened at once with one request each (burst, as the
+# sessions one after another (websocket: connect, 101, one message,
+# close), COUNT such sessions with 16 in flight at a time (sessions: as
+# the benchmark's sessions figure runs them, so that the proxy's wake-ups
+# are shared as there; INSTRUCTIONS_CONNECTIONS=N for another number), or
+# COUNT connections opened at once with one request each (burst, as the
 # benchmark's burst figure; most of them need a new backend connection
 # too). User-space instructions only: the kernel's work is not counted.
 # Installs valgrind, python3, nginx and HAProxy (Debian packages) when
@@ -34,7 +37,8 @@ if [ -z "$count" ]; then
     if [ "$workload" = burst ]; then count=256; else count=3000; fi
 fi
 binary=${3:-}
-case "$workload" in request | concurrent | websocket | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|burst] [COUNT] [BINARY|nginx|haproxy]" >&2; exit 2 ;; esac
+case "$workload" in request | concurrent | websocket | sessions | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|sessions|burst] [COUNT] [BINARY|nginx|haproxy]" >&2; exit 2 ;; esac
+if [ "$workload" = sessions ]; then connections=${INSTRUCTIONS_CONNECTIONS:-16}; else connections=${INSTRUCTIONS_CONNECTIONS:-64}; fi
 
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
@@ -99,7 +103,7 @@ nginx | haproxy)
 esac
 
 # The driver: zero the counters after the warm-up, dump after the count.
-python3 - "$port" "$count" "$workload" "${INSTRUCTIONS_CONNECTIONS:-64}" <<'PY'
+python3 - "$port" "$count" "$workload" "$connections" <<'PY'
 import socket, subprocess, sys
 
 port, count, workload, connections = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -226,6 +230,65 @@ def concurrent(n, clients):
                 ready.unregister(s)
     ready.close()
 
+def sessions(n, at_once):
+    """n WebSocket sessions, `at_once` of them in flight, each as
+    `session` runs one, and a new one started as soon as one ends."""
+    import selectors
+    ready = selectors.DefaultSelector()
+    # Each session's state: what it waits for, and what it has seen.
+    started = done = 0
+
+    def start():
+        nonlocal started
+        s = socket.socket()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        started += 1
+        ready.register(s, selectors.EVENT_WRITE, ["connect", b""])
+
+    for _ in range(min(n, at_once)):
+        start()
+    while done < n:
+        for key, _ in ready.select(10):
+            s, state = key.fileobj, key.data
+            if state[0] == "connect":
+                s.sendall(UPGRADE)
+                state[0] = "101"
+                ready.modify(s, selectors.EVENT_READ, state)
+                continue
+            more = s.recv(65536)
+            state[1] += more
+            if state[0] == "101" and b"\r\n\r\n" in state[1]:
+                head, state[1] = state[1].split(b"\r\n\r\n", 1)
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise SystemExit(head.decode(errors="replace"))
+                s.sendall(FRAME)
+                state[0] = "echo"
+            if state[0] == "echo" and len(state[1]) >= len(FRAME):
+                state[1] = state[1][len(FRAME):]
+                s.sendall(CLOSE)
+                state[0] = "close"
+            if state[0] == "close" and len(state[1]) >= len(CLOSE):
+                state[1] = state[1][len(CLOSE):]
+                s.shutdown(socket.SHUT_WR)
+                state[0] = "end"
+            elif state[0] == "end" and not more:
+                ready.unregister(s)
+                s.close()
+                done += 1
+                if started < n:
+                    start()
+            elif not more:
+                raise SystemExit(f"connection closed while waiting for {state[0]}")
+    ready.close()
+
+if workload == "sessions":
+    sessions(max(200, count // 6), connections)
+    subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+    sessions(count, connections)
+    subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+    sys.exit(0)
 if workload == "concurrent":
     clients = [connect() for _ in range(connections)]
     concurrent(max(500, count // 6), clients)
