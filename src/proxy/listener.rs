@@ -19,6 +19,7 @@ use super::client_body::ClientBody;
 use super::client_io::ClientIo;
 use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
+use super::timer::{self, Purpose};
 use super::{ConnInfo, Proxy, h1, service};
 
 /// What a client speaking HTTP/2 with prior knowledge sends first.
@@ -158,10 +159,13 @@ impl Proxy {
         // are in: a client that connects and sends nothing gets the same
         // limit as a slow request head here.
         let mut first = BytesMut::with_capacity(FIRST_READ);
-        let first_bytes =
-            tokio::time::timeout(self.config.header_read_timeout, stream.read_buf(&mut first));
+        let first_bytes = timer::timeout(
+            Purpose::HeaderRead,
+            self.config.header_read_timeout,
+            stream.read_buf(&mut first),
+        );
         match first_bytes.await {
-            Ok(Ok(n)) if n > 0 => {}
+            Some(Ok(n)) if n > 0 => {}
             _ => {
                 tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
                 return;

@@ -18,6 +18,13 @@
 //! A timer in stock still fires at its old deadline (then does nothing:
 //! it is left holding a waker that wakes nobody, see [`ReusedSleep`]'s
 //! drop), at most once per stocked timer per timeout period.
+//!
+//! A fresh timer also costs a system call whenever its deadline is the
+//! earliest of the runtime's timers: tokio then wakes its own driver
+//! through the driver's eventfd, even from the runtime's own thread
+//! (tokio-rs/tokio#5207). The upstream connect timeout is the shortest
+//! one, so each new backend connection made that write; a stocked timer
+//! moved to a later deadline is never filed anew, so makes none.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -33,11 +40,8 @@ use tokio::task::coop::unconstrained;
 const STOCK: usize = 1024;
 
 thread_local! {
-    static SPARE: RefCell<[Stock; 2]> = const {
-        RefCell::new([
-            Stock { runtime: None, sleeps: Vec::new() },
-            Stock { runtime: None, sleeps: Vec::new() },
-        ])
+    static SPARE: RefCell<[Stock; PURPOSES]> = const {
+        RefCell::new([const { Stock { runtime: None, sleeps: Vec::new() } }; PURPOSES])
     };
 }
 
@@ -50,7 +54,13 @@ pub enum Purpose {
     HeaderRead = 0,
     /// The wait for a backend's response head.
     Response = 1,
+    /// Opening a backend connection.
+    Connect = 2,
+    /// A tunnel's idle timeout.
+    TunnelIdle = 3,
 }
+
+const PURPOSES: usize = 4;
 
 /// A thread's spare timers of one purpose, all of one runtime: a timer
 /// belongs to the runtime it was made in, and a thread may run another
@@ -91,6 +101,21 @@ pub fn sleep_until(purpose: Purpose, deadline: Instant) -> ReusedSleep {
         purpose,
         runtime,
         polled: false,
+    }
+}
+
+/// `future`'s output, or `None` once `timeout` has passed first: as
+/// `tokio::time::timeout`, with a timer from the stock for `purpose`.
+pub async fn timeout<F: Future>(
+    purpose: Purpose,
+    timeout: Duration,
+    future: F,
+) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::now().into_std() + timeout;
+    tokio::select! {
+        biased;
+        output = future => Some(output),
+        () = sleep_until(purpose, deadline) => None,
     }
 }
 
@@ -329,6 +354,35 @@ mod tests {
         let header_stock =
             SPARE.with(|spare| spare.borrow()[Purpose::HeaderRead as usize].sleeps.len());
         assert_eq!(header_stock, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_gives_the_output_of_a_future_that_ends_first() {
+        let answered = timeout(P, Duration::from_secs(5), async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            "answer"
+        });
+        assert_eq!(answered.await, Some("answer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_gives_none_once_its_time_has_passed() {
+        let started = now();
+        let slow = timeout(P, Duration::from_secs(5), std::future::pending::<()>());
+        assert_eq!(slow.await, None);
+        assert_eq!(now() - started, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_takes_its_timer_from_stock_and_gives_it_back() {
+        clear_stock();
+        drop(sleep_until(P, now() + Duration::from_secs(5)));
+        assert_eq!(stocked(), 1);
+        let waited = timeout(P, Duration::from_secs(5), async {
+            assert_eq!(stocked(), 0, "the stocked timer is in use");
+        });
+        assert_eq!(waited.await, Some(()));
+        assert_eq!(stocked(), 1, "and back in stock");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use super::Proxy;
 use super::body::{BodyProgress, BodyReadTimeout, ClientBodyError};
 use super::h1::ExchangeError;
 use super::responses::LocalReply;
-use super::timer::{self, ReusedSleep};
+use super::timer::{self, Purpose, ReusedSleep};
 use crate::metrics::route_values;
 use crate::routes::passive_health::{Ejection, EndpointHealth};
 use crate::routes::{Backend, Pick, Route};
@@ -29,10 +29,10 @@ use crate::routes::{Backend, Pick, Route};
 /// Opens a connection to a backend: for the pool, or for an upgrade (never
 /// pooled, so released the moment its exchange ends).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
-        Ok(Ok(stream)) => {
+    match timer::timeout(Purpose::Connect, timeout, TcpStream::connect(addr)).await {
+        None => Err(UpstreamError::ConnectTimeout),
+        Some(Err(e)) => Err(UpstreamError::Connect(e)),
+        Some(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
@@ -66,7 +66,7 @@ pub fn within_response_timeout<F: Future>(
     WithinResponseTimeout {
         response,
         sleep: timer::sleep_until(
-            timer::Purpose::Response,
+            Purpose::Response,
             tokio::time::Instant::now().into_std() + timeout,
         ),
         timeout,
@@ -312,5 +312,39 @@ impl From<ExchangeError> for UpstreamError {
             ExchangeError::BodyLength => Self::Local(Box::new(ClientBodyError::new(error))),
             other => Self::Other(Box::new(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_backend_that_never_completes_the_handshake_is_a_connect_timeout() {
+        // A listening socket that accepts nothing, with the shortest
+        // accept queue: once it is full the kernel drops new handshakes,
+        // so a connect there waits until something gives up.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+        {
+            queued.push(stream);
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+
+        let connected = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect(addr, Duration::from_millis(100)),
+        )
+        .await
+        .expect("the connect gave up by its own timeout");
+        assert!(
+            matches!(connected, Err(UpstreamError::ConnectTimeout)),
+            "{connected:?}"
+        );
     }
 }
