@@ -6,10 +6,10 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Default)]
@@ -44,17 +44,13 @@ impl Shutdown {
     pub async fn until_draining<F: Future>(&self, mut work: Pin<&mut F>) -> Option<F::Output> {
         let draining = self.drain.cancelled();
         tokio::pin!(draining);
-        let mut told: Option<Waker> = None;
+        let mut heard = Heard::default();
         poll_fn(|cx| {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            let unheard = told.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
-            if unheard || self.is_draining() {
-                if draining.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                told = Some(cx.waker().clone());
+            if heard.fired(cx, &self.drain, draining.as_mut()) {
+                return Poll::Ready(None);
             }
             Poll::Pending
         })
@@ -110,6 +106,35 @@ pub async fn signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Whether a token has fired, for a task that looks at every wake-up:
+/// the token's future is polled once, to be told when it fires, and after
+/// that only once it has (or the task's waker changed), not at every
+/// wake-up: that poll takes the token's lock.
+#[derive(Default)]
+pub struct Heard {
+    /// The waker the token will wake.
+    told: Option<Waker>,
+}
+
+impl Heard {
+    /// Whether `token`, whose `cancelled` future this is, has fired.
+    pub fn fired(
+        &mut self,
+        cx: &mut Context<'_>,
+        token: &CancellationToken,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> bool {
+        let unheard = self.told.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+        if unheard || token.is_cancelled() {
+            if cancelled.poll(cx).is_ready() {
+                return true;
+            }
+            self.told = Some(cx.waker().clone());
+        }
+        false
+    }
 }
 
 #[cfg(test)]

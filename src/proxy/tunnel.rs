@@ -27,6 +27,7 @@ use super::timer::{self, Purpose};
 use crate::metrics::{Metrics, route_values};
 use crate::route_metrics::{CloseReason, FixedLabel, TunnelBytes};
 use crate::routes::Route;
+use crate::shutdown::Heard;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelLimits {
@@ -232,9 +233,10 @@ where
             self.limits.max_lifetime.map(|d| Box::pin(sleep(d)));
         let shutdown = self.shutdown.clone();
         let mut forced = Box::pin(shutdown.cancelled());
+        let mut heard = Heard::default();
 
         let (reason, error) = poll_fn(|cx| {
-            if forced.as_mut().poll(cx).is_ready() {
+            if heard.fired(cx, &shutdown, forced.as_mut()) {
                 return Poll::Ready((CloseReason::Shutdown, None));
             }
             if let Some(l) = lifetime.as_mut()
@@ -756,6 +758,35 @@ mod tests {
         let task = tokio::spawn(tunnel.run());
         token.cancel();
         assert_eq!(task.await.unwrap().reason(), CloseReason::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn forced_shutdown_closes_a_tunnel_woken_many_times_before() {
+        // The shutdown signal is heard once and then only looked at: a
+        // tunnel that carried traffic since still closes when it fires.
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let token = CancellationToken::new();
+        let tunnel = Tunnel::new(
+            client,
+            backend,
+            limits(Duration::from_secs(30)),
+            token.clone(),
+            counters(),
+        );
+        let task = tokio::spawn(tunnel.run());
+        let mut echoed = [0u8; 4];
+        for _ in 0..20 {
+            client_peer.write_all(b"ping").await.unwrap();
+            backend_peer.read_exact(&mut echoed).await.unwrap();
+            backend_peer.write_all(&echoed).await.unwrap();
+            client_peer.read_exact(&mut echoed).await.unwrap();
+        }
+        token.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the tunnel heard the shutdown");
+        assert_eq!(outcome.unwrap().reason(), CloseReason::Shutdown);
     }
 
     #[tokio::test(start_paused = true)]
