@@ -56,11 +56,9 @@ pub enum Purpose {
     Response = 1,
     /// Opening a backend connection.
     Connect = 2,
-    /// A tunnel's idle timeout.
-    TunnelIdle = 3,
 }
 
-const PURPOSES: usize = 4;
+const PURPOSES: usize = 3;
 
 /// A thread's spare timers of one purpose, all of one runtime: a timer
 /// belongs to the runtime it was made in, and a thread may run another

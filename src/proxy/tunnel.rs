@@ -19,11 +19,10 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::client_io::ClientIo;
-use super::timer::{self, Purpose};
 use crate::metrics::{Metrics, route_values};
 use crate::route_metrics::{CloseReason, FixedLabel, TunnelBytes};
 use crate::routes::Route;
@@ -223,12 +222,7 @@ where
         let mut up = Pipe::new(client_to_backend, to_backend);
         let mut down = Pipe::new(backend_to_client, to_client);
         let mut last_activity = start;
-        // From the thread's stock: a fresh timer would be filed into the
-        // runtime's wheel and taken out again for every tunnel.
-        let mut idle = timer::sleep_until(
-            Purpose::TunnelIdle,
-            (start + self.limits.idle_timeout).into_std(),
-        );
+        let mut idle = Box::pin(sleep(self.limits.idle_timeout));
         let mut lifetime: Option<Pin<Box<Sleep>>> =
             self.limits.max_lifetime.map(|d| Box::pin(sleep(d)));
         let shutdown = self.shutdown.clone();
@@ -263,12 +257,12 @@ where
             }
             // The idle timer is only re-armed when it fires, not on every
             // byte: cheaper, and just as exact.
-            while Pin::new(&mut idle).poll(cx).is_ready() {
+            while idle.as_mut().poll(cx).is_ready() {
                 let deadline = last_activity + self.limits.idle_timeout;
                 if deadline <= Instant::now() {
                     return Poll::Ready((CloseReason::IdleTimeout, None));
                 }
-                idle.reset(deadline.into_std());
+                idle.set(sleep_until(deadline));
             }
             Poll::Pending
         })
