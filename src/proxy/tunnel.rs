@@ -527,7 +527,7 @@ mod tests {
     use super::*;
     use crate::route_metrics::TunnelSeries;
     use crate::routes::RouteLabels;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     fn counters() -> TunnelBytes {
         let metrics = Metrics::new();
@@ -737,10 +737,16 @@ mod tests {
         assert_eq!(outcome.reason(), CloseReason::IdleTimeout);
     }
 
-    #[tokio::test]
-    async fn forced_shutdown_closes_with_reason_shutdown() {
-        let (client, _client_peer) = duplex(64);
-        let (backend, _backend_peer) = duplex(64);
+    /// A running tunnel between two in-memory peers, with the token that
+    /// forces it closed.
+    fn cancellable_tunnel() -> (
+        DuplexStream,
+        DuplexStream,
+        CancellationToken,
+        tokio::task::JoinHandle<TunnelOutcome>,
+    ) {
+        let (client, client_peer) = duplex(64);
+        let (backend, backend_peer) = duplex(64);
         let token = CancellationToken::new();
         let tunnel = Tunnel::new(
             client,
@@ -750,6 +756,12 @@ mod tests {
             counters(),
         );
         let task = tokio::spawn(tunnel.run());
+        (client_peer, backend_peer, token, task)
+    }
+
+    #[tokio::test]
+    async fn forced_shutdown_closes_with_reason_shutdown() {
+        let (_client_peer, _backend_peer, token, task) = cancellable_tunnel();
         token.cancel();
         assert_eq!(task.await.unwrap().reason(), CloseReason::Shutdown);
     }
@@ -758,17 +770,7 @@ mod tests {
     async fn forced_shutdown_closes_a_tunnel_woken_many_times_before() {
         // The shutdown signal is heard once and then only looked at: a
         // tunnel that carried traffic since still closes when it fires.
-        let (client, mut client_peer) = duplex(64);
-        let (backend, mut backend_peer) = duplex(64);
-        let token = CancellationToken::new();
-        let tunnel = Tunnel::new(
-            client,
-            backend,
-            limits(Duration::from_secs(30)),
-            token.clone(),
-            counters(),
-        );
-        let task = tokio::spawn(tunnel.run());
+        let (mut client_peer, mut backend_peer, token, task) = cancellable_tunnel();
         let mut echoed = [0u8; 4];
         for _ in 0..20 {
             client_peer.write_all(b"ping").await.unwrap();
