@@ -108,10 +108,10 @@ pub async fn signal() {
     let _ = ctrl_c.await;
 }
 
-/// Whether a token has fired, for a task that looks at every wake-up:
-/// the token's future is polled once, to be told when it fires, and after
-/// that only once it has (or the task's waker changed), not at every
-/// wake-up: that poll takes the token's lock.
+/// Whether a token has fired, for work that asks at every wake-up of its
+/// task: the token's future is polled once, to be told when it fires,
+/// and after that only once the token has fired (or the task's waker
+/// changed), since that poll takes the token's lock.
 #[derive(Default)]
 pub struct Heard {
     /// The waker the token will wake.
