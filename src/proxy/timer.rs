@@ -27,8 +27,8 @@
 //! moved to a later deadline is never filed anew, so makes none.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -103,18 +103,25 @@ pub fn sleep_until(purpose: Purpose, deadline: Instant) -> ReusedSleep {
 }
 
 /// `future`'s output, or `None` once `timeout` has passed first: as
-/// `tokio::time::timeout`, with a timer from the stock for `purpose`.
+/// `tokio::time::timeout`, with a timer from the stock for `purpose`,
+/// taken only if `future` has to wait (a first read whose bytes are
+/// already there needs none).
 pub async fn timeout<F: Future>(
     purpose: Purpose,
     timeout: Duration,
     future: F,
 ) -> Option<F::Output> {
     let deadline = tokio::time::Instant::now().into_std() + timeout;
-    tokio::select! {
-        biased;
-        output = future => Some(output),
-        () = sleep_until(purpose, deadline) => None,
-    }
+    let mut future = pin!(future);
+    let mut timer: Option<ReusedSleep> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| sleep_until(purpose, deadline));
+        Pin::new(timer).poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// A tokio timer that goes back to the stock when dropped.
@@ -377,10 +384,22 @@ mod tests {
         drop(sleep_until(P, now() + Duration::from_secs(5)));
         assert_eq!(stocked(), 1);
         let waited = timeout(P, Duration::from_secs(5), async {
+            tokio::task::yield_now().await;
             assert_eq!(stocked(), 0, "the stocked timer is in use");
         });
         assert_eq!(waited.await, Some(()));
         assert_eq!(stocked(), 1, "and back in stock");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_takes_no_timer_for_a_future_ready_at_once() {
+        clear_stock();
+        drop(sleep_until(P, now() + Duration::from_secs(5)));
+        let at_once = timeout(P, Duration::from_secs(5), async {
+            assert_eq!(stocked(), 1, "no timer taken yet");
+        });
+        assert_eq!(at_once.await, Some(()));
+        assert_eq!(stocked(), 1);
     }
 
     #[tokio::test]
