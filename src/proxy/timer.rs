@@ -124,6 +124,12 @@ pub async fn timeout<F: Future>(
     .await
 }
 
+/// How many timers this thread holds in stock for `purpose`.
+#[cfg(test)]
+pub fn stocked_for(purpose: Purpose) -> usize {
+    SPARE.with(|spare| spare.borrow()[purpose as usize].sleeps.len())
+}
+
 /// A tokio timer that goes back to the stock when dropped.
 pub struct ReusedSleep {
     /// `None` only while being dropped.
@@ -232,7 +238,7 @@ mod tests {
     const P: Purpose = Purpose::Response;
 
     fn stocked() -> usize {
-        SPARE.with(|spare| spare.borrow()[P as usize].sleeps.len())
+        stocked_for(P)
     }
 
     fn clear_stock() {

@@ -320,6 +320,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_connect_that_waits_times_it_with_a_timer_from_the_stock() {
+        // A fresh timer would cost an eventfd write whenever it is the
+        // runtime's earliest (see `timer`): the connect timeout is.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let before = timer::stocked_for(Purpose::Connect);
+        let first = connect(addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            timer::stocked_for(Purpose::Connect),
+            before + 1,
+            "the first connect's timer went to stock"
+        );
+        let second = connect(addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            timer::stocked_for(Purpose::Connect),
+            before + 1,
+            "the second connect took that timer and gave it back"
+        );
+        drop((first, second));
+    }
+
+    #[tokio::test]
     async fn a_backend_that_never_completes_the_handshake_is_a_connect_timeout() {
         // A listening socket that accepts nothing, with the shortest
         // accept queue: once it is full the kernel drops new handshakes,
