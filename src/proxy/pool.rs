@@ -274,6 +274,7 @@ mod tests {
                 forwarded_for: &CLIENT,
                 forwarded_proto: "http",
                 made_request_id: None,
+                upgrade: None,
             },
         };
         pool.send(addr, &outgoing, body).await

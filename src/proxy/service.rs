@@ -98,20 +98,17 @@ pub async fn handle(
     exchange.route = Some(route.clone());
 
     // 3. policy
-    let protocols = match upgrade {
+    let offered = match upgrade {
         UpgradeRequest::Protocols(requested) => {
-            let allowed: Vec<String> = requested
-                .into_iter()
-                .filter(|p| route.allows_upgrade(p))
-                .collect();
-            if allowed.is_empty() {
+            let allowed = requested.allowed(|p| route.allows_upgrade(p));
+            if allowed.is_none() {
                 // Forwarded as a plain request: the upgrade headers are
                 // hop-by-hop and do not reach the backend.
                 upgrade::count(&proxy, &route, UpgradeResult::NotAllowed);
             }
             allowed
         }
-        _ => Vec::new(),
+        _ => None,
     };
 
     // 4. endpoint: round-robin, skipping endpoints passive health ejected
@@ -128,11 +125,10 @@ pub async fn handle(
         forwarded_for: &conn.forwarded_for,
         forwarded_proto: "http",
         made_request_id: request_id.made.then_some(&request_id.value),
+        upgrade: None,
     };
-    let upgrading = !protocols.is_empty();
-    let (endpoint, result) = if !upgrading {
-        forward(&proxy, &route, endpoint, request, &proxy_fields).await
-    } else {
+    let upgrading = offered.is_some();
+    let (endpoint, result) = if let Some(offered) = offered {
         // Boxed: the handshake's future is the larger one, and every
         // request's future would otherwise be as large as an upgrade's.
         Box::pin(upgrade::upgrade(
@@ -141,10 +137,12 @@ pub async fn handle(
             &route,
             endpoint,
             request,
-            protocols,
+            offered,
             &proxy_fields,
         ))
         .await
+    } else {
+        forward(&proxy, &route, endpoint, request, &proxy_fields).await
     };
     if let Some(access) = exchange.access.as_mut() {
         access.upstream = Some(endpoint);

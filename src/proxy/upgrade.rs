@@ -19,7 +19,7 @@ use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
 use super::client_upgrade::ClientUpgrade;
 use super::forward::{ForBackend, relay};
 use super::h1::{BackendBody, Connection, ProxyFields};
-use super::headers::{connection_has, strip_hop_by_hop, tokens};
+use super::headers::{connection_has, only_upgrade_hop_fields, tokens, value_tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{ClientRequest, ConnInfo, Proxy};
@@ -32,8 +32,35 @@ pub enum UpgradeRequest {
     None,
     /// `Connection: upgrade` without `Upgrade`, or the reverse.
     Invalid(&'static str),
-    /// The protocols asked for, lower-case, in the client's order.
-    Protocols(Vec<String>),
+    Protocols(Requested),
+}
+
+/// The protocols a client asked to switch to: its `Upgrade` value as it
+/// sent it (several fields joined into one), which is what goes to the
+/// backend when the route allows them all. Kept as the value rather than
+/// as a list of lower-cased tokens: the list, its strings and the value
+/// made again from them were four allocations per upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Requested(HeaderValue);
+
+impl Requested {
+    /// The protocol tokens, in the client's order and case.
+    fn tokens(&self) -> impl Iterator<Item = &str> {
+        value_tokens(&self.0)
+    }
+
+    /// What to offer the backend: the protocols `allows` lets through, or
+    /// `None` when it lets none through.
+    pub fn allowed(self, allows: impl Fn(&str) -> bool) -> Option<HeaderValue> {
+        if self.tokens().all(&allows) {
+            return Some(self.0);
+        }
+        let kept: Vec<&str> = self.tokens().filter(|p| allows(p)).collect();
+        if kept.is_empty() {
+            return None;
+        }
+        Some(HeaderValue::from_str(&kept.join(", ")).expect("tokens of a header value"))
+    }
 }
 
 /// Reads a request's upgrade headers. Only HTTP/1.1 has upgrades; in
@@ -43,14 +70,21 @@ pub fn classify(version: Version, headers: &HeaderMap) -> UpgradeRequest {
         return UpgradeRequest::None;
     }
     let wants_upgrade = connection_has(headers, "upgrade");
-    let protocols: Vec<String> = tokens(headers, &header::UPGRADE)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    match (wants_upgrade, protocols.is_empty()) {
-        (false, true) => UpgradeRequest::None,
-        (true, true) => UpgradeRequest::Invalid("Connection: upgrade without an Upgrade header"),
-        (false, false) => UpgradeRequest::Invalid("Upgrade header without Connection: upgrade"),
-        (true, false) => UpgradeRequest::Protocols(protocols),
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let requested = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(one), None) => value_tokens(one).next().is_some().then(|| one.clone()),
+        (Some(_), Some(_)) => {
+            let all: Vec<&str> = tokens(headers, &header::UPGRADE).collect();
+            (!all.is_empty())
+                .then(|| HeaderValue::from_str(&all.join(", ")).expect("tokens of a header value"))
+        }
+    };
+    match (wants_upgrade, requested) {
+        (false, None) => UpgradeRequest::None,
+        (true, None) => UpgradeRequest::Invalid("Connection: upgrade without an Upgrade header"),
+        (false, Some(_)) => UpgradeRequest::Invalid("Upgrade header without Connection: upgrade"),
+        (true, Some(value)) => UpgradeRequest::Protocols(Requested(value)),
     }
 }
 
@@ -63,15 +97,15 @@ pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
 /// Performs the handshake with the backend over a fresh connection to
 /// `first`, or to other endpoints of the route when connecting fails and
 /// the request allows it (see [`Attempts`]; once connected, the request is
-/// spent). `protocols` are the requested protocols the route allows (not
-/// empty). Returns the endpoint of the last attempt with its result.
+/// spent). `offered` are the requested protocols the route allows (not
+/// none), as the request's `Upgrade` to the backend. Returns the endpoint of the last attempt with its result.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
     first: Pick,
     request: ClientRequest,
-    protocols: Vec<String>,
+    offered: HeaderValue,
     proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
     let retryable = may_retry(
@@ -94,16 +128,8 @@ pub async fn upgrade(
     };
     let result = match connected {
         Ok(stream) => {
-            let result = handshake(
-                proxy,
-                conn,
-                route,
-                stream,
-                request,
-                &protocols,
-                proxy_fields,
-            )
-            .await;
+            let result =
+                handshake(proxy, conn, route, stream, request, &offered, proxy_fields).await;
             record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
             result
         }
@@ -125,7 +151,7 @@ async fn handshake(
     route: &Arc<Route>,
     stream: TcpStream,
     mut request: ClientRequest,
-    protocols: &[String],
+    offered: &HeaderValue,
     proxy_fields: &ProxyFields<'_>,
 ) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {
     // Taken before the request is consumed: resolves to the client's raw
@@ -134,12 +160,12 @@ async fn handshake(
     let client_upgrade = ClientUpgrade::of(&mut request);
 
     let mut request = ForBackend::new(request)?;
-    let headers = &mut request.parts.headers;
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(
-        header::UPGRADE,
-        HeaderValue::from_str(&protocols.join(", ")).expect("tokens are valid header text"),
-    );
+    // `Connection: upgrade` and the protocols go on the wire with the
+    // other fields the proxy sets, not into the request's header map.
+    let proxy_fields = ProxyFields {
+        upgrade: Some(offered),
+        ..*proxy_fields
+    };
     let body = match request.body.take() {
         None => UpstreamBody::Empty,
         Some(body) => {
@@ -152,7 +178,7 @@ async fn handshake(
     let mut backend = Connection::new(stream);
     let timeout = proxy.config.upstream_response_timeout;
     let (head, body_sent) = upstream::within_response_timeout(
-        backend.exchange(&request.outgoing(proxy_fields), body, timeout),
+        backend.exchange(&request.outgoing(&proxy_fields), body, timeout),
         timeout,
         None,
     )
@@ -163,7 +189,7 @@ async fn handshake(
         let response = head.into_response(|framing| BackendBody::new(framing, backend, None));
         return Ok((relay(response, &proxy.config), UpgradeResult::Declined));
     }
-    let Some(protocol) = switched_protocol(&head.headers, protocols) else {
+    let Some(protocol) = switched_protocol(&head.headers, offered) else {
         return Ok((
             super::responses::LocalReply::UpgradeMismatch.into_response(),
             UpgradeResult::ProtocolMismatch,
@@ -181,10 +207,7 @@ async fn handshake(
     let (backend, to_client) = backend.into_parts();
 
     let mut response = head.into_response(|_| ResponseBody::empty());
-    let headers = response.headers_mut();
-    strip_hop_by_hop(headers);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
+    only_upgrade_hop_fields(response.headers_mut(), protocol);
 
     let tunnel_proxy = proxy.clone();
     let tunnel_conn = conn.clone();
@@ -217,18 +240,22 @@ async fn handshake(
     Ok((response, UpgradeResult::Switched))
 }
 
-/// The backend's `Upgrade` token when it is one the client asked for.
-fn switched_protocol(headers: &HeaderMap, requested: &[String]) -> Option<HeaderValue> {
-    let mut offered = tokens(headers, &header::UPGRADE);
-    let protocol = offered.next()?;
-    if offered.next().is_some() {
+/// The backend's `Upgrade` token when it is one of those `offered`.
+fn switched_protocol(headers: &HeaderMap, offered: &HeaderValue) -> Option<HeaderValue> {
+    let mut switched = tokens(headers, &header::UPGRADE);
+    let protocol = switched.next()?;
+    if switched.next().is_some() {
         return None; // a 101 switches to exactly one protocol
     }
-    requested
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(protocol))
-        .then(|| HeaderValue::from_str(protocol).ok())
-        .flatten()
+    if !value_tokens(offered).any(|o| o.eq_ignore_ascii_case(protocol)) {
+        return None;
+    }
+    match headers.get(header::UPGRADE) {
+        // The field as the backend sent it when it is just the token (it
+        // usually is): shared, not copied.
+        Some(value) if value.as_bytes() == protocol.as_bytes() => Some(value.clone()),
+        _ => HeaderValue::from_str(protocol).ok(),
+    }
 }
 
 #[cfg(test)]
@@ -250,7 +277,7 @@ mod tests {
         ]);
         assert_eq!(
             classify(Version::HTTP_11, &both),
-            UpgradeRequest::Protocols(vec!["websocket".into()])
+            UpgradeRequest::Protocols(Requested(HeaderValue::from_static("WebSocket")))
         );
         assert_eq!(classify(Version::HTTP_10, &both), UpgradeRequest::None);
         assert!(matches!(
@@ -268,14 +295,43 @@ mod tests {
     }
 
     #[test]
-    fn a_101_must_switch_to_one_requested_protocol() {
-        let requested = vec!["websocket".to_string()];
-        let ok = switched_protocol(&headers(&[("upgrade", "WebSocket")]), &requested);
-        assert_eq!(ok.unwrap(), "WebSocket");
-        assert!(switched_protocol(&headers(&[("upgrade", "h2c")]), &requested).is_none());
-        assert!(switched_protocol(&HeaderMap::new(), &requested).is_none());
-        assert!(
-            switched_protocol(&headers(&[("upgrade", "websocket, h2c")]), &requested).is_none()
+    fn several_upgrade_fields_are_one_list_and_empty_ones_ask_for_nothing() {
+        let mut two = headers(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        two.append(header::UPGRADE, HeaderValue::from_static(" , h2c"));
+        assert_eq!(
+            classify(Version::HTTP_11, &two),
+            UpgradeRequest::Protocols(Requested(HeaderValue::from_static("websocket, h2c")))
         );
+        let empty = headers(&[("connection", "upgrade"), ("upgrade", " , ")]);
+        assert!(matches!(
+            classify(Version::HTTP_11, &empty),
+            UpgradeRequest::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn the_backend_is_offered_what_the_route_allows_of_what_was_asked() {
+        let asked = || Requested(HeaderValue::from_static("WebSocket, h2c"));
+        let all = asked().allowed(|_| true).unwrap();
+        assert_eq!(all, "WebSocket, h2c", "all allowed: the client's value");
+        let websocket = asked().allowed(|p| p.eq_ignore_ascii_case("websocket"));
+        assert_eq!(websocket.unwrap(), "WebSocket");
+        assert_eq!(asked().allowed(|p| p == "h2c").unwrap(), "h2c");
+        assert!(asked().allowed(|_| false).is_none());
+    }
+
+    #[test]
+    fn a_101_must_switch_to_one_requested_protocol() {
+        let offered = HeaderValue::from_static("websocket");
+        let ok = switched_protocol(&headers(&[("upgrade", "WebSocket")]), &offered);
+        assert_eq!(ok.unwrap(), "WebSocket");
+        let padded = switched_protocol(&headers(&[("upgrade", " websocket ,")]), &offered);
+        assert_eq!(padded.unwrap(), "websocket", "the token, not the field");
+        assert!(switched_protocol(&headers(&[("upgrade", "h2c")]), &offered).is_none());
+        assert!(switched_protocol(&HeaderMap::new(), &offered).is_none());
+        assert!(switched_protocol(&headers(&[("upgrade", "websocket, h2c")]), &offered).is_none());
+        let two = HeaderValue::from_static("h2c, websocket");
+        let second = switched_protocol(&headers(&[("upgrade", "websocket")]), &two);
+        assert_eq!(second.unwrap(), "websocket");
     }
 }

@@ -53,8 +53,10 @@ impl RequestFraming {
 /// The fields the proxy sets on every request it sends on, whatever the
 /// client sent under their names: `Host` (what the client asked for;
 /// HTTP/2 carries it in `:authority`), `X-Forwarded-For`, `-Host` and
-/// `-Proto`, and `X-Request-Id` when the proxy made the id. switchyard is
-/// the edge: the client's values are replaced, not trusted.
+/// `-Proto`, `X-Request-Id` when the proxy made the id, and `Connection:
+/// upgrade` with the `Upgrade` offered when the request is an upgrade the
+/// route allows. switchyard is the edge: the client's values are
+/// replaced, not trusted.
 ///
 /// They are written by [`request_head`] rather than set in the request's
 /// header map: growing the map to make room for them and inserting each
@@ -68,6 +70,11 @@ pub struct ProxyFields<'a> {
     /// The id the proxy made because the client sent none (or an empty
     /// one); `None` when the client's goes on as it is.
     pub made_request_id: Option<&'a HeaderValue>,
+    /// The protocols offered to the backend (those the client asked for
+    /// that the route allows) when the request is an upgrade: sent with
+    /// `Connection: upgrade`. The client's own `Connection` and `Upgrade`
+    /// are hop-by-hop and gone before the head is written.
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 impl ProxyFields<'_> {
@@ -88,6 +95,10 @@ impl ProxyFields<'_> {
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         if let Some(id) = self.made_request_id {
             field(out, b"x-request-id", id.as_bytes());
+        }
+        if let Some(protocols) = self.upgrade {
+            field(out, b"connection", b"upgrade");
+            field(out, b"upgrade", protocols.as_bytes());
         }
     }
 }
@@ -186,6 +197,7 @@ mod tests {
             forwarded_for: &CLIENT,
             forwarded_proto: "http",
             made_request_id: made,
+            upgrade: None,
         }
     }
 
@@ -226,6 +238,26 @@ mod tests {
              x-kept: 1\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
              x-request-id: made-here\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_offers_its_protocols_after_the_forwarding_fields() {
+        let offered = HeaderValue::from_static("websocket");
+        let fields = ProxyFields {
+            upgrade: Some(&offered),
+            ..proxy_fields(None)
+        };
+        assert_eq!(
+            head(
+                &headers(&[("sec-websocket-version", "13")]),
+                RequestFraming::None,
+                &fields
+            ),
+            "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
+             sec-websocket-version: 13\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
+             connection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
     }
 
