@@ -11,7 +11,7 @@
 # `llvm-profdata` and builds it again with them. The compiler then lays the
 # code a request runs out together and inlines by what runs most: per
 # request about a fifth fewer instructions and a quarter as many
-# instruction-cache misses in callgrind's model (see README, Performance).
+# instruction-cache misses in callgrind's model (see PERFORMANCE.md).
 #
 # The counts must be read by the LLVM that rustc is built on: the script
 # installs `llvm-N` from Debian's packages for rustc's LLVM major version N
