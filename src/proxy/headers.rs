@@ -310,6 +310,32 @@ mod tests {
         assert_eq!(left, vec!["x-kept"]);
     }
 
+    #[test]
+    fn connection_lists_are_read_token_by_token_in_every_field() {
+        let has = |values: &[&[u8]], token| {
+            let mut h = HeaderMap::new();
+            for value in values {
+                h.append(header::CONNECTION, HeaderValue::from_bytes(value).unwrap());
+            }
+            connection_has(&h, token)
+        };
+        assert!(has(&[b"Upgrade"], "upgrade"));
+        assert!(has(&[b"keep-alive ,\tUPGRADE"], "upgrade"));
+        assert!(has(&[b"keep-alive", b", upgrade,"], "upgrade"));
+        assert!(
+            !has(&[b"upgrades, x-upgrade"], "upgrade"),
+            "no part of a token"
+        );
+        assert!(!has(&[b"keep-alive"], "close"));
+        assert!(!has(&[], "close"));
+        // Not visible ASCII: not read at all, as `value_tokens` reads it.
+        assert!(!has(&[b"close, \xff"], "close"));
+        assert_eq!(
+            value_tokens(&HeaderValue::from_bytes(b"close, \xff").unwrap()).count(),
+            0
+        );
+    }
+
     /// A 101's fields, in order, after [`only_upgrade_hop_fields`].
     fn after_switch(fields: &[(&str, &str)], protocol: &'static str) -> Vec<(String, String)> {
         let mut h = HeaderMap::new();
