@@ -5,7 +5,7 @@
 # change did to the hot path, and how switchyard compares with nginx and
 # HAProxy doing the same work.
 #
-#   scripts/instructions.sh [request|concurrent|websocket|sessions|burst] [COUNT] [BINARY|nginx|haproxy]
+#   scripts/instructions.sh [request|concurrent|websocket|sessions|messages|burst] [COUNT] [BINARY|nginx|haproxy]
 #
 # Starts the benchmark backend and runs, under callgrind pinned to one CPU
 # (so with the runtime a pinned benchmark run has), switchyard's BINARY
@@ -20,7 +20,11 @@
 # sessions one after another (websocket: connect, 101, one message,
 # close), COUNT such sessions with 16 in flight at a time (sessions: as
 # the benchmark's sessions figure runs them, so that the proxy's wake-ups
-# are shared as there; INSTRUCTIONS_CONNECTIONS=N for another number), or
+# are shared as there; INSTRUCTIONS_CONNECTIONS=N for another number),
+# COUNT echoes of a small WebSocket message over 16 tunnels opened before
+# the count, one message in flight on each (messages: the steady cost of a
+# long-lived WebSocket, one message each way per echo;
+# INSTRUCTIONS_CONNECTIONS=N for another number of tunnels), or
 # COUNT connections opened at once with one request each (burst, as the
 # benchmark's burst figure; most of them need a new backend connection
 # too). User-space instructions only: the kernel's work is not counted.
@@ -37,8 +41,8 @@ if [ -z "$count" ]; then
     if [ "$workload" = burst ]; then count=256; else count=3000; fi
 fi
 binary=${3:-}
-case "$workload" in request | concurrent | websocket | sessions | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|sessions|burst] [COUNT] [BINARY|nginx|haproxy]" >&2; exit 2 ;; esac
-if [ "$workload" = sessions ]; then connections=${INSTRUCTIONS_CONNECTIONS:-16}; else connections=${INSTRUCTIONS_CONNECTIONS:-64}; fi
+case "$workload" in request | concurrent | websocket | sessions | messages | burst) ;; *) echo "usage: $0 [request|concurrent|websocket|sessions|messages|burst] [COUNT] [BINARY|nginx|haproxy]" >&2; exit 2 ;; esac
+case "$workload" in sessions | messages) connections=${INSTRUCTIONS_CONNECTIONS:-16} ;; *) connections=${INSTRUCTIONS_CONNECTIONS:-64} ;; esac
 
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
@@ -283,6 +287,55 @@ def sessions(n, at_once):
                 raise SystemExit(f"connection closed while waiting for {state[0]}")
     ready.close()
 
+def tunnels(n):
+    """n WebSocket tunnels, each past its 101."""
+    opened = []
+    for _ in range(n):
+        s = connect()
+        s.sendall(UPGRADE)
+        head, rest = read_head(s)
+        if not head.startswith(b"HTTP/1.1 101") or rest:
+            raise SystemExit(head.decode(errors="replace"))
+        opened.append(s)
+    return opened
+
+def echoes(n, tunnels):
+    """n echoes of FRAME over `tunnels`, one in flight on each, the next
+    sent as soon as the last has come back whole."""
+    import selectors
+    ready = selectors.DefaultSelector()
+    started = 0
+    for s in tunnels[:n]:
+        s.sendall(FRAME)
+        started += 1
+        ready.register(s, selectors.EVENT_READ, b"")
+    done = 0
+    while done < n:
+        for key, _ in ready.select(10):
+            s = key.fileobj
+            more = s.recv(65536)
+            if not more:
+                raise SystemExit("tunnel closed before its echo")
+            seen = key.data + more
+            if len(seen) < len(FRAME):
+                ready.modify(s, selectors.EVENT_READ, seen)
+                continue
+            done += 1
+            if started < n:
+                s.sendall(FRAME)
+                started += 1
+                ready.modify(s, selectors.EVENT_READ, b"")
+            else:
+                ready.unregister(s)
+    ready.close()
+
+if workload == "messages":
+    opened = tunnels(connections)
+    echoes(max(500, count // 6), opened)
+    subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+    echoes(count, opened)
+    subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+    sys.exit(0)
 if workload == "sessions":
     sessions(max(200, count // 6), connections)
     subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
