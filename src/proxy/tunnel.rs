@@ -10,7 +10,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::client_io::ClientIo;
@@ -222,7 +222,7 @@ where
         let mut up = Pipe::new(client_to_backend, to_backend);
         let mut down = Pipe::new(backend_to_client, to_client);
         let mut last_activity = start;
-        let mut idle = Box::pin(sleep(self.limits.idle_timeout));
+        let mut idle = IdleTimer::new(self.limits.idle_timeout);
         let mut lifetime: Option<Pin<Box<Sleep>>> =
             self.limits.max_lifetime.map(|d| Box::pin(sleep(d)));
         let shutdown = self.shutdown.clone();
@@ -252,17 +252,12 @@ where
             if up_done && down_done {
                 return Poll::Ready((CloseReason::Completed, None));
             }
-            if progress {
-                last_activity = Instant::now();
+            let now = progress.then(Instant::now);
+            if let Some(now) = now {
+                last_activity = now;
             }
-            // The idle timer is only re-armed when it fires, not on every
-            // byte: cheaper, and just as exact.
-            while idle.as_mut().poll(cx).is_ready() {
-                let deadline = last_activity + self.limits.idle_timeout;
-                if deadline <= Instant::now() {
-                    return Poll::Ready((CloseReason::IdleTimeout, None));
-                }
-                idle.set(sleep_until(deadline));
+            if idle.expired(cx, last_activity, self.limits.idle_timeout, now) {
+                return Poll::Ready((CloseReason::IdleTimeout, None));
             }
             Poll::Pending
         })
@@ -275,6 +270,54 @@ where
             backend_to_client: down.moved.bytes,
             duration: start.elapsed(),
         }
+    }
+}
+
+/// A tunnel's idle timeout: a timer set for the timeout after the start
+/// and moved on only when it fires, not on every byte (cheaper, and just
+/// as exact), and looked at only when it may have fired.
+struct IdleTimer {
+    sleep: Pin<Box<Sleep>>,
+    /// The waker the timer will wake, once it has been polled.
+    told: Option<Waker>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            sleep: Box::pin(sleep(timeout)),
+            told: None,
+        }
+    }
+
+    /// Whether the tunnel has been idle for all of `timeout` since
+    /// `last_activity`. `now` is the time when the caller has just read
+    /// the clock (there was activity at this wake-up): a timer that was
+    /// polled with this task's waker and is not due by then cannot have
+    /// fired, and polling it again would only find it pending (about 120
+    /// instructions at every wake-up of a busy tunnel).
+    fn expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        last_activity: Instant,
+        timeout: Duration,
+        now: Option<Instant>,
+    ) -> bool {
+        let told = self.told.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if told && now.is_some_and(|now| now < self.sleep.deadline()) {
+            return false;
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+        if !told {
+            self.told = Some(cx.waker().clone());
+        }
+        false
     }
 }
 
@@ -735,6 +778,35 @@ mod tests {
         );
         let outcome = task.await.unwrap();
         assert_eq!(outcome.reason(), CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_wakes_the_waker_it_was_last_looked_at_with() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Wakes(AtomicUsize);
+        impl Wake for Wakes {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let first = std::sync::Arc::new(Wakes(AtomicUsize::new(0)));
+        let second = std::sync::Arc::new(Wakes(AtomicUsize::new(0)));
+        let (first_waker, second_waker) = (Waker::from(first.clone()), Waker::from(second.clone()));
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut idle = IdleTimer::new(timeout);
+        let mut cx = Context::from_waker(&first_waker);
+        assert!(!idle.expired(&mut cx, start, timeout, Some(start)));
+        // Activity before the deadline, seen by another task's waker: the
+        // timer must be told of that waker, not skipped as not due.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(!idle.expired(&mut cx, start, timeout, Some(Instant::now())));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert!(idle.expired(&mut cx, start, timeout, None));
     }
 
     /// A running tunnel between two in-memory peers, with the token that
