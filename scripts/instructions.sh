@@ -204,14 +204,14 @@ def burst(n):
             else:
                 waiting.modify(s, selectors.EVENT_READ, seen)
 
-def concurrent(n, clients):
-    """n requests over the keep-alive connections `clients`, one in flight
-    on each, a new one sent as soon as its answer is complete."""
+def closed_loop(n, conns, message, answered):
+    """n exchanges over `conns`, one in flight on each: `message` sent, and
+    the next sent as soon as what came back is `answered`."""
     import selectors
     ready = selectors.DefaultSelector()
     started = 0
-    for s in clients[:n]:
-        s.sendall(GET)
+    for s in conns[:n]:
+        s.sendall(message)
         started += 1
         ready.register(s, selectors.EVENT_READ, b"")
     done = 0
@@ -220,19 +220,24 @@ def concurrent(n, clients):
             s = key.fileobj
             more = s.recv(65536)
             if not more:
-                raise SystemExit("connection closed before its response")
+                raise SystemExit("connection closed before its answer")
             seen = key.data + more
-            if not whole_response(seen):
+            if not answered(seen):
                 ready.modify(s, selectors.EVENT_READ, seen)
                 continue
             done += 1
             if started < n:
-                s.sendall(GET)
+                s.sendall(message)
                 started += 1
                 ready.modify(s, selectors.EVENT_READ, b"")
             else:
                 ready.unregister(s)
     ready.close()
+
+def concurrent(n, clients):
+    """n requests over the keep-alive connections `clients`, one in flight
+    on each, a new one sent as soon as its answer is complete."""
+    closed_loop(n, clients, GET, whole_response)
 
 def sessions(n, at_once):
     """n WebSocket sessions, `at_once` of them in flight, each as
@@ -302,32 +307,7 @@ def tunnels(n):
 def echoes(n, tunnels):
     """n echoes of FRAME over `tunnels`, one in flight on each, the next
     sent as soon as the last has come back whole."""
-    import selectors
-    ready = selectors.DefaultSelector()
-    started = 0
-    for s in tunnels[:n]:
-        s.sendall(FRAME)
-        started += 1
-        ready.register(s, selectors.EVENT_READ, b"")
-    done = 0
-    while done < n:
-        for key, _ in ready.select(10):
-            s = key.fileobj
-            more = s.recv(65536)
-            if not more:
-                raise SystemExit("tunnel closed before its echo")
-            seen = key.data + more
-            if len(seen) < len(FRAME):
-                ready.modify(s, selectors.EVENT_READ, seen)
-                continue
-            done += 1
-            if started < n:
-                s.sendall(FRAME)
-                started += 1
-                ready.modify(s, selectors.EVENT_READ, b"")
-            else:
-                ready.unregister(s)
-    ready.close()
+    closed_loop(n, tunnels, FRAME, lambda seen: len(seen) >= len(FRAME))
 
 if workload == "messages":
     opened = tunnels(connections)

@@ -97,8 +97,9 @@ pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
 /// Performs the handshake with the backend over a fresh connection to
 /// `first`, or to other endpoints of the route when connecting fails and
 /// the request allows it (see [`Attempts`]; once connected, the request is
-/// spent). `offered` are the requested protocols the route allows (not
-/// none), as the request's `Upgrade` to the backend. Returns the endpoint of the last attempt with its result.
+/// spent). `offered` are the requested protocols the route allows (at
+/// least one), as the request's `Upgrade` to the backend. Returns the
+/// endpoint of the last attempt with its result.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
