@@ -493,6 +493,44 @@ async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
 }
 
 #[tokio::test]
+async fn the_backend_is_offered_the_protocol_as_the_client_wrote_it() {
+    let backend = backends::scripted(|mut s| async move {
+        let (head, _) = read_head(&mut s).await;
+        // Exactly one of each, the protocol in the client's case.
+        let ok = head.matches("\r\nupgrade: WebSocket\r\n").count() == 1
+            && head.to_ascii_lowercase().matches("\r\nupgrade:").count() == 1
+            && head.to_ascii_lowercase().matches("\r\nconnection:").count() == 1
+            && head.contains("\r\nconnection: upgrade\r\n");
+        let status = if ok {
+            "101 Switching Protocols"
+        } else {
+            "400 Bad Request"
+        };
+        write_head(
+            &mut s,
+            &format!("HTTP/1.1 {status}"),
+            &[
+                "Upgrade: WebSocket",
+                "Connection: Upgrade",
+                "Content-Length: 0",
+            ],
+        )
+        .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (_client, head, _) = raw_exchange(
+        proxy.addr,
+        &upgrade_request("h", "/", "WebSocket", &[]),
+        b"",
+    )
+    .await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    // And the backend's own case goes back to the client.
+    assert!(head.contains("\r\nupgrade: WebSocket\r\n"), "{head}");
+}
+
+#[tokio::test]
 async fn upgrade_failures_before_the_101_are_ordinary_http_errors() {
     let refused = backends::refused().await;
     let silent = backends::scripted(|mut s| async move {
