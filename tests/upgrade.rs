@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::TestProxy;
@@ -452,15 +453,12 @@ async fn hop_by_hop_headers_are_stripped_from_the_101() {
     );
 }
 
-#[tokio::test]
-async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
-    let backend = backends::scripted(|mut s| async move {
+/// A backend that switches to `protocol` when `accepts` the upgrade
+/// request's head (as it read it), and answers 400 otherwise.
+async fn switches_if(protocol: &'static str, accepts: fn(&str) -> bool) -> SocketAddr {
+    backends::scripted(move |mut s| async move {
         let (head, _) = read_head(&mut s).await;
-        let head = head.to_ascii_lowercase();
-        let ok = !head.contains("x-hop-secret")
-            && !head.contains("keep-alive")
-            && head.contains("upgrade: websocket");
-        let status = if ok {
+        let status = if accepts(&head) {
             "101 Switching Protocols"
         } else {
             "400 Bad Request"
@@ -469,12 +467,23 @@ async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
             &mut s,
             &format!("HTTP/1.1 {status}"),
             &[
-                "Upgrade: websocket",
+                &format!("Upgrade: {protocol}"),
                 "Connection: Upgrade",
                 "Content-Length: 0",
             ],
         )
         .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
+    let backend = switches_if("websocket", |head| {
+        let head = head.to_ascii_lowercase();
+        !head.contains("x-hop-secret")
+            && !head.contains("keep-alive")
+            && head.contains("upgrade: websocket")
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
@@ -494,28 +503,13 @@ async fn hop_by_hop_headers_are_stripped_from_the_upgrade_request() {
 
 #[tokio::test]
 async fn the_backend_is_offered_the_protocol_as_the_client_wrote_it() {
-    let backend = backends::scripted(|mut s| async move {
-        let (head, _) = read_head(&mut s).await;
-        // Exactly one of each, the protocol in the client's case.
-        let ok = head.matches("\r\nupgrade: WebSocket\r\n").count() == 1
-            && head.to_ascii_lowercase().matches("\r\nupgrade:").count() == 1
-            && head.to_ascii_lowercase().matches("\r\nconnection:").count() == 1
-            && head.contains("\r\nconnection: upgrade\r\n");
-        let status = if ok {
-            "101 Switching Protocols"
-        } else {
-            "400 Bad Request"
-        };
-        write_head(
-            &mut s,
-            &format!("HTTP/1.1 {status}"),
-            &[
-                "Upgrade: WebSocket",
-                "Connection: Upgrade",
-                "Content-Length: 0",
-            ],
-        )
-        .await;
+    // Exactly one of each, the protocol in the client's case.
+    let backend = switches_if("WebSocket", |head| {
+        let lower = head.to_ascii_lowercase();
+        head.matches("\r\nupgrade: WebSocket\r\n").count() == 1
+            && lower.matches("\r\nupgrade:").count() == 1
+            && lower.matches("\r\nconnection:").count() == 1
+            && head.contains("\r\nconnection: upgrade\r\n")
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
