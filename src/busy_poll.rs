@@ -17,11 +17,13 @@
 //! left with nothing but a yielded task, polls the I/O driver without
 //! waiting before it runs the task again, so while the task loops every
 //! socket event is taken as soon as it is there. Between two of its turns
-//! the task reads how long the runtime spent running tasks (its busy
-//! time, which leaves out the wait for I/O): more than [`OTHER_WORK`]
-//! means other tasks ran, and restarts the window. Time alone would not
-//! do: under a tracer that slows every system call, each turn would look
-//! like work and the polling would never stop. Once a window passes
+//! the task looks at how often the tasks that serve traffic (accepts,
+//! client connections and tunnels, each wrapped in [`Work`]) were polled
+//! on its thread: any poll of them means traffic, and restarts the
+//! window. Time would not do: the runtime's busy time also grows while
+//! the thread is preempted or its virtual CPU stolen in the middle of a
+//! turn, or when a tracer slows every system call, and each such turn
+//! would look like work and keep the polling going. Once a window passes
 //! without work the task waits to be armed again, and the runtime parks;
 //! the runtime's unpark hook (work arrived after a sleep) arms it.
 //!
@@ -30,17 +32,43 @@
 //! worker awake. With more than one thread, [`crate::serving`] gives each
 //! a single-threaded runtime of its own, each with its own `BusyPoll`.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Busy time between two turns of the polling task above this means other
-/// tasks ran. A turn with nothing else to do adds the poll of the polling
-/// task itself, a fraction of a microsecond; a request through the proxy
-/// takes longer.
-const OTHER_WORK: Duration = Duration::from_micros(2);
+thread_local! {
+    /// Polls of [`Work`] on this thread.
+    static WORK_POLLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A task that serves traffic: each of its polls is work that keeps this
+/// thread's busy polling going for another window.
+pub struct Work<F>(pub F);
+
+impl<F: Future + Unpin> Future for Work<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        note_work();
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Notes work on this thread, for work that is not a [`Work`] task of
+/// its own (the accept loop notes each connection it accepts).
+pub fn note_work() {
+    WORK_POLLS.with(|polls| polls.set(polls.get().wrapping_add(1)));
+}
+
+fn work_polls() -> u64 {
+    WORK_POLLS.with(Cell::get)
+}
 
 /// Busy polling for one runtime: the hook that arms it and the task that
 /// polls.
@@ -74,22 +102,20 @@ impl BusyPoll {
         }
     }
 
-    /// Yields until a whole window has passed without other tasks running.
+    /// Yields until a whole window has passed without work on this
+    /// thread.
     async fn poll_until_quiet(&self) {
-        // The single-threaded runtime's one worker.
-        let metrics = tokio::runtime::Handle::current().metrics();
-        let busy = || metrics.worker_total_busy_duration(0);
-        let mut busy_before = busy();
+        let mut seen = work_polls();
         let mut quiet_since = Instant::now();
         loop {
             tokio::task::yield_now().await;
-            let busy_now = busy();
-            if busy_now.saturating_sub(busy_before) > OTHER_WORK {
+            let polls = work_polls();
+            if polls != seen {
+                seen = polls;
                 quiet_since = Instant::now();
             } else if quiet_since.elapsed() >= self.window {
                 return;
             }
-            busy_before = busy_now;
         }
     }
 }
@@ -137,6 +163,44 @@ mod tests {
     fn without_busy_polling_the_same_sleep_parks_the_thread() {
         let runtime = runtime(None);
         assert!(parks_while_sleeping(&runtime, None) > 0);
+    }
+
+    /// How often the thread parks in 100 ms while a task wakes every
+    /// millisecond, a task that serves traffic (`Work`) or another one,
+    /// with a window of 20 ms.
+    fn parks_beside_a_task_woken_every_millisecond(serves_traffic: bool) -> u64 {
+        let busy_poll = BusyPoll::new(Duration::from_millis(20));
+        let runtime = runtime(Some(&busy_poll));
+        runtime.block_on(async move {
+            tokio::spawn(busy_poll.run());
+            let ticking = async {
+                let mut every_ms = tokio::time::interval(Duration::from_millis(1));
+                loop {
+                    every_ms.tick().await;
+                }
+            };
+            if serves_traffic {
+                tokio::spawn(Work(Box::pin(ticking)));
+            } else {
+                tokio::spawn(ticking);
+            }
+            // The first wake-up arms the polling.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let metrics = tokio::runtime::Handle::current().metrics();
+            let before = metrics.worker_park_count(0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            metrics.worker_park_count(0) - before
+        })
+    }
+
+    #[test]
+    fn polls_of_tasks_that_serve_traffic_keep_the_thread_polling() {
+        assert_eq!(parks_beside_a_task_woken_every_millisecond(true), 0);
+    }
+
+    #[test]
+    fn polls_of_other_tasks_do_not() {
+        assert!(parks_beside_a_task_woken_every_millisecond(false) > 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::headers::forwarded_for;
 use super::observe::record_parser_refusal;
 use super::timer::{self, Purpose};
 use super::{ConnInfo, Proxy, h1, service};
+use crate::busy_poll::{Work, note_work};
 
 /// What a client speaking HTTP/2 with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -110,6 +111,7 @@ impl Proxy {
             let (stream, remote) = match accepted {
                 Ok(a) => {
                     accepted_since_yield += 1;
+                    note_work();
                     a
                 }
                 Err(e) => {
@@ -150,7 +152,7 @@ impl Proxy {
             // into the task.
             self.shutdown
                 .tracker()
-                .spawn(Box::pin(proxy.serve_connection(stream, conn)));
+                .spawn(Work(Box::pin(proxy.serve_connection(stream, conn))));
         }
     }
 

@@ -23,6 +23,7 @@ use super::headers::{connection_has, only_upgrade_hop_fields, tokens, value_toke
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
 use super::{ClientRequest, ConnInfo, Proxy};
+use crate::busy_poll::Work;
 use crate::route_metrics::UpgradeResult;
 use crate::routes::{Pick, Route};
 
@@ -213,7 +214,7 @@ async fn handshake(
     let tunnel_proxy = proxy.clone();
     let tunnel_conn = conn.clone();
     let tunnel_route = route.clone();
-    proxy.shutdown.tracker().spawn(Box::pin(async move {
+    proxy.shutdown.tracker().spawn(Work(Box::pin(async move {
         let proxy = tunnel_proxy;
         let route = tunnel_route;
         let series = route.metrics.tunnels(&proxy.metrics, &route.labels);
@@ -237,7 +238,7 @@ async fn handshake(
         outcome.record(&proxy.metrics, &route, proxy.config.access_log);
         // The client connection's slot is given back only now.
         drop(tunnel_conn);
-    }));
+    })));
     Ok((response, UpgradeResult::Switched))
 }
 
