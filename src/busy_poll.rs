@@ -143,11 +143,16 @@ mod tests {
             }
             // Work after a sleep: the thread parks and unparks once.
             tokio::time::sleep(Duration::from_millis(1)).await;
-            let metrics = tokio::runtime::Handle::current().metrics();
-            let before = metrics.worker_park_count(0);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            metrics.worker_park_count(0) - before
+            parks_during(Duration::from_millis(50)).await
         })
+    }
+
+    /// How often the runtime's one thread parks while the caller sleeps.
+    async fn parks_during(sleep: Duration) -> u64 {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.worker_park_count(0);
+        tokio::time::sleep(sleep).await;
+        metrics.worker_park_count(0) - before
     }
 
     #[test]
@@ -186,10 +191,7 @@ mod tests {
             }
             // The first wake-up arms the polling.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let metrics = tokio::runtime::Handle::current().metrics();
-            let before = metrics.worker_park_count(0);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            metrics.worker_park_count(0) - before
+            parks_during(Duration::from_millis(100)).await
         })
     }
 
