@@ -244,7 +244,9 @@ async fn handshake(
 
 /// The backend's `Upgrade` token when it is one of those `offered`.
 fn switched_protocol(headers: &HeaderMap, offered: &HeaderValue) -> Option<HeaderValue> {
-    let mut switched = tokens(headers, &header::UPGRADE);
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let first = values.next()?;
+    let mut switched = value_tokens(first).chain(values.flat_map(value_tokens));
     let protocol = switched.next()?;
     if switched.next().is_some() {
         return None; // a 101 switches to exactly one protocol
@@ -252,11 +254,12 @@ fn switched_protocol(headers: &HeaderMap, offered: &HeaderValue) -> Option<Heade
     if !value_tokens(offered).any(|o| o.eq_ignore_ascii_case(protocol)) {
         return None;
     }
-    match headers.get(header::UPGRADE) {
+    if first.as_bytes() == protocol.as_bytes() {
         // The field as the backend sent it when it is just the token (it
         // usually is): shared, not copied.
-        Some(value) if value.as_bytes() == protocol.as_bytes() => Some(value.clone()),
-        _ => HeaderValue::from_str(protocol).ok(),
+        Some(first.clone())
+    } else {
+        HeaderValue::from_str(protocol).ok()
     }
 }
 
