@@ -3,6 +3,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::TestProxy;
@@ -344,6 +346,37 @@ async fn a_101_with_a_protocol_the_client_did_not_ask_for_is_a_502() {
             &[("result", "protocol_mismatch")]
         ),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn a_backend_connection_switched_without_being_asked_is_not_used_again() {
+    // A backend that answers a plain request with a 101 has left HTTP on
+    // that connection: another request sent on it would be read as the
+    // other protocol's bytes.
+    let reused = Arc::new(AtomicBool::new(false));
+    let flag = reused.clone();
+    let backend = backends::scripted(move |mut s| {
+        let flag = flag.clone();
+        async move {
+            read_head(&mut s).await;
+            write_head(&mut s, SWITCH, &["Upgrade: h2c", "Connection: Upgrade"]).await;
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(1)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await
+            {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    for _ in 0..2 {
+        let answer = get(proxy.addr, "h", "/", &[]).await;
+        assert_eq!(answer.status, 502, "an unasked switch is refused");
+    }
+    assert!(
+        !reused.load(Ordering::SeqCst),
+        "a request went out on a connection switched to another protocol"
     );
 }
 

@@ -193,7 +193,9 @@ impl FramingFields {
 /// connection be used again. A `Content-Length` beside a
 /// `Transfer-Encoding` is removed (the coding decides, and the length must
 /// not reach the client), and a backend that sent both is not trusted
-/// with another exchange on that connection.
+/// with another exchange on that connection. Nor is one that switched
+/// protocols: after a 101 the connection speaks the other protocol, even
+/// where the proxy did not ask for the switch and refuses it.
 fn framing(
     status: StatusCode,
     version: Version,
@@ -201,6 +203,9 @@ fn framing(
     headers: &mut HeaderMap,
     seen: &FramingFields,
 ) -> Result<(Framing, bool), ProtocolError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Empty, false));
+    }
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -428,6 +433,7 @@ mod tests {
         let switched = complete("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n");
         assert_eq!(switched.status, StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(switched.framing, Framing::Empty);
+        assert!(!switched.keep_alive, "a switched connection is not HTTP's");
     }
 
     #[test]
