@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn polls_of_tasks_that_serve_traffic_keep_the_thread_polling() {
-        assert_eq!(parks_beside_a_task_woken_every_millisecond(true), 0);
+        // None, but for one: a thread descheduled by a busy host for longer
+        // than the window right after its check may stop polling once.
+        // Without the work counted it parks about five times.
+        assert!(parks_beside_a_task_woken_every_millisecond(true) <= 1);
     }
 
     #[test]
