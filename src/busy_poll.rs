@@ -18,7 +18,8 @@
 //! waiting before it runs the task again, so while the task loops every
 //! socket event is taken as soon as it is there. Between two of its turns
 //! the task looks at how often the tasks that serve traffic (accepts,
-//! client connections and tunnels, each wrapped in [`Work`]) were polled
+//! client connections, their HTTP/2 streams and tunnels, each wrapped in
+//! [`Work`]) were polled
 //! on its thread: any poll of them means traffic, and restarts the
 //! window. Time would not do: the runtime's busy time also grows while
 //! the thread is preempted or its virtual CPU stolen in the middle of a
@@ -47,16 +48,43 @@ thread_local! {
     static WORK_POLLS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A task that serves traffic: each of its polls is work that keeps this
-/// thread's busy polling going for another window.
-pub struct Work<F>(pub F);
+pin_project_lite::pin_project! {
+    /// A task that serves traffic: each of its polls is work that keeps
+    /// this thread's busy polling going for another window.
+    pub struct Work<F> {
+        #[pin]
+        task: F,
+    }
+}
 
-impl<F: Future + Unpin> Future for Work<F> {
+impl<F> Work<F> {
+    pub fn new(task: F) -> Self {
+        Self { task }
+    }
+}
+
+impl<F: Future> Future for Work<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         note_work();
-        Pin::new(&mut self.0).poll(cx)
+        self.project().task.poll(cx)
+    }
+}
+
+/// hyper's executor for the tasks it spawns while serving (an HTTP/2
+/// connection's streams): spawned on the runtime as [`Work`], like the
+/// connections themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkExecutor;
+
+impl<F> hyper::rt::Executor<F> for WorkExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, task: F) {
+        tokio::spawn(Work::new(task));
     }
 }
 
@@ -170,42 +198,54 @@ mod tests {
         assert!(parks_while_sleeping(&runtime, None) > 0);
     }
 
+    type Ticking = Pin<Box<dyn Future<Output = ()> + Send>>;
+
     /// How often the thread parks in 100 ms while a task wakes every
-    /// millisecond, a task that serves traffic (`Work`) or another one,
-    /// with a window of 20 ms.
-    fn parks_beside_a_task_woken_every_millisecond(serves_traffic: bool) -> u64 {
+    /// millisecond, the task started by `spawn`, with a window of 20 ms.
+    fn parks_beside_a_task_woken_every_millisecond(spawn: fn(Ticking)) -> u64 {
         let busy_poll = BusyPoll::new(Duration::from_millis(20));
         let runtime = runtime(Some(&busy_poll));
         runtime.block_on(async move {
             tokio::spawn(busy_poll.run());
-            let ticking = async {
+            spawn(Box::pin(async {
                 let mut every_ms = tokio::time::interval(Duration::from_millis(1));
                 loop {
                     every_ms.tick().await;
                 }
-            };
-            if serves_traffic {
-                tokio::spawn(Work(Box::pin(ticking)));
-            } else {
-                tokio::spawn(ticking);
-            }
+            }));
             // The first wake-up arms the polling.
             tokio::time::sleep(Duration::from_millis(5)).await;
             parks_during(Duration::from_millis(100)).await
         })
     }
 
+    // In the two tests that expect the thread to keep polling: no park,
+    // but for one: a thread descheduled by a busy host for longer than the
+    // window right after its check may stop polling once. Without the work
+    // counted it parks about five times.
+
     #[test]
     fn polls_of_tasks_that_serve_traffic_keep_the_thread_polling() {
-        // None, but for one: a thread descheduled by a busy host for longer
-        // than the window right after its check may stop polling once.
-        // Without the work counted it parks about five times.
-        assert!(parks_beside_a_task_woken_every_millisecond(true) <= 1);
+        let parks = parks_beside_a_task_woken_every_millisecond(|task| {
+            tokio::spawn(Work::new(task));
+        });
+        assert!(parks <= 1, "{parks} parks");
+    }
+
+    #[test]
+    fn tasks_hyper_spawns_while_serving_are_work_too() {
+        let parks = parks_beside_a_task_woken_every_millisecond(|task| {
+            hyper::rt::Executor::execute(&WorkExecutor, task);
+        });
+        assert!(parks <= 1, "{parks} parks");
     }
 
     #[test]
     fn polls_of_other_tasks_do_not() {
-        assert!(parks_beside_a_task_woken_every_millisecond(false) > 0);
+        let parks = parks_beside_a_task_woken_every_millisecond(|task| {
+            tokio::spawn(task);
+        });
+        assert!(parks > 0);
     }
 
     #[test]

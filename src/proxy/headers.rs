@@ -62,9 +62,11 @@ impl<'a> Iterator for ValueTokens<'a> {
             if self.rest.is_empty() {
                 return None;
             }
-            let end = self.rest.bytes().position(|b| b == b',');
-            let item = &self.rest[..end.unwrap_or(self.rest.len())];
-            self.rest = &self.rest[end.map_or(self.rest.len(), |e| e + 1)..];
+            let (item, rest) = match self.rest.bytes().position(|b| b == b',') {
+                Some(comma) => (&self.rest[..comma], &self.rest[comma + 1..]),
+                None => (self.rest, ""),
+            };
+            self.rest = rest;
             // A value has no control characters but tabs (`to_str`), so
             // the ASCII whitespace trimmed is the spaces and tabs.
             let token = item.trim_ascii();

@@ -152,7 +152,7 @@ impl Proxy {
             // into the task.
             self.shutdown
                 .tracker()
-                .spawn(Work(Box::pin(proxy.serve_connection(stream, conn))));
+                .spawn(Work::new(Box::pin(proxy.serve_connection(stream, conn))));
         }
     }
 

@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::busy_poll::WorkExecutor;
 use crate::metrics::Metrics;
 use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
@@ -94,7 +95,7 @@ pub struct Proxy {
     /// the socket it is (read and written without hyper's wrapper).
     http1: http1::Builder,
     /// HTTP/2 with prior knowledge (and anything that starts like it).
-    http: auto::Builder<TokioExecutor>,
+    http: auto::Builder<WorkExecutor>,
     connection_slots: Arc<Semaphore>,
     pub client_limits: Arc<ClientLimits>,
 }
@@ -115,7 +116,7 @@ impl Proxy {
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_bytes)
             .max_buf_size(config.max_header_bytes.max(8192));
-        let mut http = auto::Builder::new(TokioExecutor::new());
+        let mut http = auto::Builder::new(WorkExecutor);
         // HTTP/1 reaches this one only when a client's first bytes looked
         // like the HTTP/2 preface; hyper-util offers no exact head limit.
         http.http1()

@@ -214,7 +214,7 @@ async fn handshake(
     let tunnel_proxy = proxy.clone();
     let tunnel_conn = conn.clone();
     let tunnel_route = route.clone();
-    proxy.shutdown.tracker().spawn(Work(Box::pin(async move {
+    let tunnel = async move {
         let proxy = tunnel_proxy;
         let route = tunnel_route;
         let series = route.metrics.tunnels(&proxy.metrics, &route.labels);
@@ -238,12 +238,15 @@ async fn handshake(
         outcome.record(&proxy.metrics, &route, proxy.config.access_log);
         // The client connection's slot is given back only now.
         drop(tunnel_conn);
-    })));
+    };
+    // Boxed: moved by pointer rather than by value into the task.
+    proxy.shutdown.tracker().spawn(Work::new(Box::pin(tunnel)));
     Ok((response, UpgradeResult::Switched))
 }
 
 /// The backend's `Upgrade` token when it is one of those `offered`.
 fn switched_protocol(headers: &HeaderMap, offered: &HeaderValue) -> Option<HeaderValue> {
+    // `tokens`' walk, keeping the first field to share below.
     let mut values = headers.get_all(header::UPGRADE).iter();
     let first = values.next()?;
     let mut switched = value_tokens(first).chain(values.flat_map(value_tokens));
