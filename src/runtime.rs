@@ -24,13 +24,14 @@ use crate::routes::{PassiveHealthConfig, RouteStore, TranslateOptions, Translati
 use crate::serving::Serving;
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::ClusterSnapshot;
-use crate::source::files::{self, FileSource, LoadReport};
+use crate::source::files::{FileSource, LoadReport};
 use crate::source::kube::events::EventPublisher;
 use crate::source::kube::health::SourceHealth;
 use crate::source::kube::leader::{self, LeaderSettings};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
 use crate::source::kube::{Stores, reflect};
 use crate::source::manifest::LoadError;
+use crate::source::watch;
 
 /// How long `check` and `routes` wait for the cluster's initial lists.
 const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,7 +232,7 @@ fn start_file_source(
 ) -> anyhow::Result<()> {
     // Watch before the first read, so that no change slips in between.
     let (watcher, mut changes) =
-        files::watch(&source.manifests).context("cannot watch the manifest directories")?;
+        watch::watch(&source.manifests).context("cannot watch the manifest directories")?;
     let mut files = FileSource::new(source.manifests.clone());
     let namespaces = source.watch_namespaces.clone();
     let metrics = metrics.clone();
@@ -247,7 +248,7 @@ fn start_file_source(
     admin.mark_synced();
     tokio::spawn(async move {
         let _watcher = watcher;
-        while files::next_change(&mut changes).await {
+        while watch::next_change(&mut changes).await {
             // Parsing and translating run on the blocking pool, off the
             // threads that serve requests; the closure comes back for the
             // next change.

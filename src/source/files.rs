@@ -5,16 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
 use super::manifest::{self, LoadError, Location, Object, Skipped};
 use crate::snapshot::ClusterSnapshot;
-
-/// How long a burst of file events is given to settle before a reload.
-pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The outcome of one read of the manifest directories.
 pub struct LoadReport {
@@ -169,45 +162,6 @@ fn collect_manifest_files(dir: &Path, files: &mut BTreeMap<PathBuf, ()>) -> std:
         }
     }
     Ok(())
-}
-
-/// Watches the manifest directories; each burst of changes sends one `()`
-/// on the returned channel (the receiver waits [`WATCH_DEBOUNCE`] for the
-/// burst to settle). Dropping the returned watcher stops it.
-///
-/// Only changes count: reading a file produces open and close events of its
-/// own, and reacting to those would make every reload trigger the next.
-pub fn watch(dirs: &[PathBuf]) -> Result<(RecommendedWatcher, mpsc::Receiver<()>), notify::Error> {
-    let (tx, rx) = mpsc::channel(1);
-    let mut watcher =
-        notify::recommended_watcher(move |result: notify::Result<Event>| match result {
-            Ok(event) if is_change(&event.kind) => {
-                // A full channel already holds a pending reload.
-                let _ = tx.try_send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "manifest watcher error"),
-        })?;
-    for dir in dirs {
-        watcher.watch(dir, RecursiveMode::Recursive)?;
-    }
-    Ok((watcher, rx))
-}
-
-fn is_change(kind: &EventKind) -> bool {
-    !matches!(kind, EventKind::Access(_))
-}
-
-/// Waits for the next burst of changes to settle; `false` once the watcher
-/// is gone.
-pub async fn next_change(changes: &mut mpsc::Receiver<()>) -> bool {
-    if changes.recv().await.is_none() {
-        return false;
-    }
-    tokio::time::sleep(WATCH_DEBOUNCE).await;
-    // Whatever arrived meanwhile is part of this burst.
-    while changes.try_recv().is_ok() {}
-    true
 }
 
 #[cfg(test)]

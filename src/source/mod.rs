@@ -5,3 +5,4 @@
 pub mod files;
 pub mod kube;
 pub mod manifest;
+pub mod watch;
