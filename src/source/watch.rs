@@ -115,8 +115,8 @@ impl OpenWrites {
                 self.paths.extend(manifests.cloned());
                 true
             }
-            // A file removed or renamed away will not be closed under its
-            // name.
+            // A file removed or renamed away, or one in a directory that
+            // was, will not be closed under its name.
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
                 self.forget(&event.paths);
                 true
@@ -125,10 +125,10 @@ impl OpenWrites {
         }
     }
 
+    /// Forgets `paths` and whatever is below them.
     fn forget(&mut self, paths: &[PathBuf]) {
-        for path in paths {
-            self.paths.remove(path);
-        }
+        self.paths
+            .retain(|open| !paths.iter().any(|gone| open.starts_with(gone)));
     }
 
     fn count(&self) -> usize {
@@ -173,12 +173,17 @@ mod tests {
     }
 
     #[test]
-    fn a_file_renamed_away_or_lost_events_leave_no_write_open() {
+    fn a_file_or_directory_renamed_away_or_lost_events_leave_no_write_open() {
         let mut writes = OpenWrites::default();
         writes.note(&event(WRITE, "/m/a.yaml"));
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::From));
         assert!(writes.note(&event(renamed, "/m/a.yaml")));
         assert_eq!(writes.count(), 0);
+
+        writes.note(&event(WRITE, "/m/sub/b.yaml"));
+        writes.note(&event(WRITE, "/m/subway.yaml"));
+        assert!(writes.note(&event(renamed, "/m/sub")));
+        assert_eq!(writes.count(), 1, "only what was below the directory");
 
         writes.note(&event(WRITE, "/m/b.yaml"));
         let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
