@@ -31,7 +31,7 @@ use crate::source::kube::leader::{self, LeaderSettings};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
 use crate::source::kube::{Stores, reflect};
 use crate::source::manifest::LoadError;
-use crate::source::watch;
+use crate::source::watch::ManifestWatcher;
 
 /// How long `check` and `routes` wait for the cluster's initial lists.
 const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,8 +231,8 @@ fn start_file_source(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<()> {
     // Watch before the first read, so that no change slips in between.
-    let (watcher, mut changes) =
-        watch::watch(&source.manifests).context("cannot watch the manifest directories")?;
+    let mut watcher =
+        ManifestWatcher::new(&source.manifests).context("cannot watch the manifest directories")?;
     let mut files = FileSource::new(source.manifests.clone());
     let namespaces = source.watch_namespaces.clone();
     let metrics = metrics.clone();
@@ -247,8 +247,7 @@ fn start_file_source(
     tracing::info!(files = loaded, "manifests loaded");
     admin.mark_synced();
     tokio::spawn(async move {
-        let _watcher = watcher;
-        while watch::next_change(&mut changes).await {
+        while watcher.next_change().await {
             // Parsing and translating run on the blocking pool, off the
             // threads that serve requests; the closure comes back for the
             // next change.

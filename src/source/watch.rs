@@ -35,32 +35,147 @@ pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What the watcher has seen: sent at every change, carrying how many
 /// manifest files are open for writing.
-pub type Changes = watch::Receiver<usize>;
+type Changes = watch::Receiver<usize>;
 
-/// Watches `paths` (directories, recursively, or single files). Dropping
-/// the returned watcher stops it, and [`next_change`] then returns `false`.
-pub fn watch(paths: &[PathBuf]) -> Result<(RecommendedWatcher, Changes), notify::Error> {
-    let (tx, rx) = watch::channel(0);
-    let mut writes = OpenWrites::default();
-    let mut watcher =
-        notify::recommended_watcher(move |result: notify::Result<Event>| match result {
-            Ok(event) => {
-                if writes.note(&event) {
-                    let open = writes.count();
-                    tx.send_modify(|writing| *writing = open);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "manifest watcher error"),
-        })?;
-    for path in paths {
-        watcher.watch(path, RecursiveMode::Recursive)?;
+/// Watches the manifest paths (directories recursively, or single files).
+///
+/// inotify watches inodes, not names, and much of what writes manifests
+/// replaces a name with a new inode: editors and `sed -i` save through a
+/// rename, a mounted ConfigMap swaps its `..data` link, git-sync swaps the
+/// link to its worktree. A watch on the old inode sees nothing after that,
+/// nor the swap itself when the old file or directory is left as it was.
+/// So each path's parent directory is watched too, which sees the name
+/// replaced, and after each settled burst a path whose file or directory
+/// is no longer the one watched is watched again.
+pub struct ManifestWatcher {
+    watcher: RecommendedWatcher,
+    changes: Changes,
+    roots: Vec<Root>,
+}
+
+/// A path given to watch, and the file or directory watched under it.
+struct Root {
+    path: PathBuf,
+    watched: Option<Identity>,
+}
+
+/// Which file or directory a path names (device and inode, links
+/// followed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Identity(u64, u64);
+
+impl Identity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self(metadata.dev(), metadata.ino()))
     }
-    Ok((watcher, rx))
+}
+
+impl ManifestWatcher {
+    /// Starts watching `paths`; fails when one of them cannot be watched.
+    pub fn new(paths: &[PathBuf]) -> Result<Self, notify::Error> {
+        let (tx, changes) = watch::channel(0);
+        let mut writes = OpenWrites::default();
+        let watched = paths.to_vec();
+        let mut watcher =
+            notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+                // What else happens in a path's directory (say `/tmp`) is
+                // not the manifests' business.
+                Ok(event) if !concerns(&event, &watched) => {}
+                Ok(event) => {
+                    if writes.note(&event) {
+                        let open = writes.count();
+                        tx.send_modify(|writing| *writing = open);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "manifest watcher error"),
+            })?;
+        let mut roots = Vec::new();
+        for path in paths {
+            let watched = Identity::of(path);
+            watcher.watch(path, RecursiveMode::Recursive)?;
+            roots.push(Root {
+                path: path.clone(),
+                watched,
+            });
+        }
+        // A directory already watched with everything below it is not
+        // watched again alone: that would stop the watch going down.
+        let parents = paths.iter().filter_map(|p| parent_dir(p));
+        for parent in parents.filter(|d| !paths.iter().any(|p| d.starts_with(p))) {
+            if let Err(e) = watcher.watch(&parent, RecursiveMode::NonRecursive) {
+                // The path's own watch still sees changes made in place.
+                tracing::warn!(
+                    path = %parent.display(), error = %e,
+                    "cannot watch the directory of a manifest path; its replacement will go unnoticed"
+                );
+            }
+        }
+        Ok(Self {
+            watcher,
+            changes,
+            roots,
+        })
+    }
+
+    /// Waits for the next burst of changes to settle (see [`settle`]) and
+    /// watches again any path that now names another file or directory;
+    /// `false` once the watcher is gone.
+    pub async fn next_change(&mut self) -> bool {
+        if !settle(&mut self.changes).await {
+            return false;
+        }
+        for root in &mut self.roots {
+            let now = Identity::of(&root.path);
+            if now == root.watched {
+                continue;
+            }
+            // The old inode's watch is gone with it, or soon will be.
+            let _ = self.watcher.unwatch(&root.path);
+            root.watched = match self.watcher.watch(&root.path, RecursiveMode::Recursive) {
+                Ok(()) => now,
+                // Not there for now: its directory's watch will say when
+                // it is back.
+                Err(_) => None,
+            };
+        }
+        true
+    }
+}
+
+/// Whether `event` is about one of `paths` or what is below them (an
+/// event that names no path, as lost events, may be).
+fn concerns(event: &Event, paths: &[PathBuf]) -> bool {
+    event.paths.is_empty()
+        || event
+            .paths
+            .iter()
+            .any(|changed| paths.iter().any(|path| is_within(changed, path)))
+}
+
+/// `path` is `root` or below it, `.` components aside (the directory of a
+/// relative path `a.yaml` is watched as `.`, and names it `./a.yaml`).
+fn is_within(path: &Path, root: &Path) -> bool {
+    fn named(path: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
+        path.components()
+            .filter(|c| *c != std::path::Component::CurDir)
+    }
+    let mut path = named(path);
+    named(root).all(|part| path.next() == Some(part))
+}
+
+/// The directory a path is in, to watch for the path being replaced.
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        parent => Some(parent.to_path_buf()),
+    }
 }
 
 /// Waits for the next burst of changes and for it to settle (see the
 /// module documentation); `false` once the watcher is gone.
-pub async fn next_change(changes: &mut Changes) -> bool {
+async fn settle(changes: &mut Changes) -> bool {
     if changes.changed().await.is_err() {
         return false;
     }
@@ -146,6 +261,8 @@ fn is_manifest_name(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use notify::event::{AccessKind, CreateKind, DataChange, RemoveKind, RenameMode};
 
@@ -192,6 +309,27 @@ mod tests {
     }
 
     #[test]
+    fn only_events_about_the_watched_paths_or_below_them_count() {
+        let roots = [PathBuf::from("/etc/m"), PathBuf::from("a.yaml")];
+        let about = |path: &str| concerns(&event(WRITE, path), &roots);
+        assert!(about("/etc/m"));
+        assert!(about("/etc/m/sub/b.yaml"));
+        assert!(
+            about("./a.yaml"),
+            "a relative file, named from its directory"
+        );
+        assert!(about("a.yaml"));
+        assert!(!about("/etc/motd"), "beside a watched directory");
+        assert!(!about("/etc/mm/b.yaml"));
+        assert!(!about("./b.yaml"), "beside a watched file");
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(
+            concerns(&overflow, &roots),
+            "lost events may be about anything"
+        );
+    }
+
+    #[test]
     fn reading_is_no_change_and_other_files_are_never_waited_for() {
         let mut writes = OpenWrites::default();
         let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
@@ -206,7 +344,7 @@ mod tests {
         assert_eq!(writes.count(), 0);
     }
 
-    /// Time from a first change to `next_change` returning, on tokio's
+    /// Time from a first change to `settle` returning, on tokio's
     /// paused clock, with more changes meanwhile: each step waits its
     /// milliseconds, then reports that many files open for writing.
     async fn settles_after(steps: Vec<(u64, usize)>) -> Duration {
@@ -221,7 +359,7 @@ mod tests {
             // Kept, so that the watcher is not gone.
             tokio::time::sleep(Duration::from_secs(60)).await;
         });
-        assert!(next_change(&mut rx).await);
+        assert!(settle(&mut rx).await);
         sender.abort();
         start.elapsed()
     }
@@ -254,7 +392,7 @@ mod tests {
     async fn a_gone_watcher_ends_the_wait() {
         let (tx, mut rx) = watch::channel(0);
         drop(tx);
-        assert!(!next_change(&mut rx).await);
+        assert!(!settle(&mut rx).await);
     }
 
     /// With the real watcher: a manifest written in two parts, with a pause
@@ -262,9 +400,9 @@ mod tests {
     #[tokio::test]
     async fn a_manifest_written_slowly_is_read_only_once_it_is_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let (_watcher, mut changes) = watch(&[dir.path().to_path_buf()]).unwrap();
+        let mut watcher = ManifestWatcher::new(&[dir.path().to_path_buf()]).unwrap();
         let path = dir.path().join("a.yaml");
-        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         let writer = std::thread::spawn({
             let (path, closed) = (path.clone(), closed.clone());
             move || {
@@ -272,17 +410,111 @@ mod tests {
                 file.write_all(b"apiVersion: v1\nkind: Serv").unwrap();
                 std::thread::sleep(SETTLE_QUIET * 12);
                 file.write_all(b"ice\nmetadata: {name: a}\n").unwrap();
-                closed.store(true, std::sync::atomic::Ordering::SeqCst);
+                closed.store(true, Ordering::SeqCst);
                 drop(file);
             }
         });
-        assert!(next_change(&mut changes).await);
+        assert!(watcher.next_change().await);
         assert!(
-            closed.load(std::sync::atomic::Ordering::SeqCst),
+            closed.load(Ordering::SeqCst),
             "settled before the file was closed"
         );
         writer.join().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("{name: a}\n"), "{text}");
+    }
+
+    /// Asserts that `change` is noticed, and that nothing more follows it
+    /// (so that the next step's change is that step's own).
+    async fn noticed(watcher: &mut ManifestWatcher, step: &str, change: impl FnOnce()) {
+        change();
+        let seen = tokio::time::timeout(Duration::from_secs(5), watcher.next_change()).await;
+        assert!(matches!(seen, Ok(true)), "{step}: not noticed");
+        let more = tokio::time::timeout(Duration::from_millis(200), watcher.next_change()).await;
+        assert!(more.is_err(), "{step}: a change with nothing changed");
+    }
+
+    fn replace(dir: &Path, name: &str, text: &str) {
+        let temp = dir.join(format!(".{name}.new"));
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, dir.join(name)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_saved_through_a_rename_is_still_watched_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "a: 0\n").unwrap();
+        let mut watcher = ManifestWatcher::new(std::slice::from_ref(&file)).unwrap();
+        for i in 1..=3 {
+            let text = format!("a: {i}\n");
+            noticed(&mut watcher, &format!("save {i}"), || {
+                replace(dir.path(), "a.yaml", &text);
+            })
+            .await;
+        }
+        noticed(&mut watcher, "write in place", || {
+            std::fs::write(&file, "a: 4\n").unwrap();
+        })
+        .await;
+    }
+
+    /// A mounted ConfigMap: `a.yaml` links to `..data/a.yaml`, and an
+    /// update writes a new directory and swaps the `..data` link to it.
+    #[tokio::test]
+    async fn a_configmap_update_is_seen_each_time() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let version = |n: u32| {
+            let name = format!("..v{n}");
+            std::fs::create_dir(dir.path().join(&name)).unwrap();
+            std::fs::write(dir.path().join(&name).join("a.yaml"), format!("a: {n}\n")).unwrap();
+            name
+        };
+        symlink(version(0), dir.path().join("..data")).unwrap();
+        symlink("..data/a.yaml", dir.path().join("a.yaml")).unwrap();
+        let mut watcher = ManifestWatcher::new(&[dir.path().join("a.yaml")]).unwrap();
+        for n in 1..=3 {
+            noticed(&mut watcher, &format!("update {n}"), || {
+                let new = version(n);
+                symlink(new, dir.path().join("..data_tmp")).unwrap();
+                std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+                std::fs::remove_dir_all(dir.path().join(format!("..v{}", n - 1))).unwrap();
+            })
+            .await;
+        }
+    }
+
+    /// git-sync: the manifest directory is a link to a worktree, swapped to
+    /// a new worktree at each sync.
+    #[tokio::test]
+    async fn a_directory_behind_a_swapped_link_is_watched_again() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let worktree = |n: u32| {
+            let path = dir.path().join(format!("wt{n}"));
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("a.yaml"), format!("a: {n}\n")).unwrap();
+            path
+        };
+        symlink(worktree(0), dir.path().join("current")).unwrap();
+        let mut watcher = ManifestWatcher::new(&[dir.path().join("current")]).unwrap();
+        noticed(&mut watcher, "sync", || {
+            symlink(worktree(1), dir.path().join("current.new")).unwrap();
+            // The old worktree stays for now: nothing happens to what the
+            // first watch is on.
+            std::fs::rename(dir.path().join("current.new"), dir.path().join("current")).unwrap();
+        })
+        .await;
+        std::fs::write(dir.path().join("notes.txt"), "beside the link").unwrap();
+        let beside = tokio::time::timeout(Duration::from_millis(200), watcher.next_change()).await;
+        assert!(
+            beside.is_err(),
+            "a file beside the watched path is no change"
+        );
+        noticed(&mut watcher, "a file added in the new worktree", || {
+            std::fs::write(dir.path().join("wt1/b.yaml"), "b: 1\n").unwrap();
+        })
+        .await;
     }
 }
