@@ -150,9 +150,8 @@ impl Proxy {
             let proxy = self.clone();
             // Boxed: a large future, moved by pointer rather than by value
             // into the task.
-            self.shutdown
-                .tracker()
-                .spawn(Work::new(Box::pin(proxy.serve_connection(stream, conn))));
+            let serve = super::boxed_in_place(|| proxy.serve_connection(stream, conn));
+            self.shutdown.tracker().spawn(Work::new(serve));
         }
     }
 

@@ -131,15 +131,17 @@ pub async fn handle(
     let (endpoint, result) = if let Some(offered) = offered {
         // Boxed: the handshake's future is the larger one, and every
         // request's future would otherwise be as large as an upgrade's.
-        Box::pin(upgrade::upgrade(
-            &proxy,
-            &conn,
-            &route,
-            endpoint,
-            request,
-            offered,
-            &proxy_fields,
-        ))
+        super::boxed_in_place(|| {
+            upgrade::upgrade(
+                &proxy,
+                &conn,
+                &route,
+                endpoint,
+                request,
+                offered,
+                &proxy_fields,
+            )
+        })
         .await
     } else {
         forward(&proxy, &route, endpoint, request, &proxy_fields).await
