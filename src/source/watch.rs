@@ -45,7 +45,8 @@ type Changes = watch::Receiver<usize>;
 /// link to its worktree. A watch on the old inode sees nothing after that,
 /// nor the swap itself when the old file or directory is left as it was.
 /// So each path's parent directory is watched too, which sees the name
-/// replaced, and after each settled burst a path whose file or directory
+/// replaced (or the link beside it that the name goes through, as a
+/// ConfigMap's `..data`), and after each settled burst a path whose file or directory
 /// is no longer the one watched is watched again.
 pub struct ManifestWatcher {
     watcher: RecommendedWatcher,
@@ -77,7 +78,11 @@ impl ManifestWatcher {
     pub fn new(paths: &[PathBuf]) -> Result<Self, notify::Error> {
         let (tx, changes) = watch::channel(0);
         let mut writes = OpenWrites::default();
-        let watched = paths.to_vec();
+        let watched: Vec<PathBuf> = paths
+            .iter()
+            .cloned()
+            .chain(paths.iter().filter_map(|p| link_beside(p)))
+            .collect();
         let mut watcher =
             notify::recommended_watcher(move |result: notify::Result<Event>| match result {
                 // What else happens in a path's directory (say `/tmp`) is
@@ -163,6 +168,19 @@ fn is_within(path: &Path, root: &Path) -> bool {
     }
     let mut path = named(path);
     named(root).all(|part| path.next() == Some(part))
+}
+
+/// The link a path goes through in its own directory, when it is a link
+/// there: a mounted ConfigMap's `a.yaml` links to `..data/a.yaml`, and an
+/// update swaps `..data`. Events about that link concern the path too.
+fn link_beside(path: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(path).ok()?;
+    match target.components().next()? {
+        std::path::Component::Normal(first) if target.is_relative() => {
+            Some(parent_dir(path)?.join(first))
+        }
+        _ => None,
+    }
 }
 
 /// The directory a path is in, to watch for the path being replaced.
@@ -460,9 +478,9 @@ mod tests {
     }
 
     /// A mounted ConfigMap: `a.yaml` links to `..data/a.yaml`, and an
-    /// update writes a new directory and swaps the `..data` link to it.
-    #[tokio::test]
-    async fn a_configmap_update_is_seen_each_time() {
+    /// update writes a new directory and swaps the `..data` link to it;
+    /// kubelet then removes the old one (`remove_old`).
+    async fn configmap_updates_are_seen_each_time(remove_old: bool) {
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         let version = |n: u32| {
@@ -479,10 +497,24 @@ mod tests {
                 let new = version(n);
                 symlink(new, dir.path().join("..data_tmp")).unwrap();
                 std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-                std::fs::remove_dir_all(dir.path().join(format!("..v{}", n - 1))).unwrap();
+                if remove_old {
+                    std::fs::remove_dir_all(dir.path().join(format!("..v{}", n - 1))).unwrap();
+                }
             })
             .await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_configmap_update_is_seen_each_time() {
+        configmap_updates_are_seen_each_time(true).await;
+    }
+
+    /// Nothing happens to the file first watched: only the swapped link
+    /// in the directory says that the path names another file now.
+    #[tokio::test]
+    async fn a_link_swap_that_leaves_the_old_file_is_seen_too() {
+        configmap_updates_are_seen_each_time(false).await;
     }
 
     /// git-sync: the manifest directory is a link to a worktree, swapped to
