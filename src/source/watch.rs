@@ -27,11 +27,11 @@ use tokio::time::Instant;
 /// How long the manifest files must go unchanged for a burst to settle.
 /// A program writing several files (a copy, a checkout) writes them within
 /// a millisecond or two of each other.
-pub const SETTLE_QUIET: Duration = Duration::from_millis(25);
+const SETTLE_QUIET: Duration = Duration::from_millis(25);
 
 /// The longest a burst is waited for, from its first change: a file held
 /// open for writing longer than this is read as it is.
-pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What the watcher has seen: sent at every change, carrying how many
 /// manifest files are open for writing.
@@ -78,7 +78,7 @@ impl ManifestWatcher {
     pub fn new(paths: &[PathBuf]) -> Result<Self, notify::Error> {
         let (tx, changes) = watch::channel(0);
         let mut writes = OpenWrites::default();
-        let watched: Vec<PathBuf> = paths
+        let relevant: Vec<PathBuf> = paths
             .iter()
             .cloned()
             .chain(paths.iter().filter_map(|p| link_beside(p)))
@@ -87,7 +87,7 @@ impl ManifestWatcher {
             notify::recommended_watcher(move |result: notify::Result<Event>| match result {
                 // What else happens in a path's directory (say `/tmp`) is
                 // not the manifests' business.
-                Ok(event) if !concerns(&event, &watched) => {}
+                Ok(event) if !concerns(&event, &relevant) => {}
                 Ok(event) => {
                     if writes.note(&event) {
                         let open = writes.count();
@@ -105,10 +105,7 @@ impl ManifestWatcher {
                 watched,
             });
         }
-        // A directory already watched with everything below it is not
-        // watched again alone: that would stop the watch going down.
-        let parents = paths.iter().filter_map(|p| parent_dir(p));
-        for parent in parents.filter(|d| !paths.iter().any(|p| d.starts_with(p))) {
+        for parent in parents_to_watch(paths) {
             if let Err(e) = watcher.watch(&parent, RecursiveMode::NonRecursive) {
                 // The path's own watch still sees changes made in place.
                 tracing::warn!(
@@ -181,6 +178,20 @@ fn link_beside(path: &Path) -> Option<PathBuf> {
         }
         _ => None,
     }
+}
+
+/// The directories the paths are in, to watch for a path being replaced;
+/// not one already watched with everything below it, since watching it
+/// again alone would stop the watch going down.
+fn parents_to_watch(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut parents: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| parent_dir(p))
+        .filter(|d| !paths.iter().any(|p| is_within(d, p)))
+        .collect();
+    parents.sort();
+    parents.dedup();
+    parents
 }
 
 /// The directory a path is in, to watch for the path being replaced.
@@ -344,6 +355,20 @@ mod tests {
         assert!(
             concerns(&overflow, &roots),
             "lost events may be about anything"
+        );
+    }
+
+    #[test]
+    fn a_directory_already_watched_with_what_is_below_is_not_watched_alone() {
+        let paths = [
+            PathBuf::from("m"),
+            PathBuf::from("./m/sub/a.yaml"),
+            PathBuf::from("other/b.yaml"),
+            PathBuf::from("c.yaml"),
+        ];
+        assert_eq!(
+            parents_to_watch(&paths),
+            [PathBuf::from("."), PathBuf::from("other")]
         );
     }
 
