@@ -195,6 +195,32 @@ async fn a_head_request_reads_no_body_and_keeps_the_connection() {
 }
 
 #[tokio::test]
+async fn a_length_listed_twice_reaches_the_client_once_and_the_connection_is_kept() {
+    // RFC 9110 8.6 lets a recipient take `5, 5` as 5; the client must get
+    // one plain length, not the list and not a closed connection.
+    let (backend, accepted) =
+        answering("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    for (head, body) in two_gets(&proxy).await {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(head_value(&head, "content-length").as_deref(), Some("5"));
+        assert_eq!(body, "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one backend connection");
+}
+
+#[tokio::test]
+async fn a_malformed_length_on_an_answer_to_head_is_left_out_not_fatal() {
+    let (backend, _) = answering("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let (_client, head, rest) =
+        raw_exchange(proxy.addr, "HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(head_value(&head, "content-length"), None, "{head}");
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
 async fn an_answer_that_is_not_http_is_a_502() {
     for garbage in [
         "SSH-2.0-OpenSSH_9.2\r\n",

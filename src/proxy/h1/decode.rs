@@ -167,6 +167,8 @@ struct FramingFields {
     connection: bool,
     /// The length every `Content-Length` value so far agreed on.
     length: Option<u64>,
+    /// More than one `Content-Length` value, in one field or several.
+    lengths_repeated: bool,
     /// A `Content-Length` value that is not a number, or two that differ.
     bad_length: bool,
 }
@@ -175,6 +177,7 @@ impl FramingFields {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONTENT_LENGTH {
             // A list of equal values (`5, 5`) is one length (RFC 9110 8.6).
+            self.lengths_repeated |= self.length.is_some() || value.as_bytes().contains(&b',');
             for part in value.as_bytes().split(|b| *b == b',') {
                 match content_length(part.trim_ascii()) {
                     Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
@@ -203,14 +206,29 @@ fn framing(
     headers: &mut HeaderMap,
     seen: &FramingFields,
 ) -> Result<(Framing, bool), ProtocolError> {
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || method == Method::HEAD;
+    // What reaches the client is one well-formed length or none: a list of
+    // equal values becomes that value once (RFC 9110 8.6), and a length
+    // that frames nothing here is dropped if it is malformed, rather than
+    // failing the answer or being passed on to a client that may trust it.
+    if !seen.transfer_encoding {
+        match (seen.bad_length, seen.length) {
+            (false, Some(n)) if seen.lengths_repeated => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            (true, _) if bodiless => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            _ => {}
+        }
+    }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Framing::Empty, false));
     }
-    if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || method == Method::HEAD
-    {
+    if bodiless {
         return Ok((Framing::Empty, true));
     }
     if seen.transfer_encoding {
@@ -458,10 +476,42 @@ mod tests {
     }
 
     #[test]
+    fn a_length_that_frames_nothing_reaches_the_client_well_formed_or_not_at_all() {
+        let listed = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(listed.headers["content-length"], "5");
+        for raw in [
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\ncontent-length: 1, 2\r\n\r\n",
+        ] {
+            let answer = complete(raw);
+            assert_eq!(answer.framing, Framing::Empty, "{raw}");
+            assert!(!answer.headers.contains_key("content-length"), "{raw}");
+        }
+        let malformed_to_head = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!malformed_to_head.headers.contains_key("content-length"));
+        assert!(
+            malformed_to_head.keep_alive,
+            "the framing was never in doubt"
+        );
+    }
+
+    #[test]
     fn content_length_must_be_digits_and_agree_with_itself() {
         let agreed =
             complete("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n");
         assert_eq!(agreed.framing, Framing::Length(7));
+        let passed_on: Vec<_> = agreed.headers.get_all("content-length").iter().collect();
+        assert_eq!(passed_on, ["7"], "the client gets the length once");
         for bad in [
             "+7",
             "-1",

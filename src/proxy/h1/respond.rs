@@ -56,7 +56,13 @@ pub fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
 
-    let length = declared_length(&parts.headers)?;
+    // A status that carries no body has its length left out below, so
+    // only a length that frames something needs to be a number.
+    let length = if no_body_status {
+        None
+    } else {
+        declared_length(&parts.headers)?
+    };
     let mut asks_close = false;
     for (name, value) in &parts.headers {
         match *name {
