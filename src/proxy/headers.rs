@@ -78,8 +78,9 @@ impl<'a> Iterator for ValueTokens<'a> {
 }
 
 /// Removes hop-by-hop headers, including those `Connection` names. A
-/// `Connection` header cannot make us drop `Host` or the body framing the
-/// next hop depends on.
+/// `Connection` header cannot make us drop `Host`, the body framing the
+/// next hop depends on, or the `X-Request-Id` the proxy keeps for the
+/// backend, the response and the log alike.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Which of them are present, from one pass over the names: most
     // messages carry none, and a removal costs a hash and a probe each.
@@ -108,7 +109,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     .any(|h| h.as_str().eq_ignore_ascii_case(t))
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+            .filter(|name| {
+                *name != header::HOST && *name != header::CONTENT_LENGTH && *name != X_REQUEST_ID
+            })
             .collect()
     } else {
         Vec::new()
@@ -287,10 +290,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            "keep-alive, X-Secret, host, Content-Length"
+            "keep-alive, X-Secret, host, Content-Length, X-Request-Id"
                 .parse()
                 .unwrap(),
         );
+        h.insert(X_REQUEST_ID.clone(), "abc".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
@@ -302,8 +306,12 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
-        // Connection may not take away Host or the body's framing.
-        assert_eq!(left, vec!["content-length", "host", "x-kept"]);
+        // Connection may not take away Host, the body's framing or the
+        // request's id.
+        assert_eq!(
+            left,
+            vec!["content-length", "host", "x-kept", "x-request-id"]
+        );
     }
 
     #[test]
