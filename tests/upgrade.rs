@@ -444,6 +444,16 @@ async fn h2c_upgrades_are_not_forwarded_unless_the_route_allows_them() {
         seen.contains("upgrade: h2c"),
         "allowed h2c is forwarded: {seen}"
     );
+    // A server may switch to h2c only with the client's settings, listed
+    // in `Connection` (RFC 7540 section 3.2).
+    assert!(
+        seen.contains("connection: upgrade, http2-settings\r\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("http2-settings: aamaaabkaaqaap__\r\n"),
+        "{seen}"
+    );
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
 use super::client_upgrade::ClientUpgrade;
 use super::forward::{ForBackend, relay};
-use super::h1::{BackendBody, Connection, ProxyFields};
+use super::h1::{BackendBody, Connection, ProxyFields, UpgradeOffer};
 use super::headers::{connection_has, only_upgrade_hop_fields, tokens, value_tokens};
 use super::tunnel::{Tunnel, TunnelEnd, TunnelOutcome};
 use super::upstream::{self, Attempts, UpstreamError, may_retry, record_attempt};
@@ -88,6 +88,22 @@ pub fn classify(version: Version, headers: &HeaderMap) -> UpgradeRequest {
         (true, Some(value)) => UpgradeRequest::Protocols(Requested(value)),
     }
 }
+
+/// The client's `HTTP2-Settings` for an offer of `h2c`: only a single one
+/// that its `Connection` lists, as RFC 7540 section 3.2 asks of a request
+/// a server may switch on.
+fn h2c_settings(headers: &HeaderMap, offered: &HeaderValue) -> Option<HeaderValue> {
+    if !value_tokens(offered).any(|p| p.eq_ignore_ascii_case("h2c")) {
+        return None;
+    }
+    let mut values = headers.get_all(HTTP2_SETTINGS).iter();
+    match (values.next(), values.next()) {
+        (Some(one), None) if connection_has(headers, HTTP2_SETTINGS) => Some(one.clone()),
+        _ => None,
+    }
+}
+
+const HTTP2_SETTINGS: &str = "http2-settings";
 
 pub fn count(proxy: &Proxy, route: &Route, result: UpgradeResult) {
     route
@@ -160,12 +176,17 @@ async fn handshake(
     // connection (with any bytes it sent behind the request) once our 101
     // has been written, by whichever server parsed the request.
     let client_upgrade = ClientUpgrade::of(&mut request);
+    // Hop-by-hop, so taken before the client's such fields are removed.
+    let http2_settings = h2c_settings(request.headers(), offered);
 
     let mut request = ForBackend::new(request)?;
     // `Connection: upgrade` and the protocols go on the wire with the
     // other fields the proxy sets, not into the request's header map.
     let proxy_fields = ProxyFields {
-        upgrade: Some(offered),
+        upgrade: Some(UpgradeOffer {
+            protocols: offered,
+            http2_settings: http2_settings.as_ref(),
+        }),
         ..*proxy_fields
     };
     let body = match request.body.take() {
@@ -275,6 +296,29 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn h2c_settings_go_on_only_once_listed_and_only_for_h2c() {
+        let h2c = HeaderValue::from_static("h2c");
+        let listed = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert_eq!(h2c_settings(&listed, &h2c).unwrap(), "AAMAAABkAAQAAP__");
+        let websocket = HeaderValue::from_static("websocket");
+        assert!(
+            h2c_settings(&listed, &websocket).is_none(),
+            "not offered h2c"
+        );
+        let unlisted = headers(&[
+            ("connection", "upgrade"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(h2c_settings(&unlisted, &h2c).is_none());
+        let mut twice = listed.clone();
+        twice.append("http2-settings", HeaderValue::from_static("AAMAAABk"));
+        assert!(h2c_settings(&twice, &h2c).is_none());
     }
 
     #[test]

@@ -70,11 +70,22 @@ pub struct ProxyFields<'a> {
     /// The id the proxy made because the client sent none (or an empty
     /// one); `None` when the client's goes on as it is.
     pub made_request_id: Option<&'a HeaderValue>,
-    /// The protocols offered to the backend (those the client asked for
-    /// that the route allows) when the request is an upgrade: sent with
-    /// `Connection: upgrade`. The client's own `Connection` and `Upgrade`
-    /// are hop-by-hop and gone before the head is written.
-    pub upgrade: Option<&'a HeaderValue>,
+    /// What is offered to the backend when the request is an upgrade.
+    pub upgrade: Option<UpgradeOffer<'a>>,
+}
+
+/// An upgrade as the backend is offered it. The client's own `Connection`
+/// and `Upgrade` are hop-by-hop and gone before the head is written.
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeOffer<'a> {
+    /// The protocols the client asked for that the route allows: sent with
+    /// `Connection: upgrade`.
+    pub protocols: &'a HeaderValue,
+    /// The client's `HTTP2-Settings`, when `h2c` is among the protocols:
+    /// a backend may only switch to h2c with exactly one, listed in
+    /// `Connection` (RFC 7540 section 3.2), and as a field `Connection`
+    /// lists it is otherwise removed with the client's hop-by-hop fields.
+    pub http2_settings: Option<&'a HeaderValue>,
 }
 
 impl ProxyFields<'_> {
@@ -96,9 +107,15 @@ impl ProxyFields<'_> {
         if let Some(id) = self.made_request_id {
             field(out, b"x-request-id", id.as_bytes());
         }
-        if let Some(protocols) = self.upgrade {
-            field(out, b"connection", b"upgrade");
-            field(out, b"upgrade", protocols.as_bytes());
+        if let Some(offer) = self.upgrade {
+            match offer.http2_settings {
+                None => field(out, b"connection", b"upgrade"),
+                Some(settings) => {
+                    field(out, b"connection", b"upgrade, http2-settings");
+                    field(out, b"http2-settings", settings.as_bytes());
+                }
+            }
+            field(out, b"upgrade", offer.protocols.as_bytes());
         }
     }
 }
@@ -245,7 +262,10 @@ mod tests {
     fn an_upgrade_offers_its_protocols_after_the_forwarding_fields() {
         let offered = HeaderValue::from_static("websocket");
         let fields = ProxyFields {
-            upgrade: Some(&offered),
+            upgrade: Some(UpgradeOffer {
+                protocols: &offered,
+                http2_settings: None,
+            }),
             ..proxy_fields(None)
         };
         assert_eq!(
@@ -258,6 +278,27 @@ mod tests {
              sec-websocket-version: 13\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
              connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_h2c_upgrade_carries_the_client_settings_listed_in_connection() {
+        let offered = HeaderValue::from_static("h2c");
+        let settings = HeaderValue::from_static("AAMAAABkAAQAAP__");
+        let fields = ProxyFields {
+            upgrade: Some(UpgradeOffer {
+                protocols: &offered,
+                http2_settings: Some(&settings),
+            }),
+            ..proxy_fields(None)
+        };
+        let head = head(&HeaderMap::new(), RequestFraming::None, &fields);
+        assert!(
+            head.ends_with(
+                "connection: upgrade, http2-settings\r\n\
+                 http2-settings: AAMAAABkAAQAAP__\r\nupgrade: h2c\r\n\r\n"
+            ),
+            "{head}"
         );
     }
 

@@ -33,7 +33,7 @@ pub mod server;
 
 pub use connection::{Connection, ExchangeError, Outgoing};
 pub use decode::ResponseHead;
-pub use encode::{ProxyFields, RequestFraming};
+pub use encode::{ProxyFields, RequestFraming, UpgradeOffer};
 pub use reader::BackendBody;
 
 /// A backend sent something that is not a well-formed HTTP/1 response.
