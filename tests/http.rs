@@ -493,3 +493,43 @@ async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
         .wait_metric("switchyard_connections_active", &[], 0.0)
         .await;
 }
+
+/// Sends `head` and then `body` whole before reading anything, as many
+/// clients upload, and returns everything the proxy answered.
+async fn upload_then_read(proxy: SocketAddr, head: &str, body: Vec<u8>) -> std::io::Result<String> {
+    let mut client = TcpStream::connect(proxy).await?;
+    client.write_all(head.as_bytes()).await?;
+    client.write_all(&body).await?;
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn an_upload_refused_before_its_body_is_read_gets_the_answer_not_a_reset() {
+    let echo = backends::echo("known").await;
+    let proxy = TestProxy::start(&route("r", "known.test", "/", &[echo.addr])).await;
+    // More than the sockets' buffers hold, so the client is still writing
+    // when the proxy has answered: a close without reading on would reset
+    // the connection under the upload.
+    let size = 32 << 20;
+    let with_length =
+        format!("POST / HTTP/1.1\r\nHost: elsewhere\r\nContent-Length: {size}\r\n\r\n");
+    let answer = upload_then_read(proxy.addr, &with_length, vec![b'x'; size])
+        .await
+        .expect("the upload finishes");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:.200}");
+
+    // The same through hyper's server, which serves chunked bodies.
+    let mut chunked = format!("{size:x}\r\n").into_bytes();
+    chunked.extend(std::iter::repeat_n(b'x', size));
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = upload_then_read(
+        proxy.addr,
+        "POST / HTTP/1.1\r\nHost: elsewhere\r\nTransfer-Encoding: chunked\r\n\r\n",
+        chunked,
+    )
+    .await
+    .expect("the chunked upload finishes");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:.200}");
+}

@@ -3,24 +3,39 @@
 //! rather than peeked so that the request they usually hold whole is not
 //! read from the kernel a second time (one system call less per
 //! connection).
+//!
+//! hyper closes a connection through it: the close lingers
+//! ([`super::linger`]) when the client had sent bytes nobody read, as an
+//! upload the answer refused. So it is an HTTP server's connection only: a
+//! tunnel takes the socket out ([`ClientIo::into_parts`]), since a
+//! half-close there must not read (and throw away) what the client sends.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Sleep, sleep};
+
+use super::linger;
 
 pub struct ClientIo {
     /// Read from the socket, not yet handed on.
     first: Bytes,
     stream: TcpStream,
+    /// Set once the socket is half-closed and lingering: until when.
+    lingering: Option<Pin<Box<Sleep>>>,
 }
 
 impl ClientIo {
     pub fn new(first: Bytes, stream: TcpStream) -> Self {
-        Self { first, stream }
+        Self {
+            first,
+            stream,
+            lingering: None,
+        }
     }
 
     /// The socket, and what was read from it that no reader has taken yet
@@ -76,8 +91,21 @@ impl AsyncWrite for ClientIo {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
+    /// Half-closes the socket, then reads on until the client closes too
+    /// (or the linger time passes) if it had sent bytes nobody read.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        let deadline = match this.lingering.as_mut() {
+            Some(deadline) => deadline,
+            None => {
+                ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+                if !linger::data_was_waiting(&this.stream) {
+                    return Poll::Ready(Ok(()));
+                }
+                this.lingering.insert(Box::pin(sleep(linger::LINGER_TIME)))
+            }
+        };
+        linger::poll_drain(&this.stream, cx, deadline.as_mut()).map(Ok)
     }
 }
 

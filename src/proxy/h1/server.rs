@@ -12,7 +12,8 @@
 //! socket ([`LengthBody`], never a byte past it); a body the pipeline did
 //! not read to its end (a refusal before it, a backend that answered
 //! early) leaves the connection unusable, and it closes after the
-//! response.
+//! response, lingering ([`linger`]) so that a client still sending gets
+//! the answer rather than a reset.
 //!
 //! The first request that is not of that kind (a chunked body, a
 //! malformed head) and everything after it on the connection go to hyper
@@ -53,6 +54,7 @@ use super::respond::{Framing, encode_head};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::client_body::{ClientBody, LengthBody};
 use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
+use crate::proxy::linger;
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
 use crate::proxy::{ConnInfo, Proxy, service};
 
@@ -174,6 +176,12 @@ pub async fn serve(
             .expect("the socket is back after the exchange");
         match write_response(stream, &mut out, response, &method, close).await {
             Ok(true) if !close && !drain.has_begun() => {}
+            Ok(_) if body_unread => {
+                // The client may still be sending the body: a plain close
+                // would reset the connection under the answer.
+                linger::close(stream).await;
+                return Ended::Closed;
+            }
             Ok(_) => {
                 let _ = stream.shutdown().await;
                 return Ended::Closed;
