@@ -80,21 +80,12 @@ pub async fn close(stream: &mut TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::test_sockets::socket_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
 
     #[tokio::test]
     async fn a_client_still_writing_gets_the_answer_and_a_clean_end() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = socket_pair().await;
         // More than the socket buffers hold: the server must read on for
         // the client's writes to finish.
         let upload = vec![b'x'; 32 << 20];
@@ -114,7 +105,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_never_closes_is_read_for_the_linger_time_only() {
-        let (mut client, mut server) = pair().await;
+        let (mut server, mut client) = socket_pair().await;
         client.write_all(b"more").await.unwrap();
         let started = tokio::time::Instant::now();
         close(&mut server).await;
@@ -125,7 +116,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_unread_bytes_count_as_waiting() {
-        let (mut client, server) = pair().await;
+        let (server, mut client) = socket_pair().await;
         assert!(!data_was_waiting(&server), "nothing sent yet");
         client.write_all(b"body").await.unwrap();
         server.readable().await.unwrap();
