@@ -82,15 +82,18 @@ impl<'a> ServiceIndex<'a> {
             });
         }
         let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        // Only TCP ports carry HTTP: a Service may give one number to a
+        // UDP port too (HTTP/3 beside HTTPS), listed first or not.
         let service_port = ports
             .iter()
+            .filter(|p| is_tcp(p.protocol.as_deref()))
             .find(|p| port_matches(p, port))
             .ok_or_else(|| {
                 let known: Vec<_> = ports.iter().map(describe_port).collect();
                 Unresolved {
                     reason: WarningReason::ServicePortNotFound,
                     message: format!(
-                        "Service {namespace}/{name} has no port {port} (it has: {})",
+                        "Service {namespace}/{name} has no TCP port {port} (it has: {})",
                         if known.is_empty() {
                             "none".into()
                         } else {
@@ -107,8 +110,7 @@ impl<'a> ServiceIndex<'a> {
                 continue;
             }
             let target_port = slice.ports.iter().flatten().find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                p.name.as_deref().unwrap_or("") == port_name && is_tcp(p.protocol.as_deref())
             });
             let Some(target_port) = target_port
                 .and_then(|p| p.port)
@@ -134,6 +136,11 @@ impl<'a> ServiceIndex<'a> {
     }
 }
 
+/// A port's protocol is TCP unless it says otherwise (the API's default).
+fn is_tcp(protocol: Option<&str>) -> bool {
+    protocol.unwrap_or("TCP") == "TCP"
+}
+
 fn port_matches(service_port: &ServicePort, wanted: &PortRef) -> bool {
     match wanted {
         PortRef::Number(n) => service_port.port == *n,
@@ -142,9 +149,13 @@ fn port_matches(service_port: &ServicePort, wanted: &PortRef) -> bool {
 }
 
 fn describe_port(port: &ServicePort) -> String {
-    match &port.name {
+    let described = match &port.name {
         Some(name) => format!("{}/{name}", port.port),
         None => port.port.to_string(),
+    };
+    match port.protocol.as_deref() {
+        Some(protocol) if !is_tcp(Some(protocol)) => format!("{described} ({protocol})"),
+        _ => described,
     }
 }
 

@@ -313,6 +313,30 @@ addressType: IPv4\nports: [{name: http, port: 8080}, {name: admin, port: 9090}]\
 }
 
 #[test]
+fn a_service_port_is_a_tcp_one_even_where_udp_shares_its_number() {
+    // HTTP/3 beside HTTPS: one number, two protocols, UDP listed first.
+    let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: quic, port: 443, protocol: UDP}, {name: https, port: 443, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-a\n  labels: {kubernetes.io/service-name: web}\n\
+addressType: IPv4\nports: [{name: quic, port: 8443, protocol: UDP}, {name: https, port: 8443}, {name: dns, port: 5353, protocol: UDP}]\nendpoints:\n- addresses: [10.0.0.1]\n"
+        .to_string()
+        + &ingress(
+            "a",
+            "",
+            "  rules:\n  - http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 443}}}}\n      - {path: /dns, pathType: Prefix, backend: {service: {name: web, port: {number: 53}}}}\n",
+        );
+    let (t, warnings) = table(&yaml);
+    let endpoints = t.lookup("h", "/").unwrap().backend.endpoints().to_vec();
+    assert_eq!(endpoints, vec!["10.0.0.1:8443".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].reason, WarningReason::ServicePortNotFound);
+    assert!(
+        warnings[0].message.contains("53/dns (UDP)"),
+        "{}",
+        warnings[0].message
+    );
+}
+
+#[test]
 fn broken_backends_give_a_503_route_and_a_warning_each() {
     let yaml = [
         service("ok", 1),
