@@ -242,6 +242,24 @@ fn a_host_with_rules_does_not_fall_through_to_hostless_rules() {
 }
 
 #[test]
+fn a_host_whose_paths_are_all_ignored_does_not_fall_through_either() {
+    let yaml = [
+        service("theirs", 1),
+        ingress(
+            "mine",
+            "",
+            &rules(&[rule("foo.example.com", "/", "prefix", "nope")]),
+        ),
+        ingress("catch-all", "", &rules(&[rule("", "/", "Prefix", "theirs")])),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(warnings[0].reason, WarningReason::InvalidPath);
+    assert_eq!(route_of(&t, "foo.example.com", "/"), "404");
+    assert_eq!(route_of(&t, "bar.example.com", "/"), "theirs");
+}
+
+#[test]
 fn ingress_class_selection() {
     let class = |default: bool| {
         format!(

@@ -196,6 +196,10 @@ impl Builder<'_> {
                     continue;
                 }
             };
+            // The host is known even if none of its paths is usable: its
+            // requests must not fall through to the host-less rules (which
+            // may be another team's) but go to the default backend.
+            self.hosts.entry(host.clone()).or_default();
             for (pi, path) in rule.http.iter().flat_map(|h| &h.paths).enumerate() {
                 let field = Field::Path { rule: ri, path: pi };
                 let Some(path_type) = PathType::parse(&path.path_type) else {
