@@ -28,6 +28,7 @@ use crate::source::files::{FileSource, LoadReport};
 use crate::source::kube::events::EventPublisher;
 use crate::source::kube::health::SourceHealth;
 use crate::source::kube::leader::{self, LeaderSettings};
+use crate::source::kube::publish::{self, Translated};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
 use crate::source::kube::{Stores, reflect};
 use crate::source::manifest::LoadError;
@@ -286,7 +287,7 @@ async fn run_cluster(
     let stores = Stores::start(&client, &namespaces, &health, &changed);
     let publish = publish_addresses(&client, &cluster, &health, &changed);
     let identity = cluster.pod_name.clone().unwrap_or_else(default_identity);
-    let mut leading = leader::elect(
+    let leading = leader::elect(
         client.clone(),
         LeaderSettings {
             lease_name: cluster.election_id.clone(),
@@ -296,7 +297,11 @@ async fn run_cluster(
         metrics.clone(),
     );
     let status = publish.map(|p| StatusWriter::new(client.clone(), p, metrics.clone()));
-    let mut events = EventPublisher::new(client, Some(identity), metrics);
+    let events = EventPublisher::new(client, Some(identity), metrics);
+    // Status and Events are written by a task of their own, from the
+    // latest translation: a slow or stuck API write never holds back the
+    // next route change.
+    let written_back = publish::spawn(status, events, leading);
 
     tracing::info!("waiting for the initial list of every watched kind");
     stores.wait_until_ready().await;
@@ -316,17 +321,14 @@ async fn run_cluster(
             tracing::info!("initial sync complete: {}", snapshot.summary());
             admin.mark_synced();
         }
-        if *leading.borrow_and_update() {
-            if let Some(status) = &status {
-                let classes = applier.class_filter(&snapshot);
-                status.sync(&snapshot, |i| classes.is_ours(i)).await;
-            }
-            events.publish(&warnings, &snapshot).await;
-        }
-        tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(cluster.sync_debounce).await,
-            _ = leading.changed() => {}
-        }
+        let classes = applier.class_filter(&snapshot);
+        written_back.send_replace(Some(Arc::new(Translated {
+            snapshot,
+            warnings,
+            classes,
+        })));
+        changed.notified().await;
+        tokio::time::sleep(cluster.sync_debounce).await;
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::apiserver::FakeApiServer;
+use common::apiserver::{FakeApiServer, StatusWrites};
 use common::backends;
 use common::client::get;
 use common::manifests::{ingress, objects, route, service};
@@ -383,6 +383,79 @@ async fn the_leader_writes_status_once_and_not_again_when_unchanged() {
         api.status_patches()
     );
     assert_eq!(metric(proxy.admin, "switchyard_leader", &[]).await, 1.0);
+}
+
+/// Status PATCH requests the fake has seen, answered or not.
+fn status_writes_tried(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_that_never_returns_does_not_hold_back_route_changes() {
+    let echo = backends::echo("s").await;
+    let (api, _dir, proxy) = serve_web(&echo, &["--publish-status-address", "192.0.2.10"]).await;
+    eventually("status written", Duration::from_secs(20), || async {
+        !api.status_patches().is_empty()
+    })
+    .await;
+    // The next status write hangs, as on a half-open connection.
+    api.set_status_writes(StatusWrites::Hang);
+    load(&api, &ingress("stuck", "stuck.test", "/", "web", &[]));
+    eventually(
+        "status write under way",
+        Duration::from_secs(20),
+        || async { status_writes_tried(&api) >= 2 },
+    )
+    .await;
+    load(&api, &route("later", "later.test", "/", &[echo.addr]));
+    // Well within the write's own timeout: the route must not wait for it.
+    eventually("route served", Duration::from_secs(5), || async {
+        get(proxy.http, "later.test", "/", &[]).await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_status_write_is_tried_again_without_another_change() {
+    let echo = backends::echo("s").await;
+    let api = FakeApiServer::start().await;
+    api.set_status_writes(StatusWrites::Fail);
+    load(
+        &api,
+        &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Switchyard::start_cluster(
+        &api.kubeconfig(dir.path()),
+        "pod-a",
+        &["--publish-status-address", "192.0.2.10"],
+    );
+    wait_ready(&proxy).await;
+    eventually(
+        "a status write refused",
+        Duration::from_secs(20),
+        || async { status_writes_tried(&api) >= 1 },
+    )
+    .await;
+    assert!(api.status_patches().is_empty());
+    // Nothing in the cluster changes from here on.
+    api.set_status_writes(StatusWrites::Answered);
+    eventually("status written", Duration::from_secs(20), || async {
+        !api.status_patches().is_empty()
+    })
+    .await;
+    assert!(
+        metric(
+            proxy.admin,
+            "switchyard_ingress_status_updates_total",
+            &[("result", "failed")]
+        )
+        .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,7 +250,11 @@ fn a_host_whose_paths_are_all_ignored_does_not_fall_through_either() {
             "",
             &rules(&[rule("foo.example.com", "/", "prefix", "nope")]),
         ),
-        ingress("catch-all", "", &rules(&[rule("", "/", "Prefix", "theirs")])),
+        ingress(
+            "catch-all",
+            "",
+            &rules(&[rule("", "/", "Prefix", "theirs")]),
+        ),
     ]
     .concat();
     let (t, warnings) = table(&yaml);
@@ -344,7 +348,10 @@ addressType: IPv4\nports: [{name: quic, port: 8443, protocol: UDP}, {name: https
         );
     let (t, warnings) = table(&yaml);
     let endpoints = t.lookup("h", "/").unwrap().backend.endpoints().to_vec();
-    assert_eq!(endpoints, vec!["10.0.0.1:8443".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(
+        endpoints,
+        vec!["10.0.0.1:8443".parse::<SocketAddr>().unwrap()]
+    );
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].reason, WarningReason::ServicePortNotFound);
     assert!(

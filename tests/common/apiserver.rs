@@ -112,10 +112,21 @@ pub struct FakeApiServer {
     inner: Arc<Inner>,
 }
 
+/// How the fake answers Ingress status writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrites {
+    Answered,
+    /// Never answered: the request hangs, as on a half-open connection.
+    Hang,
+    /// Refused with a 500.
+    Fail,
+}
+
 struct Inner {
     addr: SocketAddr,
     state: Mutex<State>,
     down: AtomicBool,
+    status_writes: Mutex<StatusWrites>,
     stopped: CancellationToken,
     accept: Mutex<Option<JoinHandle<()>>>,
 }
@@ -168,6 +179,7 @@ impl FakeApiServer {
                 ..State::default()
             }),
             down: AtomicBool::new(false),
+            status_writes: Mutex::new(StatusWrites::Answered),
             stopped: CancellationToken::new(),
             accept: Mutex::new(None),
         });
@@ -345,6 +357,11 @@ impl FakeApiServer {
         });
     }
 
+    /// How Ingress status writes are answered from now on.
+    pub fn set_status_writes(&self, mode: StatusWrites) {
+        *self.inner.status_writes.lock().unwrap() = mode;
+    }
+
     /// While down, every connection and request is dropped without an
     /// answer; going down also aborts open watches.
     pub fn set_down(&self, down: bool) {
@@ -413,6 +430,17 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> io::Result<Res
     if inner.down.load(Ordering::SeqCst) {
         // An error from the service makes hyper close the connection unanswered.
         return Err(io::Error::other("fake API server is down"));
+    }
+    if parts.method == Method::PATCH && parts.uri.path().ends_with("/status") {
+        let mode = *inner.status_writes.lock().unwrap();
+        match mode {
+            StatusWrites::Answered => {}
+            StatusWrites::Hang => std::future::pending::<()>().await,
+            StatusWrites::Fail => {
+                let message = "status writes are failing".to_string();
+                return Ok(ApiError::new(500, "InternalError", message).response());
+            }
+        }
     }
     let content_type = parts
         .headers

@@ -10,6 +10,7 @@ use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use super::API_WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::routes::Warning;
 use crate::snapshot::ClusterSnapshot;
@@ -36,8 +37,9 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes the warnings not published yet.
-    pub async fn publish(&mut self, warnings: &[Warning], snapshot: &ClusterSnapshot) {
+    /// Publishes the warnings not published yet; whether all of them were.
+    pub async fn publish(&mut self, warnings: &[Warning], snapshot: &ClusterSnapshot) -> bool {
+        let mut all_published = true;
         let mut still_present = HashSet::new();
         for warning in warnings {
             let key = warning.to_string();
@@ -63,7 +65,12 @@ impl EventPublisher {
                 action: "Translate".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&event, &reference).await {
+            let publish = self.recorder.publish(&event, &reference);
+            let result = match tokio::time::timeout(API_WRITE_TIMEOUT, publish).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {API_WRITE_TIMEOUT:?}")),
+            };
+            match result {
                 Ok(()) => {
                     self.metrics
                         .events
@@ -72,11 +79,13 @@ impl EventPublisher {
                     still_present.insert(key);
                 }
                 Err(e) => {
+                    all_published = false;
                     tracing::warn!(error = %e, object = %warning.object, "cannot publish event; will retry")
                 }
             }
         }
         self.published = still_present;
+        all_published
     }
 }
 

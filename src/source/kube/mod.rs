@@ -8,6 +8,7 @@
 pub mod events;
 pub mod health;
 pub mod leader;
+pub mod publish;
 pub mod reflect;
 pub mod status;
 
@@ -25,6 +26,11 @@ use health::SourceHealth;
 
 /// The field selector that keeps every other Secret out of our watch.
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
+
+/// The longest one status or Event write may take. kube's client sets no
+/// read timeout, and a write on a connection that went half-open would
+/// otherwise wait for TCP to give up, about a quarter of an hour.
+pub const API_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One namespaced kind to watch: in every watched namespace, or in all.
 struct Watch<'a> {

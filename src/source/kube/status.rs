@@ -14,6 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
+use super::API_WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::snapshot::ClusterSnapshot;
 
@@ -148,18 +149,28 @@ impl StatusWriter {
         }
     }
 
-    /// Writes what differs. Failures are logged and retried on the next sync.
-    pub async fn sync(&self, snapshot: &ClusterSnapshot, is_ours: impl Fn(&Ingress) -> bool) {
+    /// Writes what differs; whether all of it was written. Failures are
+    /// logged, and tried again by the caller.
+    pub async fn sync(
+        &self,
+        snapshot: &ClusterSnapshot,
+        is_ours: impl Fn(&Ingress) -> bool,
+    ) -> bool {
         let Some(addresses) = self.publish.current() else {
-            return;
+            return true;
         };
+        let mut all_written = true;
         for change in changes(&snapshot.ingresses, is_ours, &addresses) {
             let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
             let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
-            let result = api
-                .patch_status(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+            let write = api.patch_status(&change.name, &params, &patch);
+            let result = match tokio::time::timeout(API_WRITE_TIMEOUT, write).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {API_WRITE_TIMEOUT:?}")),
+            };
+            all_written &= result.is_ok();
             let outcome = match (&result, change.addresses.is_empty()) {
                 (Ok(_), false) => "updated",
                 (Ok(_), true) => "cleared",
@@ -178,6 +189,7 @@ impl StatusWriter {
                 }
             }
         }
+        all_written
     }
 }
 
