@@ -61,8 +61,17 @@ pub enum Scope {
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, scope: Scope) {
     let http = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, typically: the connection stays
+                // queued, so retrying at once would spin on the runtime
+                // that also runs the sources. Back off as the proxy's
+                // listener does.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let state = state.clone();
         let http = http.clone();
