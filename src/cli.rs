@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::routes::class::DEFAULT_CLASS_NAME;
-use crate::routes::translate::ServiceBackendRef;
+use crate::routes::translate::{ServiceBackendRef, is_dns_label};
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
@@ -216,7 +216,8 @@ pub struct ClusterArgs {
     #[arg(
         long,
         value_name = "NS/NAME",
-        conflicts_with = "publish_status_address"
+        conflicts_with = "publish_status_address",
+        value_parser = parse_namespaced_name
     )]
     pub publish_service: Option<String>,
 
@@ -275,6 +276,16 @@ fn parse_header_size(text: &str) -> Result<usize, String> {
     Ok(size)
 }
 
+/// `NAMESPACE/NAME` of an object, both DNS labels as Kubernetes names them.
+fn parse_namespaced_name(text: &str) -> Result<String, String> {
+    match text.split_once('/') {
+        Some((namespace, name)) if is_dns_label(namespace) && is_dns_label(name) => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!("{text:?} is not of the form NAMESPACE/NAME")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +332,10 @@ mod tests {
             ])
             .is_err()
         );
+        let error = Cli::try_parse_from(["switchyard", "run", "--publish-service", "ingress-lb"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--publish-service"), "{error}");
+        assert!(error.contains("NAMESPACE/NAME"), "{error}");
     }
 }

@@ -221,6 +221,33 @@ fn unmatched_requests_go_to_default_backend_then_fallback_then_404() {
 }
 
 #[test]
+fn warnings_about_a_default_backend_name_its_own_fields() {
+    let missing = ingress(
+        "a",
+        "",
+        "  defaultBackend: {service: {name: missing, port: {number: 80}}}\n",
+    );
+    let (_, warnings) = table(&missing);
+    assert!(
+        warnings[0]
+            .message
+            .starts_with("spec.defaultBackend.service: Service default/missing not found"),
+        "{}",
+        warnings[0].message
+    );
+    let resource = ingress(
+        "b",
+        "",
+        "  defaultBackend: {resource: {apiGroup: k8s.example.com, kind: StorageBucket, name: b}}\n",
+    );
+    let (_, warnings) = table(&resource);
+    assert_eq!(
+        warnings[0].message,
+        "spec.defaultBackend.resource: resource backends are not supported; this default backend is ignored"
+    );
+}
+
+#[test]
 fn a_host_with_rules_does_not_fall_through_to_hostless_rules() {
     let yaml = [
         service("api", 1),
@@ -449,6 +476,21 @@ fn fallback_references_parse() {
     assert_eq!((r.namespace.as_str(), r.name.as_str()), ("ns", "svc"));
     assert!("svc:80".parse::<ServiceBackendRef>().is_err());
     assert!("ns/svc".parse::<ServiceBackendRef>().is_err());
+    for impossible in [
+        "ns/svc:-1",
+        "ns/svc:0",
+        "ns/svc:70000",
+        "ns/a/b:80",
+        "NS/svc:80",
+        "ns/svc:http_alt",
+        "ns/svc:",
+    ] {
+        assert!(
+            impossible.parse::<ServiceBackendRef>().is_err(),
+            "{impossible} was taken"
+        );
+    }
+    assert!("ns/svc:8080".parse::<ServiceBackendRef>().is_ok());
 }
 
 // ---- property tests: the compiled matcher against the specification ----

@@ -54,12 +54,18 @@ impl std::str::FromStr for ServiceBackendRef {
         let error = || format!("{text:?} is not of the form NAMESPACE/NAME:PORT");
         let (namespace, rest) = text.split_once('/').ok_or_else(error)?;
         let (name, port) = rest.rsplit_once(':').ok_or_else(error)?;
-        if namespace.is_empty() || name.is_empty() || port.is_empty() {
+        if !is_dns_label(namespace) || !is_dns_label(name) {
             return Err(error());
         }
-        let port = match port.parse() {
-            Ok(n) => PortRef::Number(n),
-            Err(_) => PortRef::Name(port.to_string()),
+        let port = if port.bytes().all(|b| b.is_ascii_digit()) {
+            match port.parse() {
+                Ok(n @ 1..=65535) => PortRef::Number(n),
+                _ => return Err(format!("{text:?}: port {port:?} is not 1-65535")),
+            }
+        } else if is_dns_label(port) && port.len() <= 15 {
+            PortRef::Name(port.to_string())
+        } else {
+            return Err(format!("{text:?}: {port:?} is not a port number or name"));
         };
         Ok(Self {
             namespace: namespace.into(),
@@ -67,6 +73,18 @@ impl std::str::FromStr for ServiceBackendRef {
             port,
         })
     }
+}
+
+/// An RFC 1123 label: what namespaces, Service names and (up to 15
+/// characters) port names must be.
+pub fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
 }
 
 /// The result of one translation.
@@ -321,13 +339,12 @@ impl Builder<'_> {
         object: &ObjectRef,
         policy: &IngressPolicy,
     ) -> Option<RouteSpec> {
+        let (at, ignored) = (field.backend(), field.ignored());
         let Some(service) = &backend.service else {
             let message = if backend.resource.is_some() {
-                format!(
-                    "{field}.backend.resource: resource backends are not supported; this path is ignored"
-                )
+                format!("{at}.resource: resource backends are not supported; {ignored}")
             } else {
-                format!("{field}.backend: no service is named; this path is ignored")
+                format!("{at}: no service is named; {ignored}")
             };
             self.warn(object, WarningReason::UnsupportedBackend, message);
             return None;
@@ -336,9 +353,8 @@ impl Builder<'_> {
             Some((Some(n), _)) => PortRef::Number(*n),
             Some((None, Some(name))) => PortRef::Name(name.clone()),
             _ => {
-                let message = format!(
-                    "{field}.backend.service.port: a port number or name is required; this path is ignored"
-                );
+                let message =
+                    format!("{at}.service.port: a port number or name is required; {ignored}");
                 self.warn(object, WarningReason::ServicePortNotFound, message);
                 return None;
             }
@@ -346,7 +362,7 @@ impl Builder<'_> {
         let endpoints = match self.services.resolve(namespace, &service.name, &port) {
             Ok(endpoints) => endpoints,
             Err(e) => {
-                let message = format!("{field}.backend.service: {}; requests get 503", e.message);
+                let message = format!("{at}.service: {}; requests get 503", e.message);
                 self.warn(object, e.reason, message);
                 Vec::new()
             }
@@ -416,6 +432,25 @@ enum Claim<'a> {
 enum Field {
     DefaultBackend,
     Path { rule: usize, path: usize },
+}
+
+impl Field {
+    /// Where the backend is: the default backend is one itself, a path
+    /// has one.
+    fn backend(&self) -> String {
+        match self {
+            Self::DefaultBackend => self.to_string(),
+            Self::Path { .. } => format!("{self}.backend"),
+        }
+    }
+
+    /// What a warning says is dropped with an unusable backend.
+    fn ignored(&self) -> &'static str {
+        match self {
+            Self::DefaultBackend => "this default backend is ignored",
+            Self::Path { .. } => "this path is ignored",
+        }
+    }
 }
 
 impl std::fmt::Display for Field {

@@ -94,6 +94,12 @@ impl Stores {
         health: &Arc<SourceHealth>,
         changed: &Arc<Notify>,
     ) -> Self {
+        // A namespace named twice is watched once: two reflectors would put
+        // each of its objects into the snapshot twice.
+        let mut namespaces = namespaces.to_vec();
+        namespaces.sort();
+        namespaces.dedup();
+        let namespaces = namespaces.as_slice();
         let per_scope = |kind, config: &kube::runtime::watcher::Config| Watch {
             client,
             namespaces,
