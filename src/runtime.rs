@@ -46,7 +46,7 @@ fn translate_options(source: &SourceArgs) -> TranslateOptions {
 
 fn report_load_errors(errors: &[LoadError], metrics: &Metrics) {
     for error in errors {
-        tracing::warn!(target: "switchyard::source", "{error}; the last good version stays in force");
+        tracing::warn!(target: "switchyard::source", "{error}; the file's last good version stays in force (before it had one, what could be read of it)");
     }
     metrics
         .source_errors

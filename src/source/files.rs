@@ -1,7 +1,9 @@
 //! The file source: every `*.yaml`/`*.yml` under the manifest directories
 //! becomes a [`ClusterSnapshot`]. A file that fails to parse keeps the
 //! objects of its last good version, so one bad edit never takes routes
-//! away; the error names the file, the document and the line.
+//! away; a file that has had no good version yet (read at start, or new)
+//! gives the objects that could be read, so one bad document does not take
+//! the others with it. The error names the file, the document and the line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,7 @@ impl FileSource {
 
         let mut skipped = Vec::new();
         let mut current = HashMap::new();
+        let mut partial = HashMap::new();
         for path in files.keys() {
             let parsed = match std::fs::read_to_string(path) {
                 Ok(text) => manifest::parse(&text, path),
@@ -69,7 +72,9 @@ impl FileSource {
                 current.insert(path.clone(), parsed.objects);
             } else {
                 errors.extend(parsed.errors);
-                carry_over(&self.last_good, path, &mut current);
+                if !carry_over(&self.last_good, path, &mut current) {
+                    partial.insert(path.clone(), parsed.objects);
+                }
             }
         }
         if dirs_failed {
@@ -83,7 +88,12 @@ impl FileSource {
         }
         self.last_good = current;
 
-        let snapshot = assemble(&self.last_good, &mut errors);
+        // What could be read of broken files without a good version is
+        // served, but never becomes one: the next read of such a file
+        // serves whatever it gives then.
+        let mut serving = self.last_good.clone();
+        serving.extend(partial);
+        let snapshot = assemble(&serving, &mut errors);
         LoadReport {
             snapshot,
             errors,
@@ -101,14 +111,17 @@ fn location_of(path: &Path) -> Location {
     }
 }
 
+/// Keeps `path`'s last good objects, if it had a good version.
 fn carry_over(
     last_good: &HashMap<PathBuf, Vec<(Location, Object)>>,
     path: &Path,
     current: &mut HashMap<PathBuf, Vec<(Location, Object)>>,
-) {
-    if let Some(objects) = last_good.get(path) {
-        current.insert(path.to_path_buf(), objects.clone());
-    }
+) -> bool {
+    let Some(objects) = last_good.get(path) else {
+        return false;
+    };
+    current.insert(path.to_path_buf(), objects.clone());
+    true
 }
 
 /// Builds one snapshot from all files, in path order. The same object
@@ -197,6 +210,33 @@ mod tests {
         assert_eq!(report.errors.len(), 1);
         assert!(report.errors[0].to_string().contains("a.yaml"));
         assert_eq!(names(&report.snapshot), vec!["a"], "a kept, b removed");
+    }
+
+    #[test]
+    fn a_file_broken_before_it_was_ever_good_gives_what_could_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: c}\nspec: {ports: [{port: eighty}]}\n";
+        let path = dir.path().join("all.yaml");
+        std::fs::write(&path, format!("{SERVICE_A}---\n{bad}---\n{SERVICE_B}")).unwrap();
+        let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+        let report = source.load();
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(
+            names(&report.snapshot),
+            vec!["a", "b"],
+            "the bad one only is left out"
+        );
+
+        // Still broken, with one good document less: what it gives now.
+        std::fs::write(&path, format!("{SERVICE_A}---\n{bad}")).unwrap();
+        assert_eq!(names(&source.load().snapshot), vec!["a"]);
+
+        // Once good, that version is kept through the next bad edit.
+        std::fs::write(&path, format!("{SERVICE_A}---\n{SERVICE_B}")).unwrap();
+        assert_eq!(names(&source.load().snapshot), vec!["a", "b"]);
+        std::fs::write(&path, bad).unwrap();
+        assert_eq!(names(&source.load().snapshot), vec!["a", "b"]);
     }
 
     #[test]
