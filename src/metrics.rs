@@ -318,6 +318,50 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Takes every series of route `labels` out of the families, so they
+    /// are no longer exported (see [`crate::route_metrics::SeriesRegistry`]).
+    /// Handles still held elsewhere keep working, unexported.
+    pub fn remove_route_series(&self, labels: &RouteLabels) {
+        use crate::route_metrics::{CloseReason, CodeClass, FixedLabel, UpgradeResult};
+        let route = route_values(labels);
+        let [ns, ingress, service] = route;
+        let with = |extra| [ns, ingress, service, extra];
+        // Removing a series that was never created is an error to ignore.
+        for class in CodeClass::ALL {
+            let _ = self.requests.remove_label_values(&with(class.as_str()));
+        }
+        for result in UpgradeResult::ALL {
+            let _ = self.upgrades.remove_label_values(&with(result.as_str()));
+        }
+        for reason in CloseReason::ALL {
+            let _ = self
+                .tunnel_closes
+                .remove_label_values(&with(reason.as_str()));
+            let _ = self
+                .tunnel_errors
+                .remove_label_values(&with(reason.as_str()));
+        }
+        for direction in TUNNEL_DIRECTIONS {
+            let _ = self.tunnel_bytes.remove_label_values(&with(direction));
+        }
+        for family in [
+            &self.upstream_connect_errors,
+            &self.upstream_timeouts,
+            &self.upstream_ejections,
+        ] {
+            let _ = family.remove_label_values(&route);
+        }
+        let _ = self.upstream_ejected_endpoints.remove_label_values(&route);
+        let _ = self.tunnels_active.remove_label_values(&route);
+        let _ = self.request_duration.remove_label_values(&route);
+        let _ = self.tunnel_duration.remove_label_values(&route);
+    }
+}
+
+/// The `direction` values of `switchyard_tunnel_bytes_total`.
+pub const TUNNEL_DIRECTIONS: [&str; 2] = ["client_to_backend", "backend_to_client"];
+
 /// The label values of a route, as metric families take them.
 pub fn route_values(labels: &RouteLabels) -> [&str; 3] {
     [&labels.namespace, &labels.ingress, &labels.service]

@@ -9,14 +9,24 @@
 //! The label values with a fixed set (status classes, upgrade results,
 //! close reasons) are defined here, so that a route can hold one series per
 //! value in an array.
+//!
+//! The routes of one label set share one [`RouteMetrics`], in every table
+//! that has them ([`SeriesRegistry`]): a table swap neither resets nor
+//! resolves them again. Once no route of any table has that label set (an
+//! Ingress deleted, a Service renamed, and the requests and tunnels of the
+//! tables before all ended), its series are removed from `/metrics`, as
+//! ingress-nginx removes those of deleted Ingresses: an ingress serving
+//! short-lived Ingresses (one per pull request, say) would otherwise export
+//! ever more series.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
-use crate::metrics::{Metrics, route_values};
+use crate::metrics::{Metrics, TUNNEL_DIRECTIONS, route_values};
 use crate::routes::RouteLabels;
 
 /// A label whose values are a fixed set: `ALL` lists them, each at its
@@ -200,6 +210,63 @@ pub struct RouteMetrics {
     requests: OnceLock<RequestSeries>,
     upgrades: OnceLock<Box<ByResult>>,
     tunnels: OnceLock<Box<TunnelSeries>>,
+    /// Where to say that the last route of this label set is gone.
+    retire: Option<Retire>,
+}
+
+struct Retire {
+    registry: Arc<SeriesRegistry>,
+    labels: RouteLabels,
+}
+
+/// The [`RouteMetrics`] of every label set that some route has now.
+pub struct SeriesRegistry {
+    /// The families series are removed from.
+    metrics: Arc<Metrics>,
+    live: Mutex<HashMap<RouteLabels, Weak<RouteMetrics>>>,
+}
+
+impl SeriesRegistry {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The series of `labels`, shared with every route that has them.
+    pub fn series(self: &Arc<Self>, labels: &RouteLabels) -> Arc<RouteMetrics> {
+        let mut live = self.live.lock().expect("series registry lock");
+        if let Some(shared) = live.get(labels).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let series = Arc::new(RouteMetrics::retired_by(Some(Retire {
+            registry: self.clone(),
+            labels: labels.clone(),
+        })));
+        live.insert(labels.clone(), Arc::downgrade(&series));
+        series
+    }
+}
+
+impl Drop for RouteMetrics {
+    fn drop(&mut self) {
+        let Some(Retire { registry, labels }) = self.retire.take() else {
+            return;
+        };
+        // Under the lock a new route of these labels would take to share
+        // the series: it either finds them still live, or registers after
+        // they are removed and creates them anew.
+        let mut live = registry.live.lock().expect("series registry lock");
+        if live
+            .get(&labels)
+            .is_some_and(|shared| shared.strong_count() > 0)
+        {
+            return;
+        }
+        live.remove(&labels);
+        registry.metrics.remove_route_series(&labels);
+    }
 }
 
 struct RequestSeries {
@@ -226,11 +293,18 @@ pub struct TunnelBytes {
 }
 
 impl RouteMetrics {
+    /// Series of a route of its own, never removed (tables compiled for
+    /// `check`, `routes` and tests).
     pub fn new() -> Self {
+        Self::retired_by(None)
+    }
+
+    fn retired_by(retire: Option<Retire>) -> Self {
         Self {
             requests: OnceLock::new(),
             upgrades: OnceLock::new(),
             tunnels: OnceLock::new(),
+            retire,
         }
     }
 
@@ -292,8 +366,8 @@ impl TunnelSeries {
         Self {
             active: metrics.tunnels_active.with_label_values(&values),
             bytes: TunnelBytes {
-                client_to_backend: bytes("client_to_backend"),
-                backend_to_client: bytes("backend_to_client"),
+                client_to_backend: bytes(TUNNEL_DIRECTIONS[0]),
+                backend_to_client: bytes(TUNNEL_DIRECTIONS[1]),
             },
             closes: ByLabel::new(),
             errors: ByLabel::new(),

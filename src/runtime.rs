@@ -134,7 +134,7 @@ pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new());
-    let routes = Arc::new(RouteStore::default());
+    let routes = Arc::new(RouteStore::new(metrics.clone()));
     let shutdown = Shutdown::new();
     let admin = Arc::new(AdminState {
         routes: routes.clone(),

@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
+use crate::route_metrics::SeriesRegistry;
+
 pub use passive_health::{HealthRegistry, PassiveHealthConfig};
 pub use spec::RouteTableSpec;
 pub use table::{Backend, Pick, Route, RouteLabels, RouteTable};
@@ -28,23 +31,25 @@ pub use warning::{Warning, WarningReason};
 
 /// The route table in force. Readers take an `Arc` and keep it for the
 /// whole request or tunnel, so a swap never changes anything under them.
-/// Endpoint health outlives tables: a new table's endpoints take over the
-/// state of the same addresses in the table before.
+/// Endpoint health and metric series outlive tables: a new table's
+/// endpoints take over the state of the same addresses in the table
+/// before, and its routes the series of the same labels.
 pub struct RouteStore {
     current: ArcSwap<RouteTable>,
     health: HealthRegistry,
-}
-
-impl Default for RouteStore {
-    fn default() -> Self {
-        Self {
-            current: ArcSwap::from_pointee(RouteTable::default()),
-            health: HealthRegistry::default(),
-        }
-    }
+    series: Arc<SeriesRegistry>,
 }
 
 impl RouteStore {
+    /// An empty table in force; routes' series go to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(RouteTable::default()),
+            health: HealthRegistry::default(),
+            series: SeriesRegistry::new(metrics),
+        }
+    }
+
     pub fn load(&self) -> Arc<RouteTable> {
         self.current.load_full()
     }
@@ -55,7 +60,7 @@ impl RouteStore {
         if *self.current.load().spec() == spec {
             return false;
         }
-        let table = RouteTable::compile_with_health(spec, &self.health);
+        let table = RouteTable::compile_sharing(spec, &self.health, Some(&self.series));
         self.current.store(Arc::new(table));
         true
     }

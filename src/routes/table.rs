@@ -15,7 +15,7 @@ use super::host::{HostPattern, normalize_request_host, wildcard_suffix};
 use super::passive_health::{EndpointHealth, HealthGeneration, HealthRegistry, LazyNow};
 use super::path::{prefix_candidates, rule_key};
 use super::spec::{RouteSpec, RouteTableSpec};
-use crate::route_metrics::RouteMetrics;
+use crate::route_metrics::{RouteMetrics, SeriesRegistry};
 
 /// The table's maps. Lookups hash the request's host and path, so the
 /// hash is on the hot path; foldhash is several times cheaper than the
@@ -31,26 +31,32 @@ pub struct Route {
     pub backend: Backend,
     /// Lower-case upgrade tokens this route may tunnel.
     pub upgrades: Box<[Box<str>]>,
-    /// This route's metric series, resolved by their first use.
-    pub metrics: RouteMetrics,
+    /// This route's metric series, resolved by their first use and shared
+    /// with the routes of the same labels (see [`SeriesRegistry`]).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
-    fn compile(spec: &RouteSpec, health: &mut HealthGeneration<'_>) -> Self {
+    fn compile(spec: &RouteSpec, shared: &mut Shared<'_>) -> Self {
+        let labels = RouteLabels {
+            namespace: spec.backend.namespace.clone(),
+            ingress: spec
+                .ingress
+                .as_deref()
+                .and_then(|i| i.split_once('/'))
+                .map(|(_, name)| name.to_string())
+                .unwrap_or_default(),
+            service: spec.backend.service.clone(),
+        };
+        let metrics = match shared.series {
+            Some(registry) => registry.series(&labels),
+            None => Arc::new(RouteMetrics::new()),
+        };
         Self {
-            labels: RouteLabels {
-                namespace: spec.backend.namespace.clone(),
-                ingress: spec
-                    .ingress
-                    .as_deref()
-                    .and_then(|i| i.split_once('/'))
-                    .map(|(_, name)| name.to_string())
-                    .unwrap_or_default(),
-                service: spec.backend.service.clone(),
-            },
-            backend: Backend::new(&spec.backend.endpoints, health),
+            labels,
+            backend: Backend::new(&spec.backend.endpoints, &mut shared.health),
             upgrades: spec.upgrades.iter().map(|u| u.as_str().into()).collect(),
-            metrics: RouteMetrics::new(),
+            metrics,
         }
     }
 
@@ -60,6 +66,13 @@ impl Route {
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(protocol))
     }
+}
+
+/// What a table being compiled shares with the tables before it.
+struct Shared<'a> {
+    health: HealthGeneration<'a>,
+    /// `None` for a table of its own.
+    series: Option<&'a Arc<SeriesRegistry>>,
 }
 
 /// Metric labels of a route: bounded, never a path or a client address.
@@ -235,16 +248,25 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles `spec` with endpoint health of its own (for `check`,
-    /// `routes` and tests: nothing is shared with another table).
+    /// Compiles `spec` with endpoint health and metric series of its own
+    /// (for `check`, `routes` and tests: nothing is shared with another
+    /// table).
     pub fn compile(spec: RouteTableSpec) -> Self {
-        Self::compile_with_health(spec, &HealthRegistry::default())
+        Self::compile_sharing(spec, &HealthRegistry::default(), None)
     }
 
     /// Compiles `spec`; endpoints share their health state with earlier
-    /// tables compiled with the same `registry`.
-    pub fn compile_with_health(spec: RouteTableSpec, registry: &HealthRegistry) -> Self {
-        let mut health = registry.generation();
+    /// tables compiled with the same `health`, and routes their metric
+    /// series with those of the same labels compiled with `series`.
+    pub fn compile_sharing(
+        spec: RouteTableSpec,
+        health: &HealthRegistry,
+        series: Option<&Arc<SeriesRegistry>>,
+    ) -> Self {
+        let mut health = Shared {
+            health: health.generation(),
+            series,
+        };
         let mut table = RouteTable::default();
         for host in &spec.hosts {
             let mut routes = HostRoutes::default();

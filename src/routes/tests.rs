@@ -618,3 +618,69 @@ proptest! {
         prop_assert_eq!(route_of(&t, &request, "/"), expected);
     }
 }
+
+// ---- metric series across table swaps ----
+
+#[test]
+fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::metrics::Metrics;
+    use crate::routes::RouteStore;
+
+    let metrics = Arc::new(Metrics::new());
+    let store = RouteStore::new(metrics.clone());
+    let spec = |yaml: &str| translate(&snapshot(yaml), &TranslateOptions::default()).spec;
+    let exported = || String::from_utf8(metrics.encode()).unwrap();
+    let count = |table: &RouteTable, path: &str| {
+        let route = table.lookup("h", path).unwrap();
+        let ok = http::StatusCode::OK;
+        route
+            .metrics
+            .count_request(&metrics, &route.labels, ok, Duration::ZERO);
+    };
+    let requests_of_a = "switchyard_requests_total{code_class=\"2xx\",ingress=\"a\"";
+
+    store.swap_if_changed(spec(
+        &[
+            service("s", 1),
+            ingress("a", "", &rules(&[rule("h", "/", "Prefix", "s")])),
+        ]
+        .concat(),
+    ));
+    count(&store.load(), "/");
+    // Another path of the same Ingress and Service: the same series, not
+    // a fresh one from zero.
+    store.swap_if_changed(spec(
+        &[
+            service("s", 1),
+            ingress("a", "", &rules(&[rule("h", "/v2", "Prefix", "s")])),
+        ]
+        .concat(),
+    ));
+    count(&store.load(), "/v2");
+    assert!(
+        exported().contains(&format!(
+            "{requests_of_a},namespace=\"default\",service=\"s\"}} 2"
+        )),
+        "{}",
+        exported()
+    );
+
+    // Ingress `a` is gone, but a request of the table before is in flight.
+    let in_flight = store.load().lookup("h", "/v2").unwrap().clone();
+    store.swap_if_changed(spec(
+        &[
+            service("s", 1),
+            ingress("b", "", &rules(&[rule("h", "/", "Prefix", "s")])),
+        ]
+        .concat(),
+    ));
+    count(&store.load(), "/");
+    assert!(exported().contains(requests_of_a), "kept while in use");
+    drop(in_flight);
+    let after = exported();
+    assert!(!after.contains("ingress=\"a\""), "{after}");
+    assert!(after.contains("ingress=\"b\""), "{after}");
+}

@@ -58,8 +58,8 @@ impl TestProxy {
 
     /// The proxy for `addr` with `yaml`'s routes in force, not yet serving.
     fn new(addr: SocketAddr, config: ProxyConfig, yaml: &str) -> (Self, Arc<Proxy>) {
-        let routes = Arc::new(RouteStore::default());
         let metrics = Arc::new(Metrics::new());
+        let routes = Arc::new(RouteStore::new(metrics.clone()));
         let shutdown = Shutdown::new();
         let proxy = Proxy::new(routes.clone(), metrics.clone(), config, shutdown.clone());
         let test = Self {
