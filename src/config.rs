@@ -1,7 +1,10 @@
 //! The optional `--config FILE`: a YAML mapping whose keys are the long
 //! names of `run`'s flags. It is turned into flags placed before the
-//! command line's own, so one parser validates both and the command line
-//! wins.
+//! command line's own, so one parser validates both, and the command line
+//! wins: a setting the command line gives too, or one it conflicts with
+//! (`publish-service` in the file, `--publish-status-address` on the
+//! command line), is left out of what the file gives, even for flags that
+//! may be repeated (`manifests`), which would otherwise add up.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -10,8 +13,8 @@ use serde_yaml::Value;
 
 use crate::yaml;
 
-/// Reads the config file into `--flag value` arguments.
-pub fn file_args(path: &Path) -> Result<Vec<OsString>, String> {
+/// The config file's settings: each flag's long name with one value.
+fn file_settings(path: &Path) -> Result<Vec<(String, OsString)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let settings: serde_yaml::Mapping =
@@ -46,11 +49,41 @@ pub fn file_args(path: &Path) -> Result<Vec<OsString>, String> {
                     ));
                 }
             };
-            args.push(OsString::from(format!("--{key}")));
-            args.push(OsString::from(text));
+            args.push((key.to_string(), OsString::from(text)));
         }
     }
     Ok(args)
+}
+
+/// The long names of the flags among `args`.
+fn given_flags(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .filter_map(|arg| arg.to_str()?.strip_prefix("--"))
+        .map(|flag| {
+            flag.split_once('=')
+                .map_or(flag, |(name, _)| name)
+                .to_string()
+        })
+        .collect()
+}
+
+/// Whether the command line's `given` flags override the file's `key`: the
+/// same flag, or one that may not be used with it.
+fn overridden(key: &str, given: &[String], subcommand: &clap::Command) -> bool {
+    if given.iter().any(|flag| flag == key) {
+        return true;
+    }
+    let Some(arg) = subcommand
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(key))
+    else {
+        return false;
+    };
+    subcommand
+        .get_arg_conflicts_with(arg)
+        .iter()
+        .filter_map(|other| other.get_long())
+        .any(|other| given.iter().any(|flag| flag == other))
 }
 
 /// Finds `--config FILE` (or `--config=FILE`) in raw arguments.
@@ -74,9 +107,18 @@ pub fn merged_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let Some(path) = config_path(&args).map(Path::to_path_buf) else {
         return Ok(args);
     };
-    let from_file = file_args(&path)?;
+    let at = 2.min(args.len());
+    let given = given_flags(&args[at..]);
+    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    let subcommand = args
+        .get(1)
+        .and_then(|name| command.find_subcommand(name.to_str()?));
+    let from_file: Vec<OsString> = file_settings(&path)?
+        .into_iter()
+        .filter(|(key, _)| subcommand.is_none_or(|sub| !overridden(key, &given, sub)))
+        .flat_map(|(key, value)| [OsString::from(format!("--{key}")), value])
+        .collect();
     let mut merged = args;
-    let at = 2.min(merged.len());
     merged.splice(at..at, from_file);
     Ok(merged)
 }
@@ -118,6 +160,37 @@ mod tests {
     }
 
     #[test]
+    fn a_repeatable_or_conflicting_flag_on_the_command_line_replaces_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("switchyard.yaml");
+        std::fs::write(
+            &file,
+            "manifests: [/etc/switchyard]\npublish-service: ingress/lb\ndrain-timeout: 5s\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = [
+            "switchyard",
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--manifests=./test",
+            "--publish-status-address",
+            "192.0.2.1",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        let cli = Cli::try_parse_from(merged_args(args).unwrap()).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.source.manifests, [std::path::PathBuf::from("./test")]);
+        assert_eq!(run.cluster.publish_service, None);
+        assert_eq!(run.cluster.publish_status_address, ["192.0.2.1"]);
+        assert_eq!(run.drain_timeout, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn unreadable_or_malformed_files_are_named() {
         let error = merged_args(vec![
             "s".into(),
@@ -129,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "http-addr: {nested: map}\n").unwrap();
-        let error = file_args(&file).unwrap_err();
+        let error = file_settings(&file).unwrap_err();
         assert!(error.contains("http-addr"), "{error}");
     }
 }
