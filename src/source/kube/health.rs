@@ -2,6 +2,11 @@
 //! class of failure (not once per retry), and turned into a last-sync time
 //! and a staleness gauge, so a table kept in force while the API server is
 //! unreachable is visible as such.
+//!
+//! A kind watched in several namespaces has one watch per namespace, each
+//! failing and recovering on its own (RBAC taken away in one of them, say):
+//! health is kept per watch, and a kind's staleness is its stalest watch's,
+//! so events from a healthy namespace cannot hide a failing one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +24,16 @@ struct KindHealth {
     failing_since: Option<Instant>,
 }
 
+/// One watch: a kind, in one namespace or in all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WatchScope {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+}
+
 pub struct SourceHealth {
     metrics: Arc<Metrics>,
-    kinds: Mutex<HashMap<&'static str, KindHealth>>,
+    kinds: Mutex<HashMap<WatchScope, KindHealth>>,
     started: Instant,
 }
 
@@ -34,17 +46,18 @@ impl SourceHealth {
         })
     }
 
-    /// A watch for `kind` delivered an event: the source is current.
-    pub fn ok(&self, kind: &'static str) {
+    /// The watch `scope` delivered an event: it is current.
+    pub fn ok(&self, scope: &WatchScope) {
+        let kind = scope.kind;
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         let mut kinds = self.kinds.lock().expect("health lock");
-        let health = kinds.entry(kind).or_default();
+        let health = kinds.entry(scope.clone()).or_default();
         health.last_ok = Some((Instant::now(), unix));
         if let Some(class) = health.failing.take() {
-            tracing::info!(kind, after = %class, "watch recovered");
+            tracing::info!(kind, namespace = scope.namespace.as_deref(), after = %class, "watch recovered");
         }
         health.failing_since = None;
         self.metrics
@@ -53,16 +66,18 @@ impl SourceHealth {
             .set(unix);
     }
 
-    /// A watch for `kind` failed; it is retried with back-off by the watcher.
-    pub fn error(&self, kind: &'static str, error: &watcher::Error) {
+    /// The watch `scope` failed; it is retried with back-off by the watcher.
+    pub fn error(&self, scope: &WatchScope, error: &watcher::Error) {
+        let kind = scope.kind;
+        let namespace = scope.namespace.as_deref();
         self.metrics.source_errors.with_label_values(&[kind]).inc();
         let class = classify(error);
         let mut kinds = self.kinds.lock().expect("health lock");
-        let health = kinds.entry(kind).or_default();
+        let health = kinds.entry(scope.clone()).or_default();
         if health.failing.as_deref() == Some(class.as_str()) {
-            tracing::debug!(kind, %error, "watch still failing; retrying with back-off");
+            tracing::debug!(kind, namespace, %error, "watch still failing; retrying with back-off");
         } else {
-            tracing::warn!(kind, %error, "watch failed ({class}); retrying with back-off, the route table in force is kept");
+            tracing::warn!(kind, namespace, %error, "watch failed ({class}); retrying with back-off, the route table in force is kept");
             health.failing = Some(class);
         }
         health.failing_since.get_or_insert_with(Instant::now);
@@ -72,12 +87,17 @@ impl SourceHealth {
     /// for a kind whose watch is failing, 0 for a healthy one.
     pub fn refresh(&self) {
         let kinds = self.kinds.lock().expect("health lock");
-        for (kind, health) in kinds.iter() {
+        let mut stalest: HashMap<&'static str, f64> = HashMap::new();
+        for (scope, health) in kinds.iter() {
             let stale = match (&health.failing, health.last_ok) {
                 (None, _) => 0.0,
                 (Some(_), Some((at, _))) => at.elapsed().as_secs_f64(),
                 (Some(_), None) => self.started.elapsed().as_secs_f64(),
             };
+            let kind = stalest.entry(scope.kind).or_default();
+            *kind = kind.max(stale);
+        }
+        for (kind, stale) in stalest {
             self.metrics
                 .source_staleness
                 .with_label_values(&[kind])
@@ -102,5 +122,35 @@ fn classify(error: &watcher::Error) -> String {
         watcher::Error::WatchFailed(e) => client("watch stream", e),
         watcher::Error::WatchError(status) => format!("watch: {} {}", status.code, status.reason),
         watcher::Error::NoResourceVersion => "list without resourceVersion".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staleness(metrics: &Metrics, kind: &str) -> f64 {
+        metrics.source_staleness.with_label_values(&[kind]).get()
+    }
+
+    #[test]
+    fn a_failing_namespace_stays_stale_while_another_delivers_events() {
+        let metrics = Arc::new(Metrics::new());
+        let health = SourceHealth::new(metrics.clone());
+        let scope = |namespace: &str| WatchScope {
+            kind: "Ingress",
+            namespace: Some(namespace.to_string()),
+        };
+        health.ok(&scope("a"));
+        health.ok(&scope("b"));
+        health.error(&scope("b"), &watcher::Error::NoResourceVersion);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        health.ok(&scope("a"));
+        health.refresh();
+        assert!(staleness(&metrics, "Ingress") >= 0.02, "b is failing");
+
+        health.ok(&scope("b"));
+        health.refresh();
+        assert_eq!(staleness(&metrics, "Ingress"), 0.0, "both current");
     }
 }

@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use super::health::SourceHealth;
+use super::health::{SourceHealth, WatchScope};
 
 /// The annotation `kubectl apply` keeps a full copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -41,6 +41,10 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    let scope = WatchScope {
+        kind,
+        namespace: api.namespace().map(str::to_string),
+    };
     let (reader, writer) = reflector::store();
     let stream = watch(api, config)
         .default_backoff()
@@ -54,7 +58,7 @@ where
                 // other event is data from the API server.
                 Ok(watcher::Event::Init) => {}
                 Ok(event) => {
-                    health.ok(kind);
+                    health.ok(&scope);
                     // Objects listed during a relist only reach the store at
                     // InitDone; until then nothing has changed.
                     if matches!(
@@ -66,7 +70,7 @@ where
                         changed.notify_one();
                     }
                 }
-                Err(error) => health.error(kind, &error),
+                Err(error) => health.error(&scope, &error),
             }
         }
     });
