@@ -20,10 +20,29 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 pub struct ClassFilter {
     class_name: String,
     ours_is_default: bool,
+    /// Other IngressClasses of our controller: another switchyard's.
+    siblings: Vec<String>,
+}
+
+/// Whose an Ingress is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Ours,
+    /// Of another class of our controller: another switchyard serves it.
+    Sibling,
+    Other,
 }
 
 impl ClassFilter {
     pub fn new(class_name: &str, classes: &[Arc<IngressClass>]) -> Self {
+        let siblings = classes
+            .iter()
+            .filter(|class| {
+                class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
+            })
+            .filter_map(|class| class.metadata.name.clone())
+            .filter(|name| name != class_name)
+            .collect();
         let ours_is_default = classes.iter().any(|class| {
             class.metadata.name.as_deref() == Some(class_name)
                 && class.spec.as_ref().and_then(|s| s.controller.as_deref())
@@ -38,6 +57,26 @@ impl ClassFilter {
         Self {
             class_name: class_name.to_string(),
             ours_is_default,
+            siblings,
+        }
+    }
+
+    /// Whether `ingress` is ours, another switchyard's, or neither.
+    pub fn ownership(&self, ingress: &Ingress) -> Ownership {
+        if self.is_ours(ingress) {
+            return Ownership::Ours;
+        }
+        let named = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+            .or_else(|| {
+                let annotations = ingress.metadata.annotations.as_ref()?;
+                annotations.get(LEGACY_CLASS_ANNOTATION).map(String::as_str)
+            });
+        match named {
+            Some(name) if self.siblings.iter().any(|s| s == name) => Ownership::Sibling,
+            _ => Ownership::Other,
         }
     }
 

@@ -331,6 +331,41 @@ fn ingress_class_selection() {
 }
 
 #[test]
+fn ingresses_of_another_class_of_our_controller_are_another_switchyards() {
+    use super::class::{ClassFilter, Ownership};
+    let class = |name: &str, controller: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: {name}}}\nspec: {{controller: {controller}}}\n"
+        )
+    };
+    let of_class = |name: &str, class: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}}}\nspec: {{ingressClassName: {class}}}\n"
+        )
+    };
+    let yaml = [
+        class("switchyard", "switchyard.dev/ingress-controller"),
+        class("internal", "switchyard.dev/ingress-controller"),
+        class("nginx", "k8s.io/ingress-nginx"),
+        of_class("mine", "switchyard"),
+        of_class("sibling", "internal"),
+        of_class("foreign", "nginx"),
+    ]
+    .concat();
+    let snapshot = snapshot(&yaml);
+    let filter = ClassFilter::new("switchyard", &snapshot.ingress_classes);
+    let owners: Vec<_> = snapshot
+        .ingresses
+        .iter()
+        .map(|i| filter.ownership(i))
+        .collect();
+    assert_eq!(
+        owners,
+        [Ownership::Ours, Ownership::Sibling, Ownership::Other]
+    );
+}
+
+#[test]
 fn backends_resolve_through_endpoint_slices_to_ready_endpoints_only() {
     let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}, {name: admin, port: 9000}]\n\
 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-a\n  labels: {kubernetes.io/service-name: web}\n\

@@ -62,8 +62,8 @@ async fn run(
             (true, Some(translated)) => {
                 let mut written = true;
                 if let Some(status) = &status {
-                    let is_ours = |i: &_| translated.classes.is_ours(i);
-                    written &= status.sync(&translated.snapshot, is_ours).await;
+                    let ownership = |i: &_| translated.classes.ownership(i);
+                    written &= status.sync(&translated.snapshot, ownership).await;
                 }
                 written &= events
                     .publish(&translated.warnings, &translated.snapshot)

@@ -16,6 +16,7 @@ use kube::{Api, Client};
 
 use super::API_WRITE_TIMEOUT;
 use crate::metrics::Metrics;
+use crate::routes::class::Ownership;
 use crate::snapshot::ClusterSnapshot;
 
 /// An address as Ingress status holds it: an IP or a host name.
@@ -90,21 +91,21 @@ pub struct StatusChange {
 }
 
 /// The status writes that bring the Ingresses in line (pure). Ours get
-/// `addresses`; others that carry exactly our addresses are cleared.
+/// `addresses`; others that carry exactly our addresses (left from when
+/// they were ours) are cleared, but for those another switchyard serves:
+/// two that publish the same address would clear each other's for ever.
 pub fn changes(
     ingresses: &[Arc<Ingress>],
-    is_ours: impl Fn(&Ingress) -> bool,
+    ownership: impl Fn(&Ingress) -> Ownership,
     addresses: &BTreeSet<Address>,
 ) -> Vec<StatusChange> {
     let mut changes = Vec::new();
     for ingress in ingresses {
         let current = current_addresses(ingress);
-        let desired = if is_ours(ingress) {
-            addresses.clone()
-        } else if !current.is_empty() && current == *addresses {
-            BTreeSet::new()
-        } else {
-            continue;
+        let desired = match ownership(ingress) {
+            Ownership::Ours => addresses.clone(),
+            Ownership::Other if !current.is_empty() && current == *addresses => BTreeSet::new(),
+            Ownership::Other | Ownership::Sibling => continue,
         };
         if current != desired {
             changes.push(StatusChange {
@@ -154,13 +155,13 @@ impl StatusWriter {
     pub async fn sync(
         &self,
         snapshot: &ClusterSnapshot,
-        is_ours: impl Fn(&Ingress) -> bool,
+        ownership: impl Fn(&Ingress) -> Ownership,
     ) -> bool {
         let Some(addresses) = self.publish.current() else {
             return true;
         };
         let mut all_written = true;
-        for change in changes(&snapshot.ingresses, is_ours, &addresses) {
+        for change in changes(&snapshot.ingresses, ownership, &addresses) {
             let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
             let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
@@ -232,7 +233,7 @@ mod tests {
             ingress("stale", &["10.9.9.9"]),
             ingress("empty", &[]),
         ];
-        let changes = changes(&ingresses, |_| true, &ours);
+        let changes = changes(&ingresses, |_| Ownership::Ours, &ours);
         let names: Vec<_> = changes.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["stale", "empty"]);
         assert!(changes.iter().all(|c| c.addresses == ours));
@@ -245,9 +246,16 @@ mod tests {
             ingress("was-ours", &["10.0.0.1"]),
             ingress("someone-elses", &["192.0.2.7"]),
         ];
-        let changes = changes(&ingresses, |_| false, &ours);
+        let changes = changes(&ingresses, |_| Ownership::Other, &ours);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].name, "was-ours");
         assert!(changes[0].addresses.is_empty());
+    }
+
+    #[test]
+    fn another_switchyards_ingresses_are_never_cleared() {
+        let ours = addresses(&["10.0.0.1"]);
+        let ingresses = [ingress("theirs-same-address", &["10.0.0.1"])];
+        assert!(changes(&ingresses, |_| Ownership::Sibling, &ours).is_empty());
     }
 }
