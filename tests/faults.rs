@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use switchyard::proxy::ProxyConfig;
+use switchyard::proxy::linger::LINGER_TIME;
 use switchyard::routes::PassiveHealthConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -313,7 +314,7 @@ async fn a_backend_that_never_reads_a_small_body_gets_a_504() {
 }
 
 #[tokio::test]
-async fn a_backend_that_stops_taking_a_large_body_gets_a_504_and_the_client_is_closed() {
+async fn a_backend_that_stops_taking_a_large_body_gets_a_504_and_the_connection_ends() {
     let config = ProxyConfig {
         upstream_response_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
@@ -352,11 +353,13 @@ async fn a_backend_that_stops_taking_a_large_body_gets_a_504_and_the_client_is_c
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer:?}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer:?}");
-    let sent = tokio::time::timeout(Duration::from_secs(10), upload)
+    // The proxy reads on, discarding, for a while after its answer (so
+    // that a client still sending gets the answer rather than a reset),
+    // then closes: the upload ends either way, it is never left hanging.
+    tokio::time::timeout(Duration::from_secs(10) + LINGER_TIME, upload)
         .await
         .expect("the upload ends once the proxy closed")
         .unwrap();
-    assert!(sent < LENGTH, "the whole body was taken: {sent} bytes");
 }
 
 #[tokio::test]
