@@ -533,3 +533,51 @@ async fn an_upload_refused_before_its_body_is_read_gets_the_answer_not_a_reset()
     .expect("the chunked upload finishes");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer:.200}");
 }
+
+#[tokio::test]
+async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_cut() {
+    // The body comes well after the idle limit: its stream is open all
+    // that time, so the connection is not idle.
+    let slow = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 4"]).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let _ = s.write_all(b"done").await;
+        let _ = read_until_closed(&mut s).await;
+    })
+    .await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await;
+
+    // The preface and an empty SETTINGS frame, then nothing.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while idle.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an idle HTTP/2 connection is still open after 5s"
+    );
+
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(Request::get("http://h/slow").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "done");
+}

@@ -2,6 +2,7 @@
 //! per client address), one task per connection, and the graceful part of
 //! shutdown (stop accepting, let in-flight requests end).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use super::client_body::ClientBody;
 use super::client_io::ClientIo;
 use super::headers::forwarded_for;
+use super::idle_streams::{Streams, Tracked};
 use super::observe::record_parser_refusal;
 use super::timer::{self, Purpose};
 use super::{ConnInfo, Proxy, h1, service};
@@ -213,12 +215,43 @@ impl Proxy {
         });
         let io = TokioIo::new(stream);
         let result = if http2_maybe {
+            // hyper's HTTP/2 server has no idle limit of its own: the
+            // connection is shut down gracefully once it has had no open
+            // stream for the header read timeout (see `idle_streams`).
+            let streams = Streams::new();
+            let counted = streams.clone();
+            let service = service_fn(move |request| {
+                let stream = counted.open();
+                let answer = service.call(request);
+                async move {
+                    let Ok(response) = answer.await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, stream)))
+                }
+            });
             // Boxed: the auto-detecting server is twice the size of the
             // HTTP/1 one, and rare; unboxed, every connection's future
             // would be as large.
             let mut connection = Box::pin(self.http.serve_connection_with_upgrades(io, service));
-            self.until_closed(connection.as_mut(), |c| c.graceful_shutdown())
-                .await
+            let idle = streams.idle_for(self.config.header_read_timeout);
+            tokio::select! {
+                result = self.until_closed(connection.as_mut(), |c| c.graceful_shutdown()) => result,
+                () = idle => {
+                    tracing::debug!(remote = %conn.remote, "HTTP/2 connection idle; shutting it down");
+                    connection.as_mut().graceful_shutdown();
+                    // A graceful end waits for the client to answer a
+                    // ping; one that never does would hold the connection
+                    // still. Unless a stream opened meanwhile, it is
+                    // dropped after as long again.
+                    let limit = self.config.header_read_timeout;
+                    let ending = self.until_closed(connection.as_mut(), |c| c.graceful_shutdown());
+                    let mut ending = pin!(ending);
+                    match tokio::time::timeout(limit, ending.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) if streams.is_idle() => Ok(()),
+                        Err(_) => ending.await,
+                    }
+                }
+            }
         } else {
             let connection = pin!(self.http1.serve_connection(io, service).with_upgrades());
             self.until_closed(connection, |c| c.graceful_shutdown())

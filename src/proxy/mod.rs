@@ -10,6 +10,7 @@ pub mod client_upgrade;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod idle_streams;
 pub mod linger;
 pub mod listener;
 pub mod observe;

@@ -1,0 +1,150 @@
+//! An idle limit for HTTP/2 connections. hyper's HTTP/2 server has no
+//! timeout between requests (hyper#1628): a client that sent its preface
+//! and then nothing kept its connection, and its `--max-connections` slot,
+//! for ever, so a few clients could take every slot. An HTTP/1 connection
+//! is closed once it has waited `--header-read-timeout` for its next
+//! request; an HTTP/2 connection is shut down gracefully (GOAWAY, streams
+//! in flight finish) once it has had no open stream for as long.
+//!
+//! A stream counts as open from its request until its response body ends
+//! or is dropped: a long download is not idle.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+/// A connection's open streams and when the last one ended.
+#[derive(Debug)]
+pub struct Streams {
+    open: AtomicUsize,
+    last_closed: Mutex<Instant>,
+}
+
+impl Streams {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            last_closed: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// A stream opens; it is open until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream {
+            streams: self.clone(),
+        }
+    }
+
+    /// Whether no stream is open now.
+    pub fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0
+    }
+
+    /// Resolves once no stream has been open for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let since = *self.last_closed.lock().expect("streams lock");
+            let idle_until = since + limit;
+            if self.open.load(Ordering::Relaxed) == 0 && Instant::now() >= idle_until {
+                return;
+            }
+            // Busy or not yet idle long enough: look again when it could
+            // be (a stream opened and closed meanwhile moves that on).
+            let next = if self.open.load(Ordering::Relaxed) == 0 {
+                idle_until
+            } else {
+                Instant::now() + limit
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+/// One open stream.
+#[derive(Debug)]
+pub struct OpenStream {
+    streams: Arc<Streams>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        // The time first, so that a look in between sees the stream open
+        // or the new time, never the count at zero with the old time.
+        *self.streams.last_closed.lock().expect("streams lock") = Instant::now();
+        self.streams.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its stream open until it ends or is
+    /// dropped.
+    pub struct Tracked<B> {
+        #[pin]
+        body: B,
+        stream: Option<OpenStream>,
+    }
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, stream: OpenStream) -> Self {
+        Self {
+            body,
+            stream: Some(stream),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) {
+            this.stream.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_once_no_stream_has_been_open_for_the_limit() {
+        let limit = Duration::from_secs(10);
+        let streams = Streams::new();
+        let stream = streams.open();
+        let idle = streams.idle_for(limit);
+        tokio::pin!(idle);
+        // An open stream is never idle, however long it lasts.
+        assert!(tokio::time::timeout(limit * 3, idle.as_mut()).await.is_err());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(stream);
+        let closed_at = Instant::now();
+        idle.await;
+        assert_eq!(closed_at.elapsed(), limit, "counted from the last stream's end");
+        assert!(streams.is_idle());
+    }
+}
