@@ -264,6 +264,34 @@ async fn responses_keep_their_framing_large_and_chunked() {
 }
 
 #[tokio::test]
+async fn the_first_head_has_one_header_read_timeout_from_the_connect() {
+    let echo = backends::echo("e").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(600),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let connected = tokio::time::Instant::now();
+    // The first byte late, then the rest a byte at a time: a slow head.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for byte in b"GET / HTTP/1.1\r\nHost: h\r\n" {
+        if client.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(read_until_closed(&mut client).await.is_empty());
+    // Counted from the first bytes, the head would have had until
+    // 400 + 600 ms; from the connect it has 600 ms.
+    let open_for = connected.elapsed();
+    assert!(
+        open_for < Duration::from_millis(1000),
+        "open for {open_for:?}"
+    );
+}
+
+#[tokio::test]
 async fn connection_close_is_answered_in_kind_and_the_connection_closed() {
     let echo = backends::echo("e").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
@@ -309,6 +337,8 @@ async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_resp
         .await
         .unwrap();
     read_response(&mut idle, Vec::new()).await;
+    // Connected, nothing sent yet: as idle as the one between requests.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
     let mut busy = TcpStream::connect(proxy.addr).await.unwrap();
     busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
@@ -322,6 +352,10 @@ async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_resp
     let closed = tokio::time::timeout(Duration::from_millis(300), read_until_closed(&mut idle))
         .await
         .expect("the idle connection closes at once");
+    assert!(closed.is_empty());
+    let closed = tokio::time::timeout(Duration::from_millis(300), read_until_closed(&mut silent))
+        .await
+        .expect("a connection that sent nothing closes at once");
     assert!(closed.is_empty());
     let (head, body, _) = read_response(&mut busy, Vec::new()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

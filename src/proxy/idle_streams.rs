@@ -139,12 +139,20 @@ mod tests {
         let idle = streams.idle_for(limit);
         tokio::pin!(idle);
         // An open stream is never idle, however long it lasts.
-        assert!(tokio::time::timeout(limit * 3, idle.as_mut()).await.is_err());
+        assert!(
+            tokio::time::timeout(limit * 3, idle.as_mut())
+                .await
+                .is_err()
+        );
         tokio::time::sleep(Duration::from_secs(4)).await;
         drop(stream);
         let closed_at = Instant::now();
         idle.await;
-        assert_eq!(closed_at.elapsed(), limit, "counted from the last stream's end");
+        assert_eq!(
+            closed_at.elapsed(),
+            limit,
+            "counted from the last stream's end"
+        );
         assert!(streams.is_idle());
     }
 }

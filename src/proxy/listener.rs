@@ -161,14 +161,22 @@ impl Proxy {
         // The servers' header read timeouts start once these first bytes
         // are in: a client that connects and sends nothing gets the same
         // limit as a slow request head here.
+        // The first head's deadline counts from here, not from its first
+        // bytes: a client trickling them gets one timeout, not two.
+        let head_deadline = std::time::Instant::now() + self.config.header_read_timeout;
         let mut first = BytesMut::with_capacity(FIRST_READ);
-        let first_bytes = timer::timeout(
-            Purpose::HeaderRead,
-            self.config.header_read_timeout,
-            stream.read_buf(&mut first),
-        );
-        match first_bytes.await {
-            Some(Ok(n)) if n > 0 => {}
+        // A connection that has sent nothing is idle: draining closes it
+        // at once rather than wait for its timeout.
+        let first_bytes = {
+            let read = pin!(timer::timeout(
+                Purpose::HeaderRead,
+                self.config.header_read_timeout,
+                stream.read_buf(&mut first),
+            ));
+            self.shutdown.until_draining(read).await
+        };
+        match first_bytes {
+            Some(Some(Ok(n))) if n > 0 => {}
             _ => {
                 tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
                 return;
@@ -186,7 +194,14 @@ impl Proxy {
             (stream, first.freeze())
         } else {
             let drain = h1::server::Drain::default();
-            let mut served = pin!(h1::server::serve(&self, &conn, stream, first, &drain));
+            let mut served = pin!(h1::server::serve(
+                &self,
+                &conn,
+                stream,
+                first,
+                head_deadline,
+                &drain
+            ));
             let ended = match self.shutdown.until_draining(served.as_mut()).await {
                 Some(ended) => ended,
                 None if drain.is_idle() => return,

@@ -111,23 +111,30 @@ impl Drain {
 }
 
 /// Serves `stream`, whose first bytes `buf` holds, until it closes or a
-/// request goes to hyper.
+/// request goes to hyper. The first head must be in by `first_deadline`
+/// (the header read timeout from when the connection was accepted).
 pub async fn serve(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     stream: TcpStream,
     mut buf: BytesMut,
+    first_deadline: Instant,
     drain: &Drain,
 ) -> Ended {
     let mut head_timer: Option<ReusedSleep> = None;
     let mut out = Vec::new();
     // `None` only while a request body has the socket (see below).
     let mut socket = Some(stream);
+    let mut deadline = Some(first_deadline);
     loop {
         let stream = socket
             .as_mut()
             .expect("the socket is back between requests");
-        let waited = next_request(proxy, stream, &mut buf, &mut head_timer, drain);
+        // Later heads have the timeout from when they are waited for.
+        let deadline = deadline
+            .take()
+            .unwrap_or_else(|| Instant::now() + proxy.config.header_read_timeout);
+        let waited = next_request(proxy, stream, &mut buf, &mut head_timer, deadline, drain);
         let Served {
             mut request,
             close: client_close,
@@ -207,17 +214,16 @@ enum Next {
     Closed,
 }
 
-/// Reads until `buf` starts with a whole head, within the header read
-/// timeout.
+/// Reads until `buf` starts with a whole head, by `deadline`.
 async fn next_request(
     proxy: &Proxy,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     timer: &mut Option<ReusedSleep>,
+    deadline: Instant,
     drain: &Drain,
 ) -> Next {
     let max_head = proxy.config.max_header_bytes;
-    let deadline = Instant::now() + proxy.config.header_read_timeout;
     let mut timer_set = false;
     loop {
         match request::parse(buf, max_head) {
