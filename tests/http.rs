@@ -144,6 +144,17 @@ async fn forwarding_headers_are_set_by_the_proxy_and_host_is_preserved() {
     let answer = get(proxy.addr, "h", "/", &[("X-Request-Id", "client-id-42")]).await;
     assert_eq!(echoed(&answer.body, "x-request-id"), ["client-id-42"]);
     assert_eq!(answer.headers["x-request-id"], "client-id-42");
+
+    // Of several, the first, and the backend gets that one alone.
+    let answer = get(
+        proxy.addr,
+        "h",
+        "/",
+        &[("X-Request-Id", "first"), ("X-Request-Id", "second")],
+    )
+    .await;
+    assert_eq!(echoed(&answer.body, "x-request-id"), ["first"]);
+    assert_eq!(answer.headers["x-request-id"], "first");
 }
 
 #[tokio::test]

@@ -255,30 +255,20 @@ impl SeenFields {
     }
 }
 
-/// A request's id, for the backend, the response and the log.
-pub struct RequestId {
-    pub value: HeaderValue,
-    /// The proxy made it: the client sent no `X-Request-Id` (or an empty
-    /// one), and this one goes to the backend in its place.
-    pub made: bool,
-}
-
-impl RequestId {
-    /// The client's `X-Request-Id` (the first, from [`SeenFields`]), or a
-    /// new UUID if it sent none.
-    pub fn of(client: Option<HeaderValue>) -> Self {
-        if let Some(value) = client.filter(|v| !v.is_empty()) {
-            return Self { value, made: false };
-        }
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        // Owned by the bytes themselves: the value goes to the backend, the
-        // response and the log, and each copy is a reference count (a value
-        // from a `String` would be copied once more on its first clone).
-        let value =
-            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii");
-        Self { value, made: true }
+/// A request's id, for the backend, the response and the log: the
+/// client's `X-Request-Id` (the first, from [`SeenFields`]), or a new UUID
+/// if it sent none (or an empty one). The backend gets this one alone, as
+/// nginx's `proxy_set_header X-Request-ID` sends it.
+pub fn request_id(client: Option<HeaderValue>) -> HeaderValue {
+    if let Some(value) = client.filter(|v| !v.is_empty()) {
+        return value;
     }
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    // Owned by the bytes themselves: the value goes to the backend, the
+    // response and the log, and each copy is a reference count (a value
+    // from a `String` would be copied once more on its first clone).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii")
 }
 
 #[cfg(test)]
@@ -474,12 +464,11 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_or_made() {
-        let kept = RequestId::of(Some(HeaderValue::from_static("abc")));
-        assert_eq!((kept.value.to_str().unwrap(), kept.made), ("abc", false));
-        let made = RequestId::of(Some(HeaderValue::from_static("")));
-        assert!(made.made, "an empty id is no id");
-        assert_eq!(made.value.len(), 36);
-        assert_ne!(RequestId::of(None).value, made.value, "each made id is new");
+        let kept = request_id(Some(HeaderValue::from_static("abc")));
+        assert_eq!(kept, "abc");
+        let made = request_id(Some(HeaderValue::from_static("")));
+        assert_eq!(made.len(), 36, "an empty id is no id");
+        assert_ne!(request_id(None), made, "each made id is new");
     }
 
     #[test]

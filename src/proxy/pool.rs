@@ -273,7 +273,7 @@ mod tests {
                 host: &HOST,
                 forwarded_for: &CLIENT,
                 forwarded_proto: "http",
-                made_request_id: None,
+                request_id: None,
                 upgrade: None,
             },
         };

@@ -24,7 +24,7 @@ use http::{Method, Response, StatusCode, Version};
 use super::body::{ResponseBody, client_body_failed};
 use super::forward::forward;
 use super::h1::ProxyFields;
-use super::headers::{RequestId, SeenFields, X_REQUEST_ID, tokens};
+use super::headers::{SeenFields, X_REQUEST_ID, request_id, tokens};
 use super::observe::{AccessFields, RequestRecord};
 use super::responses::LocalReply;
 use super::upgrade::{self, UpgradeRequest};
@@ -115,8 +115,8 @@ pub async fn handle(
     let Some(endpoint) = route.backend.pick() else {
         return Ok(exchange.local(&proxy, LocalReply::NoEndpoints));
     };
-    let request_id = RequestId::of(seen.request_id.take());
-    exchange.request_id = Some(request_id.value.clone());
+    let request_id = request_id(seen.request_id.take());
+    exchange.request_id = Some(request_id.clone());
 
     // 5. forward or upgrade; a failed attempt may go to another endpoint
     // (upstream::Attempts), and each one is counted as it ends
@@ -124,7 +124,7 @@ pub async fn handle(
         host: authority_value,
         forwarded_for: &conn.forwarded_for,
         forwarded_proto: "http",
-        made_request_id: request_id.made.then_some(&request_id.value),
+        request_id: Some(&request_id),
         upgrade: None,
     };
     let upgrading = offered.is_some();

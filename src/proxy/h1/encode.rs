@@ -67,9 +67,9 @@ pub struct ProxyFields<'a> {
     pub host: &'a HeaderValue,
     pub forwarded_for: &'a HeaderValue,
     pub forwarded_proto: &'static str,
-    /// The id the proxy made because the client sent none (or an empty
-    /// one); `None` when the client's goes on as it is.
-    pub made_request_id: Option<&'a HeaderValue>,
+    /// The request's id, written once in place of every `X-Request-Id`
+    /// the client sent (see [`request_id`](crate::proxy::headers::request_id)).
+    pub request_id: Option<&'a HeaderValue>,
     /// What is offered to the backend when the request is an upgrade.
     pub upgrade: Option<UpgradeOffer<'a>>,
 }
@@ -95,7 +95,7 @@ impl ProxyFields<'_> {
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_HOST
             || *name == X_FORWARDED_PROTO
-            || (self.made_request_id.is_some() && *name == X_REQUEST_ID)
+            || (self.request_id.is_some() && *name == X_REQUEST_ID)
     }
 
     /// The fields that follow the client's (`Host` goes first, see
@@ -104,7 +104,7 @@ impl ProxyFields<'_> {
         field(out, b"x-forwarded-for", self.forwarded_for.as_bytes());
         field(out, b"x-forwarded-host", self.host.as_bytes());
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
-        if let Some(id) = self.made_request_id {
+        if let Some(id) = self.request_id {
             field(out, b"x-request-id", id.as_bytes());
         }
         if let Some(offer) = self.upgrade {
@@ -213,7 +213,7 @@ mod tests {
             host: &HOST,
             forwarded_for: &CLIENT,
             forwarded_proto: "http",
-            made_request_id: made,
+            request_id: made,
             upgrade: None,
         }
     }
@@ -303,9 +303,11 @@ mod tests {
     }
 
     #[test]
-    fn a_request_id_the_client_sent_goes_on_as_it_is() {
-        let fields = headers(&[("x-request-id", "abc")]);
-        let head = head(&fields, RequestFraming::None, &proxy_fields(None));
+    fn the_request_id_is_written_once_in_place_of_the_clients() {
+        let mut fields = headers(&[("x-request-id", "abc")]);
+        fields.append("x-request-id", HeaderValue::from_static("second"));
+        let id = HeaderValue::from_static("abc");
+        let head = head(&fields, RequestFraming::None, &proxy_fields(Some(&id)));
         assert_eq!(head.matches("x-request-id").count(), 1, "{head}");
         assert!(head.contains("x-request-id: abc\r\n"), "{head}");
     }
