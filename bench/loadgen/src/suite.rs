@@ -887,7 +887,20 @@ async fn keep_alive_figures(
         )
         .await;
         for ((run, rounds), http) in runs.iter().zip(figure).zip(&mut http) {
-            let r = median_by(rounds, |r| r.rps);
+            // The rate of the median round; the percentiles of all rounds
+            // together, so that a stall in a round the median leaves out
+            // still shows.
+            let mut all = rounds.iter().filter_map(|r| r.latencies.as_ref());
+            let merged = all.next().cloned().map(|mut merged| {
+                for more in all {
+                    merged.add(more).expect("same histogram bounds");
+                }
+                merged
+            });
+            let mut r = median_by(rounds, |r| r.rps);
+            if let Some(merged) = &merged {
+                r.read_percentiles(merged);
+            }
             eprintln!(
                 "{}: http c={c}: {:.0} req/s p99 {} us ({} errors)",
                 run.label, r.rps, r.p99_us, r.errors
@@ -1093,6 +1106,9 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
     })
 }
 
+/// How long load and pings go on after the last change.
+const RECONFIG_TAIL: Duration = Duration::from_secs(1);
+
 /// `changes` route additions under load, with open tunnels pinging.
 async fn reconfiguration(kind: Kind, setup: &Setup, plan: &Plan) -> anyhow::Result<Reconfig> {
     let mut running = Running::start(kind, setup).await?;
@@ -1111,11 +1127,16 @@ async fn reconfiguration(kind: Kind, setup: &Setup, plan: &Plan) -> anyhow::Resu
         let (stop, broken) = (stop.clone(), broken.clone());
         pingers.push(tokio::spawn(async move {
             let mut back = [0u8; 8];
-            while !stop.load(Ordering::Relaxed) {
+            // The stop is looked at after a ping: each tunnel is pinged
+            // once more after the changes and the tail after them.
+            loop {
                 let ok = stream.write_all(b"pingpong").await.is_ok()
                     && stream.read_exact(&mut back).await.is_ok();
                 if !ok {
                     broken.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if stop.load(Ordering::Relaxed) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1138,6 +1159,10 @@ async fn reconfiguration(kind: Kind, setup: &Setup, plan: &Plan) -> anyhow::Resu
         delays.push(start.elapsed().as_secs_f64() * 1000.0);
     }
     let rss_after = running.rss_bytes();
+    // Load and pings go on for a while after the last change: what the
+    // last change breaks (an old nginx worker closing its connections,
+    // say) would otherwise go uncounted.
+    tokio::time::sleep(RECONFIG_TAIL).await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await?;
     for p in pingers {

@@ -348,7 +348,11 @@ pub fn manifests(backend: SocketAddr, host: &str) -> String {
 
 /// nginx as an equivalent reverse proxy: one worker, keep-alive to the
 /// backend, WebSocket upgrades passed through, no access log, no request
-/// buffering (switchyard streams bodies too), unknown hosts get 404.
+/// buffering (switchyard streams bodies too), unknown hosts get 404. As
+/// switchyard (and ingress-nginx) does, it sets `X-Forwarded-For`, `-Host`
+/// and `-Proto` and an `X-Request-ID`, and keeps a connection for any
+/// number of requests on both sides (nginx's default of 1,000 would make
+/// it reconnect where the others do not).
 pub fn nginx_conf(port: u16, backend: SocketAddr, hosts: &str, dir: &Path) -> String {
     let dir = dir.display();
     format!(
@@ -360,6 +364,7 @@ error_log {dir}/logs/error.log error;
 events {{ worker_connections 20000; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path {dir}/tmp/body;
     proxy_temp_path {dir}/tmp/proxy;
     fastcgi_temp_path {dir}/tmp/fastcgi;
@@ -367,7 +372,7 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
     client_max_body_size 0;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
-    upstream backend {{ server {backend}; keepalive 256; }}
+    upstream backend {{ server {backend}; keepalive 256; keepalive_requests 1000000; }}
     server {{ listen 127.0.0.1:{port} default_server; return 404; }}
     server {{
         listen 127.0.0.1:{port};
@@ -376,6 +381,10 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-ID $request_id;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_request_buffering off;
@@ -389,8 +398,9 @@ http {{
 }
 
 /// HAProxy as an equivalent reverse proxy: one thread, keep-alive and
-/// connection reuse to the backend (WebSocket is native in HTTP mode);
-/// with `busy_polling`, its poller never waits (`busy-polling`).
+/// connection reuse to the backend (WebSocket is native in HTTP mode),
+/// the same forwarding fields and request id as switchyard sets; with
+/// `busy_polling`, its poller never waits (`busy-polling`).
 pub fn haproxy_cfg(port: u16, backend: SocketAddr, busy_polling: bool) -> String {
     let busy_polling = if busy_polling {
         "\n    busy-polling"
@@ -413,8 +423,13 @@ defaults
 frontend fe
     bind 127.0.0.1:{port}
     acl bench hdr(host) -i {HOST}
-    use_backend be if bench
     http-request deny deny_status 404 unless bench
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Proto http
+    unique-id-format %[uuid()]
+    unique-id-header X-Request-ID
+    use_backend be if bench
 backend be
     server b1 {backend}
 "#
