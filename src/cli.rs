@@ -129,7 +129,7 @@ pub struct RunArgs {
 
     /// Most client connections open at once (upgraded ones included); a
     /// connection over the limit is closed as soon as it is accepted.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_max_connections)]
     pub max_connections: usize,
 
     /// Passive health: an endpoint that fails this many attempts in a row
@@ -268,6 +268,19 @@ pub struct RoutesArgs {
     pub output: OutputFormat,
 }
 
+/// The most connections there can be descriptors for: a process's
+/// open-files limit is below 2^31 on Linux.
+const MAX_CONNECTIONS: usize = 1 << 30;
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=MAX_CONNECTIONS) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of connections from 1 to {MAX_CONNECTIONS}"
+        )),
+    }
+}
+
 fn parse_header_size(text: &str) -> Result<usize, String> {
     let size = parse_size(text)?;
     if size < 8192 {
@@ -332,6 +345,11 @@ mod tests {
             ])
             .is_err()
         );
+        for impossible in ["0", "18446744073709551615"] {
+            let refused =
+                Cli::try_parse_from(["switchyard", "run", "--max-connections", impossible]);
+            assert!(refused.is_err(), "--max-connections {impossible} was taken");
+        }
         let error = Cli::try_parse_from(["switchyard", "run", "--publish-service", "ingress-lb"])
             .unwrap_err()
             .to_string();
