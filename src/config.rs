@@ -126,33 +126,33 @@ pub fn merged_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::cli::{Cli, Command, RunArgs};
     use clap::Parser;
 
-    #[test]
-    fn file_settings_apply_and_the_command_line_wins() {
+    /// `run` with a config file of `yaml` and the command line's `flags`.
+    fn run_with(yaml: &str, flags: &[&str]) -> Box<RunArgs> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("switchyard.yaml");
-        std::fs::write(
-            &file,
-            "http-addr: 0.0.0.0:80\ndrain-timeout: 5s\nmanifests: [a, b]\naccess-log: false\n",
-        )
-        .unwrap();
-        let args: Vec<OsString> = [
-            "switchyard",
-            "run",
-            "--config",
-            file.to_str().unwrap(),
-            "--drain-timeout",
-            "7s",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+        std::fs::write(&file, yaml).unwrap();
+        let mut args: Vec<OsString> = ["switchyard", "run", "--config"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        args.push(file.into_os_string());
+        args.extend(flags.iter().map(OsString::from));
         let cli = Cli::try_parse_from(merged_args(args).unwrap()).unwrap();
         let Command::Run(run) = cli.command else {
             panic!("run")
         };
+        run
+    }
+
+    #[test]
+    fn file_settings_apply_and_the_command_line_wins() {
+        let run = run_with(
+            "http-addr: 0.0.0.0:80\ndrain-timeout: 5s\nmanifests: [a, b]\naccess-log: false\n",
+            &["--drain-timeout", "7s"],
+        );
         assert_eq!(run.http_addr.to_string(), "0.0.0.0:80");
         assert_eq!(run.drain_timeout, std::time::Duration::from_secs(7));
         assert_eq!(run.source.manifests.len(), 2);
@@ -161,29 +161,14 @@ mod tests {
 
     #[test]
     fn a_repeatable_or_conflicting_flag_on_the_command_line_replaces_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("switchyard.yaml");
-        std::fs::write(
-            &file,
+        let run = run_with(
             "manifests: [/etc/switchyard]\npublish-service: ingress/lb\ndrain-timeout: 5s\n",
-        )
-        .unwrap();
-        let args: Vec<OsString> = [
-            "switchyard",
-            "run",
-            "--config",
-            file.to_str().unwrap(),
-            "--manifests=./test",
-            "--publish-status-address",
-            "192.0.2.1",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-        let cli = Cli::try_parse_from(merged_args(args).unwrap()).unwrap();
-        let Command::Run(run) = cli.command else {
-            panic!("run")
-        };
+            &[
+                "--manifests=./test",
+                "--publish-status-address",
+                "192.0.2.1",
+            ],
+        );
         assert_eq!(run.source.manifests, [std::path::PathBuf::from("./test")]);
         assert_eq!(run.cluster.publish_service, None);
         assert_eq!(run.cluster.publish_status_address, ["192.0.2.1"]);

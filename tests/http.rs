@@ -254,18 +254,30 @@ async fn sequential_requests_reuse_one_pooled_backend_connection() {
     assert_eq!(echo.connections.load(Ordering::SeqCst), 1);
 }
 
+/// An HTTP/2 (prior knowledge) client connection to `proxy`, driven in
+/// the background.
+async fn http2_client<B>(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_requests_are_routed_by_authority() {
     let echo = backends::echo("h2").await;
     let other = backends::echo("other").await;
     let yaml = route("r", "h", "/", &[echo.addr]) + &route("o", "other.test", "/", &[other.addr]);
     let proxy = TestProxy::start(&yaml).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = http2_client::<Empty<Bytes>>(proxy.addr).await;
     // h2 has no Host header: the host is the URI's authority (`:authority`).
     let request = Request::get("http://h/over-h2?q=1")
         .body(Empty::new())
@@ -286,12 +298,7 @@ async fn http2_prior_knowledge_requests_are_routed_by_authority() {
 async fn an_http2_body_of_unknown_length_reaches_the_backend_chunked() {
     let echo = backends::echo("h2").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = http2_client(proxy.addr).await;
     // No Content-Length: HTTP/2 frames the body itself, HTTP/1.1 to the
     // backend needs the chunked coding.
     let frames = ["abc", "defg"]
@@ -578,12 +585,7 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
         "an idle HTTP/2 connection is still open after 5s"
     );
 
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = http2_client::<Empty<Bytes>>(proxy.addr).await;
     let response = sender
         .send_request(Request::get("http://h/slow").body(Empty::new()).unwrap())
         .await

@@ -12,7 +12,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,24 +19,36 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-/// A connection's open streams and when the last one ended.
+/// A connection's open streams and when the last one ended, together so
+/// that a look sees both as one moment left them.
 #[derive(Debug)]
 pub struct Streams {
-    open: AtomicUsize,
-    last_closed: Mutex<Instant>,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    open: usize,
+    last_closed: Instant,
 }
 
 impl Streams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            open: AtomicUsize::new(0),
-            last_closed: Mutex::new(Instant::now()),
+            state: Mutex::new(StreamState {
+                open: 0,
+                last_closed: Instant::now(),
+            }),
         })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state.lock().expect("streams lock")
     }
 
     /// A stream opens; it is open until the guard is dropped.
     pub fn open(self: &Arc<Self>) -> OpenStream {
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.state().open += 1;
         OpenStream {
             streams: self.clone(),
         }
@@ -45,23 +56,22 @@ impl Streams {
 
     /// Whether no stream is open now.
     pub fn is_idle(&self) -> bool {
-        self.open.load(Ordering::Relaxed) == 0
+        self.state().open == 0
     }
 
     /// Resolves once no stream has been open for `limit`.
     pub async fn idle_for(&self, limit: Duration) {
         loop {
-            let since = *self.last_closed.lock().expect("streams lock");
-            let idle_until = since + limit;
-            if self.open.load(Ordering::Relaxed) == 0 && Instant::now() >= idle_until {
-                return;
-            }
-            // Busy or not yet idle long enough: look again when it could
+            // Busy, or not idle long enough yet: look again when it could
             // be (a stream opened and closed meanwhile moves that on).
-            let next = if self.open.load(Ordering::Relaxed) == 0 {
-                idle_until
-            } else {
-                Instant::now() + limit
+            let next = {
+                let state = self.state();
+                let idle_until = state.last_closed + limit;
+                match state.open {
+                    0 if Instant::now() >= idle_until => return,
+                    0 => idle_until,
+                    _ => Instant::now() + limit,
+                }
             };
             tokio::time::sleep_until(next).await;
         }
@@ -76,10 +86,9 @@ pub struct OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        // The time first, so that a look in between sees the stream open
-        // or the new time, never the count at zero with the old time.
-        *self.streams.last_closed.lock().expect("streams lock") = Instant::now();
-        self.streams.open.fetch_sub(1, Ordering::Relaxed);
+        let mut state = self.streams.state();
+        state.open -= 1;
+        state.last_closed = Instant::now();
     }
 }
 

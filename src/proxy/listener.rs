@@ -158,11 +158,10 @@ impl Proxy {
     }
 
     async fn serve_connection(self: Arc<Self>, mut stream: TcpStream, conn: Arc<ConnInfo>) {
-        // The servers' header read timeouts start once these first bytes
-        // are in: a client that connects and sends nothing gets the same
-        // limit as a slow request head here.
-        // The first head's deadline counts from here, not from its first
-        // bytes: a client trickling them gets one timeout, not two.
+        // A client that connects and sends nothing gets the header read
+        // timeout here. The own server's first head keeps this deadline, so
+        // a client trickling its head gets one timeout, not two; hyper's
+        // (for an HTTP/2 preface) starts once these first bytes are in.
         let head_deadline = std::time::Instant::now() + self.config.header_read_timeout;
         let mut first = BytesMut::with_capacity(FIRST_READ);
         // A connection that has sent nothing is idle: draining closes it
