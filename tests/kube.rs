@@ -385,6 +385,29 @@ async fn the_leader_writes_status_once_and_not_again_when_unchanged() {
     assert_eq!(metric(proxy.admin, "switchyard_leader", &[]).await, 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_named_twice_is_watched_once() {
+    let echo = backends::echo("s").await;
+    let twice = [
+        "--watch-namespace",
+        "default",
+        "--watch-namespace",
+        "default",
+    ];
+    let (api, _dir, proxy) = serve_web(&echo, &twice).await;
+    assert_eq!(get(proxy.http, "web.test", "/", &[]).await.status, 200);
+    // Each object once in the snapshot: no path of the Ingress is taken
+    // for one declared twice (which the leader would publish as Events).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(api.events().is_empty(), "{:?}", api.events());
+    let watches = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/namespaces/default/ingresses") && r.param("watch").is_some())
+        .count();
+    assert_eq!(watches, 1, "one Ingress watch for the namespace");
+}
+
 /// Status PATCH requests the fake has seen, answered or not.
 fn status_writes_tried(api: &FakeApiServer) -> usize {
     api.requests()
