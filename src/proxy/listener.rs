@@ -256,13 +256,13 @@ impl Proxy {
                     // ping; one that never does would hold the connection
                     // still. Unless a stream opened meanwhile, it is
                     // dropped after as long again.
+                    // (A stream the client still opens may finish first:
+                    // the connection goes once it is idle again.)
                     let limit = self.config.header_read_timeout;
                     let ending = self.until_closed(connection.as_mut(), |c| c.graceful_shutdown());
-                    let mut ending = pin!(ending);
-                    match tokio::time::timeout(limit, ending.as_mut()).await {
-                        Ok(result) => result,
-                        Err(_) if streams.is_idle() => Ok(()),
-                        Err(_) => ending.await,
+                    tokio::select! {
+                        result = ending => result,
+                        () = streams.idle_for(limit) => Ok(()),
                     }
                 }
             }
