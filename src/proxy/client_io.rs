@@ -4,9 +4,13 @@
 //! read from the kernel a second time (one system call less per
 //! connection).
 //!
-//! hyper closes a connection through it: the close lingers
-//! ([`super::linger`]) when the client had sent bytes nobody read, as an
-//! upload the answer refused. So it is an HTTP server's connection only: a
+//! hyper closes a connection through it: unless the client has closed its
+//! side already, the close lingers ([`super::linger`]), so that a client
+//! still sending (an upload the answer refused, at whatever pace it comes)
+//! gets the answer rather than a reset; one that has nothing more to send
+//! closes on the half-close, which ends the linger at once. hyper does not
+//! say whether a body was left unread, and bytes of one may not have
+//! arrived yet when it closes. So it is an HTTP server's connection only: a
 //! tunnel takes the socket out ([`ClientIo::into_parts`]), since a
 //! half-close there must not read (and throw away) what the client sends.
 
@@ -27,6 +31,8 @@ pub struct ClientIo {
     stream: TcpStream,
     /// Set once the socket is half-closed and lingering: until when.
     lingering: Option<Pin<Box<Sleep>>>,
+    /// The client has closed its side: a close need not linger.
+    ended: bool,
 }
 
 impl ClientIo {
@@ -35,6 +41,7 @@ impl ClientIo {
             first,
             stream,
             lingering: None,
+            ended: false,
         }
     }
 
@@ -53,7 +60,12 @@ impl AsyncRead for ClientIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.first.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
+            let room = buf.remaining();
+            let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+            if matches!(read, Poll::Ready(Ok(()))) && room > 0 && buf.remaining() == room {
+                this.ended = true;
+            }
+            return read;
         }
         let n = this.first.len().min(buf.remaining());
         buf.put_slice(&this.first[..n]);
@@ -92,14 +104,14 @@ impl AsyncWrite for ClientIo {
     }
 
     /// Half-closes the socket, then reads on until the client closes too
-    /// (or the linger time passes) if it had sent bytes nobody read.
+    /// (or the linger time passes), unless it has closed already.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let deadline = match this.lingering.as_mut() {
             Some(deadline) => deadline,
             None => {
                 ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
-                if !linger::data_was_waiting(&this.stream) {
+                if this.ended {
                     return Poll::Ready(Ok(()));
                 }
                 this.lingering.insert(Box::pin(sleep(linger::LINGER_TIME)))

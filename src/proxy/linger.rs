@@ -41,12 +41,6 @@ fn discard(stream: &TcpStream) -> io::Result<usize> {
     SCRATCH.with_borrow_mut(|scratch| stream.try_read(scratch))
 }
 
-/// Whether the client had sent bytes that nobody read (now discarded):
-/// what makes a close a reset.
-pub fn data_was_waiting(stream: &TcpStream) -> bool {
-    matches!(discard(stream), Ok(n) if n > 0)
-}
-
 /// The client's side of a half-closed connection, read and discarded until
 /// it ends, fails or `deadline` comes.
 pub fn poll_drain(stream: &TcpStream, cx: &mut Context<'_>, deadline: Pin<&mut Sleep>) -> Poll<()> {
@@ -112,15 +106,5 @@ mod tests {
         assert_eq!(started.elapsed(), LINGER_TIME);
         let mut end = [0u8; 1];
         assert_eq!(client.read(&mut end).await.unwrap(), 0, "half-closed");
-    }
-
-    #[tokio::test]
-    async fn only_unread_bytes_count_as_waiting() {
-        let (server, mut client) = socket_pair().await;
-        assert!(!data_was_waiting(&server), "nothing sent yet");
-        client.write_all(b"body").await.unwrap();
-        server.readable().await.unwrap();
-        assert!(data_was_waiting(&server));
-        assert!(!data_was_waiting(&server), "discarded");
     }
 }
