@@ -22,6 +22,9 @@ pub struct ClassFilter {
     ours_is_default: bool,
     /// Other IngressClasses of our controller: another switchyard's.
     siblings: Vec<String>,
+    /// One of them is the cluster's default class: Ingresses of no class
+    /// are another switchyard's (unless ours is the default).
+    sibling_is_default: bool,
 }
 
 /// Whose an Ingress is.
@@ -35,29 +38,29 @@ pub enum Ownership {
 
 impl ClassFilter {
     pub fn new(class_name: &str, classes: &[Arc<IngressClass>]) -> Self {
-        let siblings = classes
+        let sibling_classes: Vec<_> = classes
             .iter()
             .filter(|class| {
                 class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
             })
+            .filter(|class| class.metadata.name.as_deref() != Some(class_name))
+            .collect();
+        let sibling_is_default = sibling_classes.iter().any(|class| is_default(class));
+        let siblings = sibling_classes
+            .iter()
             .filter_map(|class| class.metadata.name.clone())
-            .filter(|name| name != class_name)
             .collect();
         let ours_is_default = classes.iter().any(|class| {
             class.metadata.name.as_deref() == Some(class_name)
                 && class.spec.as_ref().and_then(|s| s.controller.as_deref())
                     == Some(CONTROLLER_NAME)
-                && class
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                    .is_some_and(|v| v == "true")
+                && is_default(class)
         });
         Self {
             class_name: class_name.to_string(),
             ours_is_default,
             siblings,
+            sibling_is_default,
         }
     }
 
@@ -76,6 +79,7 @@ impl ClassFilter {
             });
         match named {
             Some(name) if self.siblings.iter().any(|s| s == name) => Ownership::Sibling,
+            None if self.sibling_is_default => Ownership::Sibling,
             _ => Ownership::Other,
         }
     }
@@ -98,4 +102,15 @@ impl ClassFilter {
         }
         self.ours_is_default
     }
+}
+
+/// Whether `class` is marked the cluster's default (exactly `"true"`, as
+/// the API server's admission check takes it).
+fn is_default(class: &IngressClass) -> bool {
+    class
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+        .is_some_and(|v| v == "true")
 }

@@ -363,6 +363,14 @@ fn ingresses_of_another_class_of_our_controller_are_another_switchyards() {
         owners,
         [Ownership::Ours, Ownership::Sibling, Ownership::Other]
     );
+
+    // With the other switchyard's class the default, a class-less Ingress
+    // is that one's too.
+    let default_sibling = "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: internal\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: switchyard.dev/ingress-controller}\n";
+    let classless = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: classless}\nspec: {}\n";
+    let objects = self::snapshot(&[default_sibling, classless].concat());
+    let filter = ClassFilter::new("switchyard", &objects.ingress_classes);
+    assert_eq!(filter.ownership(&objects.ingresses[0]), Ownership::Sibling);
 }
 
 #[test]
