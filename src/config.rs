@@ -79,11 +79,26 @@ fn overridden(key: &str, given: &[String], subcommand: &clap::Command) -> bool {
     else {
         return false;
     };
-    subcommand
+    // A conflict is declared on one of the two flags: look both ways.
+    let declared_here = subcommand
         .get_arg_conflicts_with(arg)
         .iter()
         .filter_map(|other| other.get_long())
-        .any(|other| given.iter().any(|flag| flag == other))
+        .any(|other| given.iter().any(|flag| flag == other));
+    declared_here
+        || subcommand
+            .get_arguments()
+            .filter(|other| {
+                other
+                    .get_long()
+                    .is_some_and(|long| given.iter().any(|f| f == long))
+            })
+            .any(|other| {
+                subcommand
+                    .get_arg_conflicts_with(other)
+                    .iter()
+                    .any(|conflict| conflict.get_long() == Some(key))
+            })
 }
 
 /// Finds `--config FILE` (or `--config=FILE`) in raw arguments.
@@ -173,6 +188,14 @@ mod tests {
         assert_eq!(run.cluster.publish_service, None);
         assert_eq!(run.cluster.publish_status_address, ["192.0.2.1"]);
         assert_eq!(run.drain_timeout, std::time::Duration::from_secs(5));
+        // The other way round: the conflict is declared on the command
+        // line's flag, not the file's.
+        let run = run_with(
+            "publish-status-address: [192.0.2.1]\n",
+            &["--publish-service", "ingress/lb"],
+        );
+        assert!(run.cluster.publish_status_address.is_empty());
+        assert_eq!(run.cluster.publish_service.as_deref(), Some("ingress/lb"));
     }
 
     #[test]
