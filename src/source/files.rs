@@ -91,9 +91,13 @@ impl FileSource {
         // What could be read of broken files without a good version is
         // served, but never becomes one: the next read of such a file
         // serves whatever it gives then.
-        let mut serving = self.last_good.clone();
-        serving.extend(partial);
-        let snapshot = assemble(&serving, &mut errors);
+        let snapshot = if partial.is_empty() {
+            assemble(&self.last_good, &mut errors)
+        } else {
+            let mut serving = self.last_good.clone();
+            serving.extend(partial);
+            assemble(&serving, &mut errors)
+        };
         LoadReport {
             snapshot,
             errors,
