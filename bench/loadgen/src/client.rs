@@ -443,10 +443,13 @@ async fn ws_session(target: &Target) -> std::io::Result<()> {
     stream.shutdown().await?;
     // Done once the proxy has closed its end too, cleanly: a reset or a
     // connection left open is not a completed session.
-    if stream.read(&mut back).await? != 0 {
-        return Err(std::io::Error::other("data after the close frame"));
+    let end = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut back)).await;
+    match end {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(_)) => Err(std::io::Error::other("data after the close frame")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other("the proxy kept the connection open")),
     }
-    Ok(())
 }
 
 /// Bytes moved through one tunnel in each direction.
