@@ -135,12 +135,13 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
          - The load generator sends pre-built requests over raw sockets and does not retry; a failed exchange counts as an error.\n\
          - All targets are started before any is loaded, and every load figure goes round them: it is measured on each target in turn, {} times over, and each target's figure is its median round (by rate, throughput or median round trip). A slow spell of the shared host then falls on every target alike rather than on whichever was being measured. The keep-alive latency percentiles are of all rounds together, so that a stall in a round the median leaves out still shows.\n\
          - Each connection sends its next request only once the answer is in, so a stall would also hide the requests it kept from being sent (coordinated omission): request latencies are corrected for it as HdrHistogram does, with each connection's mean latency as the interval it would have kept.\n\
-         - Memory is resident memory (RSS) summed over the proxy's processes: for nginx its master and worker, whose shared pages are so counted twice, and whose worker also allocates, when it starts, the 20,000 connection slots it is configured with for the idle-tunnel figure (ingress-nginx's own default is 16,384).\n\
+         - Memory is resident memory (RSS) summed over the proxy's processes: for nginx its master and worker, whose shared pages are so counted twice; idle memory is also given as proportional set size (PSS), which counts each shared page once, split between the processes sharing it. nginx's worker also allocates, when it starts, the 20,000 connection slots it is configured with for the idle-tunnel figure (ingress-nginx's own default is 16,384). Memory per idle tunnel is the growth from the first of {} batches of tunnels to all of them, divided by the tunnels added after the first batch: the first tunnels can reuse memory the load figures before them freed.\n\
          - Keep-alive and body figures are the steady state: in each round their connections send requests for {} ms first, not counted, then for {} s. How a proxy meets a burst of new clients is its own figure, measured first on each freshly started proxy (which holds at most the backend connection its readiness check made): {} connections opened at once, each timed from its connect to its first complete response.\n\
          - Tunnel throughput is the median of {} transfers of {} MiB each way, one per round; start to first answer is the median of {} starts.\n\
          - Each round records the load average, the CPU other processes used while it ran and the CPU the hypervisor gave to other machines (steal, which no process list shows on a shared VM); a round where these took more than a quarter of a core together is measured again once. The last table shows each target's most disturbed round of each figure, and how far apart its rounds were (best ÷ worst): rounds that none of these records as disturbed still differ, and a ratio between targets means little where that spread is as large.\n\
          - Open-files limit: {} (hard limit; the soft limit is raised to it).\n",
         crate::suite::ROUNDS,
+        crate::suite::IDLE_TUNNEL_BATCHES,
         crate::client::WARM_UP.as_millis(),
         results.figure_seconds,
         crate::suite::BURST_CONNECTIONS,
@@ -244,6 +245,12 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
     row(&mut out, "idle RSS (MiB)", results, |t| {
         (t.kind != Kind::Direct).then(|| t.idle_rss_bytes as f64 / 1048576.0)
     });
+    row(
+        &mut out,
+        "idle PSS, shared pages once (MiB)",
+        results,
+        |t| (t.kind != Kind::Direct).then(|| t.idle_pss_bytes as f64 / 1048576.0),
+    );
     row(&mut out, "start to first answer (ms)", results, |t| {
         (t.kind != Kind::Direct).then_some(t.start_to_ready_ms)
     });
@@ -831,6 +838,7 @@ pub(crate) mod tests {
             kind,
             start_to_ready_ms: 0.0,
             idle_rss_bytes: 0,
+            idle_pss_bytes: 0,
             burst: BurstResult::default(),
             http: vec![HttpResult {
                 concurrency: 16,

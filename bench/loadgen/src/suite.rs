@@ -130,6 +130,8 @@ pub struct TargetResults {
     pub kind: Kind,
     pub start_to_ready_ms: f64,
     pub idle_rss_bytes: u64,
+    /// The same as proportional set size (shared pages counted once).
+    pub idle_pss_bytes: u64,
     /// First responses to [`BURST_CONNECTIONS`] new connections at once,
     /// measured first, while the proxy holds at most the backend connection
     /// its readiness check made.
@@ -312,6 +314,7 @@ pub async fn run(setup: &Setup, plan: &Plan, backend_pid: u32) -> anyhow::Result
             kind: run.kind,
             start_to_ready_ms: run.running.start_to_ready.as_secs_f64() * 1000.0,
             idle_rss_bytes: run.idle_rss_bytes,
+            idle_pss_bytes: run.idle_pss_bytes,
             burst: run
                 .burst
                 .clone()
@@ -710,6 +713,7 @@ struct TargetRun {
     /// backend and this target's proxy.
     ours: Vec<u32>,
     idle_rss_bytes: u64,
+    idle_pss_bytes: u64,
     /// None for the floor, which connects to the backend inline, one new
     /// client at a time: its burst would be no floor for anyone's.
     burst: Option<BurstResult>,
@@ -734,6 +738,7 @@ impl TargetRun {
         ours.extend(running.pid());
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_rss_bytes = running.rss_bytes();
+        let idle_pss_bytes = running.pss_bytes();
         let mut loads = Vec::new();
         let mut burst = None;
         if kind != Kind::Floor {
@@ -757,6 +762,7 @@ impl TargetRun {
             probe,
             ours,
             idle_rss_bytes,
+            idle_pss_bytes,
             burst,
             loads,
         })
@@ -1065,6 +1071,9 @@ fn collect<T>(rounds: Vec<std::io::Result<T>>) -> std::io::Result<Vec<T>> {
     rounds.into_iter().collect()
 }
 
+/// How many batches idle tunnels are opened in, memory sampled after each.
+pub const IDLE_TUNNEL_BATCHES: usize = 8;
+
 /// RSS growth while `count` idle tunnels are open, sampled on the way.
 async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTunnels> {
     let settle = Duration::from_millis(500);
@@ -1072,7 +1081,7 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
     let rss_before = running.rss_bytes();
     let mut samples = vec![(0, rss_before)];
     let mut open = Vec::with_capacity(count);
-    let step = (count / 8).max(1);
+    let step = (count / IDLE_TUNNEL_BATCHES).max(1);
     let mut refused = None;
     while open.len() < count {
         let batch = step.min(count - open.len());
@@ -1092,7 +1101,17 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
     tokio::time::sleep(settle).await;
     let rss_after = running.rss_bytes();
     let count = open.len().max(1);
+    samples.push((open.len(), rss_after));
     drop(open);
+    // From the first batch on: the first tunnels can reuse memory the
+    // load figures before freed, which would make every proxy look
+    // cheaper per tunnel than it is.
+    let bytes_per_tunnel = match samples.get(1) {
+        Some(&(first, rss_first)) if count > first => {
+            rss_after.saturating_sub(rss_first) as f64 / (count - first) as f64
+        }
+        _ => rss_after.saturating_sub(rss_before) as f64 / count as f64,
+    };
     if let Some(why) = &refused {
         eprintln!("  idle tunnels: {why}");
     }
@@ -1101,7 +1120,7 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
         count,
         rss_before,
         rss_after,
-        bytes_per_tunnel: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+        bytes_per_tunnel,
         samples,
     })
 }

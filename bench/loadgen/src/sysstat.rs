@@ -59,6 +59,24 @@ pub fn tree_rss_bytes(pid: u32) -> u64 {
     process_tree(pid).into_iter().map(rss_bytes).sum()
 }
 
+/// Proportional set size of one process, in bytes: its resident pages,
+/// each page it shares with other processes counted as its share of it.
+pub fn pss_bytes(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Total proportional set size of a process tree, in bytes: what summed
+/// RSS says, but with the pages the processes share (nginx's master and
+/// worker) counted once.
+pub fn tree_pss_bytes(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(pss_bytes).sum()
+}
+
 /// User plus system CPU time of a set of processes, in clock ticks.
 pub fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()

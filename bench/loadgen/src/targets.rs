@@ -187,6 +187,10 @@ impl Running {
         self.pid().map_or(0, sysstat::tree_rss_bytes)
     }
 
+    pub fn pss_bytes(&self) -> u64 {
+        self.pid().map_or(0, sysstat::tree_pss_bytes)
+    }
+
     fn start_switchyard(&mut self, setup: &Setup) -> anyhow::Result<()> {
         std::fs::write(
             self.dir.join("manifests/bench.yaml"),
