@@ -575,15 +575,27 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
     idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
+    let mut received = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
-        while idle.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        while let Ok(n @ 1..) = idle.read(&mut buf).await {
+            received.extend_from_slice(&buf[..n]);
+        }
     })
     .await;
     assert!(
         closed.is_ok(),
         "an idle HTTP/2 connection is still open after 5s"
     );
+    // Told first: a GOAWAY frame (type 7) among what the proxy sent.
+    let mut frames = received.as_slice();
+    let mut kinds = Vec::new();
+    while frames.len() >= 9 {
+        let length = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        kinds.push(frames[3]);
+        frames = &frames[(9 + length).min(frames.len())..];
+    }
+    assert!(kinds.contains(&7), "frame types {kinds:?}");
 
     let mut sender = http2_client::<Empty<Bytes>>(proxy.addr).await;
     let response = sender

@@ -54,9 +54,9 @@ impl Streams {
         }
     }
 
-    /// Whether no stream is open now.
-    pub fn is_idle(&self) -> bool {
-        self.state().open == 0
+    /// Counts idle time from now on, as if a stream had just ended.
+    pub fn restart_idle(&self) {
+        self.state().last_closed = Instant::now();
     }
 
     /// Resolves once no stream has been open for `limit`.
@@ -162,6 +162,11 @@ mod tests {
             limit,
             "counted from the last stream's end"
         );
-        assert!(streams.is_idle());
+        // Idle long since, then counted again from a restart.
+        tokio::time::sleep(limit).await;
+        streams.restart_idle();
+        let restarted = Instant::now();
+        streams.idle_for(limit).await;
+        assert_eq!(restarted.elapsed(), limit);
     }
 }

@@ -257,10 +257,13 @@ impl Proxy {
                     // still. Unless a stream opened meanwhile, it is
                     // dropped after as long again.
                     // (A stream the client still opens may finish first:
-                    // the connection goes once it is idle again.)
+                    // the connection goes once it is idle again.) The
+                    // connection is polled first, so the GOAWAY goes out.
                     let limit = self.config.header_read_timeout;
+                    streams.restart_idle();
                     let ending = self.until_closed(connection.as_mut(), |c| c.graceful_shutdown());
                     tokio::select! {
+                        biased;
                         result = ending => result,
                         () = streams.idle_for(limit) => Ok(()),
                     }
