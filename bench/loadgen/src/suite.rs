@@ -1103,15 +1103,7 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
     let count = open.len().max(1);
     samples.push((open.len(), rss_after));
     drop(open);
-    // From the first batch on: the first tunnels can reuse memory the
-    // load figures before freed, which would make every proxy look
-    // cheaper per tunnel than it is.
-    let bytes_per_tunnel = match samples.get(1) {
-        Some(&(first, rss_first)) if count > first => {
-            rss_after.saturating_sub(rss_first) as f64 / (count - first) as f64
-        }
-        _ => rss_after.saturating_sub(rss_before) as f64 / count as f64,
-    };
+    let bytes_per_tunnel = bytes_per_tunnel(&samples);
     if let Some(why) = &refused {
         eprintln!("  idle tunnels: {why}");
     }
@@ -1123,6 +1115,24 @@ async fn idle_tunnels(running: &Running, count: usize) -> anyhow::Result<IdleTun
         bytes_per_tunnel,
         samples,
     })
+}
+
+/// Memory per tunnel from `(tunnels open, bytes)` samples, the first with
+/// none open and the last with all: the growth from the first batch on,
+/// over the tunnels added after it. The first tunnels can reuse memory
+/// the load figures before them freed, which would make every proxy look
+/// cheaper per tunnel than it is. With no batch before the last, the
+/// growth from none.
+fn bytes_per_tunnel(samples: &[(usize, u64)]) -> f64 {
+    let (Some(&(_, none)), Some(&(all, last))) = (samples.first(), samples.last()) else {
+        return 0.0;
+    };
+    match samples.get(1) {
+        Some(&(first, at_first)) if all > first => {
+            last.saturating_sub(at_first) as f64 / (all - first) as f64
+        }
+        _ => last.saturating_sub(none) as f64 / all.max(1) as f64,
+    }
 }
 
 /// How long load and pings go on after the last change.
@@ -1220,6 +1230,25 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_per_tunnel_leaves_out_the_first_batch() {
+        // The first 100 tunnels cost 1,000 bytes each (reused memory), the
+        // next 700 2,000 each.
+        let samples = [
+            (0, 10_000_000),
+            (100, 10_100_000),
+            (400, 10_700_000),
+            (800, 11_500_000),
+        ];
+        assert_eq!(bytes_per_tunnel(&samples), 2_000.0);
+        // Stopped in the first batch: counted from none.
+        assert_eq!(
+            bytes_per_tunnel(&[(0, 1_000), (10, 21_000), (10, 21_000)]),
+            2_000.0
+        );
+        assert_eq!(bytes_per_tunnel(&[(0, 1_000)]), 0.0);
+    }
 
     fn load(other_cores: f64, stolen_cores: f64, measured_again: usize) -> FigureLoad {
         FigureLoad {

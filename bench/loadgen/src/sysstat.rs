@@ -6,10 +6,14 @@ use std::collections::HashSet;
 
 /// Resident set size of one process, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+    kb_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// A `Name:   123 kB` line of a /proc file, in bytes (0 if missing).
+fn kb_field(path: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -62,12 +66,7 @@ pub fn tree_rss_bytes(pid: u32) -> u64 {
 /// Proportional set size of one process, in bytes: its resident pages,
 /// each page it shares with other processes counted as its share of it.
 pub fn pss_bytes(pid: u32) -> u64 {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
 /// Total proportional set size of a process tree, in bytes: what summed
@@ -299,6 +298,16 @@ impl CoreWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_processs_pss_is_resident_and_at_most_its_rss() {
+        let me = std::process::id();
+        let (rss, pss) = (rss_bytes(me), pss_bytes(me));
+        assert!(pss > 0, "no Pss read");
+        // Shared pages count in full in RSS, as a share in PSS.
+        assert!(pss <= rss, "pss {pss} > rss {rss}");
+        assert_eq!(rss_bytes(u32::MAX), 0, "no such process");
+    }
 
     #[test]
     fn taskset_lists_name_single_cpus_and_ranges() {

@@ -10,7 +10,7 @@ use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::API_WRITE_TIMEOUT;
+use super::bounded_write;
 use crate::metrics::Metrics;
 use crate::routes::Warning;
 use crate::snapshot::ClusterSnapshot;
@@ -65,12 +65,7 @@ impl EventPublisher {
                 action: "Translate".into(),
                 secondary: None,
             };
-            let publish = self.recorder.publish(&event, &reference);
-            let result = match tokio::time::timeout(API_WRITE_TIMEOUT, publish).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {API_WRITE_TIMEOUT:?}")),
-            };
-            match result {
+            match bounded_write(self.recorder.publish(&event, &reference)).await {
                 Ok(()) => {
                     self.metrics
                         .events

@@ -32,6 +32,16 @@ pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 /// otherwise wait for TCP to give up, about a quarter of an hour.
 pub const API_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// One API write, within [`API_WRITE_TIMEOUT`]; its error as text.
+pub async fn bounded_write<T, E: std::fmt::Display>(
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(API_WRITE_TIMEOUT, write).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {API_WRITE_TIMEOUT:?}")),
+    }
+}
+
 /// One namespaced kind to watch: in every watched namespace, or in all.
 struct Watch<'a> {
     client: &'a Client,

@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
-use super::API_WRITE_TIMEOUT;
+use super::bounded_write;
 use crate::metrics::Metrics;
 use crate::routes::class::Ownership;
 use crate::snapshot::ClusterSnapshot;
@@ -166,11 +166,7 @@ impl StatusWriter {
             let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
             let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-            let write = api.patch_status(&change.name, &params, &patch);
-            let result = match tokio::time::timeout(API_WRITE_TIMEOUT, write).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {API_WRITE_TIMEOUT:?}")),
-            };
+            let result = bounded_write(api.patch_status(&change.name, &params, &patch)).await;
             all_written &= result.is_ok();
             let outcome = match (&result, change.addresses.is_empty()) {
                 (Ok(_), false) => "updated",
