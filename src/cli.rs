@@ -226,8 +226,9 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub publish_status_address: Vec<String>,
 
-    /// How long to wait for a burst of cluster changes to settle before
-    /// translating (changes are coalesced into one table swap).
+    /// The longest a burst of cluster changes is coalesced into one table
+    /// swap, and the least time between two translations. A lone change is
+    /// translated once nothing else has changed for 25 ms.
     #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration)]
     pub sync_debounce: Duration,
 

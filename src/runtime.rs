@@ -24,6 +24,7 @@ use crate::routes::{PassiveHealthConfig, RouteStore, TranslateOptions, Translati
 use crate::serving::Serving;
 use crate::shutdown::{self, Shutdown};
 use crate::snapshot::ClusterSnapshot;
+use crate::source::burst::Pacing;
 use crate::source::files::{FileSource, LoadReport};
 use crate::source::kube::events::EventPublisher;
 use crate::source::kube::health::SourceHealth;
@@ -305,6 +306,7 @@ async fn run_cluster(
 
     tracing::info!("waiting for the initial list of every watched kind");
     stores.wait_until_ready().await;
+    let mut pacing = Pacing::new(cluster.sync_debounce);
     loop {
         // Changes that arrived while we waited are in this snapshot.
         let _ = changed.notified().now_or_never();
@@ -327,8 +329,7 @@ async fn run_cluster(
             warnings,
             classes,
         })));
-        changed.notified().await;
-        tokio::time::sleep(cluster.sync_debounce).await;
+        pacing.next(&changed).await;
     }
 }
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::watch;
-use tokio::time::Instant;
+
+use super::burst::Burst;
 
 /// How long the manifest files must go unchanged for a burst to settle.
 /// A program writing several files (a copy, a checkout) writes them within
@@ -208,17 +209,11 @@ async fn settle(changes: &mut Changes) -> bool {
     if changes.changed().await.is_err() {
         return false;
     }
-    let limit = Instant::now() + SETTLE_LIMIT;
+    let burst = Burst::begin(SETTLE_QUIET, SETTLE_LIMIT);
     loop {
         let writing = *changes.borrow_and_update() > 0;
-        let now = Instant::now();
-        if now >= limit {
+        let Some(until) = burst.next_change_by(writing) else {
             return true;
-        }
-        let until = if writing {
-            limit
-        } else {
-            (now + SETTLE_QUIET).min(limit)
         };
         match tokio::time::timeout_at(until, changes.changed()).await {
             // More of the burst: wait again from here.
@@ -294,6 +289,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use notify::event::{AccessKind, CreateKind, DataChange, RemoveKind, RenameMode};
+    use tokio::time::Instant;
 
     use super::*;
 
