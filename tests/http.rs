@@ -158,6 +158,37 @@ async fn forwarding_headers_are_set_by_the_proxy_and_host_is_preserved() {
 }
 
 #[tokio::test]
+async fn an_http10_request_without_host_goes_by_the_rules_for_any_host() {
+    let any = backends::echo("any").await;
+    let named = backends::echo("named").await;
+    let yaml = route("any", "", "/", &[any.addr]) + &route("named", "h", "/", &[named.addr]);
+    let proxy = TestProxy::start(&yaml).await;
+    let (mut client, head, rest) = raw_exchange(proxy.addr, "GET /old HTTP/1.0\r\n\r\n", b"").await;
+    assert!(head.contains(" 200 "), "{head}");
+    let body = read_body(&mut client, &head, rest).await;
+    assert!(body.starts_with("any\nGET /old\n"), "{body}");
+    assert_eq!(
+        echoed(&body, "host"),
+        [""],
+        "sent on with an empty Host: {body}"
+    );
+    assert_eq!(named.connections.load(Ordering::SeqCst), 0);
+
+    // HTTP/1.1 must name its host.
+    let (_, head, _) = raw_exchange(proxy.addr, "GET /new HTTP/1.1\r\n\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn an_http10_request_without_host_finds_no_named_host() {
+    let named = backends::echo("named").await;
+    let proxy = TestProxy::start(&route("named", "h", "/", &[named.addr])).await;
+    let (_, head, _) = raw_exchange(proxy.addr, "GET / HTTP/1.0\r\n\r\n", b"").await;
+    assert!(head.contains(" 404 "), "{head}");
+    assert_eq!(named.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
     let echo = backends::echo("hop").await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;

@@ -73,8 +73,14 @@ pub async fn handle(
     if let Err(why) = validate(&request, authority, &seen) {
         return Ok(exchange.local(&proxy, LocalReply::BadRequest(why)));
     }
-    let (Some(authority), Some(authority_value)) = (authority, authority_value.as_ref()) else {
-        return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
+    let (authority, authority_value) = match (authority, authority_value.as_ref()) {
+        (Some(authority), Some(value)) => (authority, value),
+        // Only HTTP/1.1 must name a host (RFC 9112 §3.2); an older request
+        // without one has a target with no authority. It is routed by the
+        // rules for any host (and the default backend), and sent on with
+        // the empty `Host` RFC 9112 gives such a target.
+        _ if request.version() < Version::HTTP_11 => ("", &HOSTLESS),
+        _ => return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header"))),
     };
     if let Err(refusal) = proxy.client_limits.request(conn.remote.ip()) {
         proxy
@@ -238,6 +244,9 @@ fn validate(
 /// header (`host`, the first one), as a header value (sent on as `Host`
 /// and `X-Forwarded-Host` without a copy) that is known to be a non-empty
 /// string.
+/// The `Host` sent on for a request whose target has no authority.
+static HOSTLESS: HeaderValue = HeaderValue::from_static("");
+
 fn request_authority(request: &ClientRequest, host: Option<HeaderValue>) -> Option<HeaderValue> {
     let value = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok()?,
