@@ -20,9 +20,9 @@ use crate::routes::{Pick, Route};
 /// Rewrites a request head for the backend: hop-by-hop headers removed,
 /// HTTP/1.1. (`Host` and the forwarding headers are the encoder's: see
 /// [`ProxyFields`].)
-pub fn prepare_headers(parts: &mut http::request::Parts) {
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = Version::HTTP_11;
+fn prepare_headers(request: &mut ClientRequest) {
+    strip_hop_by_hop(request.headers_mut());
+    *request.version_mut() = Version::HTTP_11;
 }
 
 fn path_and_query(uri: &Uri) -> PathAndQuery {
@@ -35,7 +35,9 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
 /// headers rewritten ([`prepare_headers`]), its target in origin form, how
 /// its body is framed, and the body when it has one.
 pub struct ForBackend {
-    pub parts: http::request::Parts,
+    /// The request without its body, in the box the pipeline was given it
+    /// in: its head is read where it is, never moved.
+    head: Box<ClientRequest>,
     target: PathAndQuery,
     framing: RequestFraming,
     pub body: Option<ClientBody>,
@@ -45,15 +47,15 @@ impl ForBackend {
     /// Fails on a `Content-Length` that is not a single number. Inlined:
     /// built in place in the caller's state rather than moved into it.
     #[inline(always)]
-    pub fn new(request: ClientRequest) -> Result<Self, UpstreamError> {
-        let (mut parts, body) = request.into_parts();
-        prepare_headers(&mut parts);
-        let target = path_and_query(&parts.uri);
+    pub fn new(mut head: Box<ClientRequest>) -> Result<Self, UpstreamError> {
+        let body = head.body_mut().take();
+        prepare_headers(&mut head);
+        let target = path_and_query(head.uri());
         let bodiless = body.as_ref().is_none_or(Body::is_end_stream);
-        let framing = RequestFraming::of(&parts.headers, bodiless)
+        let framing = RequestFraming::of(head.headers(), bodiless)
             .ok_or_else(UpstreamError::invalid_content_length)?;
         Ok(Self {
-            parts,
+            head,
             target,
             framing,
             body: body.filter(|_| !bodiless),
@@ -64,7 +66,8 @@ impl ForBackend {
     /// sets.
     pub fn outgoing<'a>(&'a self, proxy_fields: &ProxyFields<'a>) -> Outgoing<'a> {
         Outgoing {
-            parts: &self.parts,
+            method: self.head.method(),
+            headers: self.head.headers(),
             target: &self.target,
             framing: self.framing,
             proxy_fields: *proxy_fields,
@@ -79,7 +82,7 @@ pub async fn forward(
     proxy: &Proxy,
     route: &Route,
     first: Pick,
-    request: ClientRequest,
+    request: Box<ClientRequest>,
     proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
     let mut request = match ForBackend::new(request) {
@@ -90,7 +93,7 @@ pub async fn forward(
     let mut attempts = Attempts::new(
         &route.backend,
         first,
-        may_retry(&request.parts.method, bodiless),
+        may_retry(request.head.method(), bodiless),
     );
     // A body is sent once: a request with one is never retried.
     let (mut streamed, progress) = match request.body.take() {

@@ -224,7 +224,7 @@ impl Proxy {
             service::handle(
                 proxy.clone(),
                 handler_conn.clone(),
-                request.map(|body| Some(ClientBody::Hyper(body))),
+                Box::new(request.map(|body| Some(ClientBody::Hyper(body)))),
             )
         });
         let io = TokioIo::new(stream);

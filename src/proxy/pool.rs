@@ -44,7 +44,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -74,13 +74,13 @@ impl Pool {
         body: UpstreamBody,
     ) -> Result<Response<BackendBody>, UpstreamError> {
         let replayable =
-            matches!(body, UpstreamBody::Empty) && request.parts.method.is_idempotent();
+            matches!(body, UpstreamBody::Empty) && request.method.is_idempotent();
         let mut unsent = Some(body);
         loop {
             let (mut conn, reused) = match self.checkout(addr) {
                 Some(conn) => (conn, true),
                 None => (
-                    Connection::new(connect(addr, self.connect_timeout).await?),
+                    Connection::new(connect(addr, self.connect_timeout).await?, addr),
                     false,
                 ),
             };
@@ -90,7 +90,6 @@ impl Pool {
                 Ok((head, whole)) => {
                     let checkin = Checkin {
                         pool: Arc::downgrade(self),
-                        addr,
                     };
                     let checkin = (whole && head.keep_alive).then_some(checkin);
                     return Ok(
@@ -109,7 +108,7 @@ impl Pool {
 
     /// The most recently used idle connection to `addr` that the backend
     /// has not closed.
-    fn checkout(&self, addr: SocketAddr) -> Option<Connection> {
+    fn checkout(&self, addr: SocketAddr) -> Option<Box<Connection>> {
         loop {
             let idle = {
                 let mut pool = self.idle.lock().expect("pool lock");
@@ -128,7 +127,8 @@ impl Pool {
         }
     }
 
-    fn checkin(self: &Arc<Self>, addr: SocketAddr, conn: Connection) {
+    fn checkin(self: &Arc<Self>, conn: Box<Connection>) {
+        let addr = conn.addr();
         {
             let mut pool = self.idle.lock().expect("pool lock");
             let list = pool.entry(addr).or_default();
@@ -182,14 +182,13 @@ async fn sweep(pool: Weak<Pool>) {
 /// been read to its end; dropped (and the connection closed) otherwise.
 pub struct Checkin {
     pool: Weak<Pool>,
-    addr: SocketAddr,
 }
 
 impl Checkin {
     /// The exchange on `conn` is complete: it may carry another.
-    pub fn release(self, conn: Connection) {
+    pub fn release(self, conn: Box<Connection>) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.addr, conn);
+            pool.checkin(conn);
         }
     }
 }
@@ -266,7 +265,8 @@ mod tests {
         static HOST: HeaderValue = HeaderValue::from_static("example.com");
         static CLIENT: HeaderValue = HeaderValue::from_static("127.0.0.1");
         let outgoing = Outgoing {
-            parts,
+            method: &parts.method,
+            headers: &parts.headers,
             target: &PathAndQuery::from_static("/"),
             framing: RequestFraming::None,
             proxy_fields: ProxyFields {

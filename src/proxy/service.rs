@@ -36,7 +36,7 @@ use crate::routes::Route;
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
-    request: ClientRequest,
+    request: Box<ClientRequest>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut exchange = Exchange {
         start: Instant::now(),

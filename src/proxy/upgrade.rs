@@ -13,7 +13,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode, Version};
 use hyper::body::Body;
-use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, TimeoutBody, UpstreamBody};
 use super::client_upgrade::ClientUpgrade;
@@ -122,7 +121,7 @@ pub async fn upgrade(
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
     first: Pick,
-    request: ClientRequest,
+    request: Box<ClientRequest>,
     offered: HeaderValue,
     proxy_fields: &ProxyFields<'_>,
 ) -> (SocketAddr, Result<Response<ResponseBody>, UpstreamError>) {
@@ -146,8 +145,11 @@ pub async fn upgrade(
     };
     let result = match connected {
         Ok(stream) => {
+            // Never pooled: once this exchange is over (a relayed refusal,
+            // a failed check, the tunnel's end) the connection closes.
+            let backend = Connection::new(stream, endpoint.addr);
             let result =
-                handshake(proxy, conn, route, stream, request, &offered, proxy_fields).await;
+                handshake(proxy, conn, route, backend, request, &offered, proxy_fields).await;
             record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
             result
         }
@@ -167,8 +169,8 @@ async fn handshake(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     route: &Arc<Route>,
-    stream: TcpStream,
-    mut request: ClientRequest,
+    mut backend: Box<Connection>,
+    mut request: Box<ClientRequest>,
     offered: &HeaderValue,
     proxy_fields: &ProxyFields<'_>,
 ) -> Result<(Response<ResponseBody>, UpgradeResult), UpstreamError> {
@@ -196,9 +198,6 @@ async fn handshake(
         }
     };
 
-    // Never pooled: once this exchange is over (a relayed refusal, a
-    // failed check, the tunnel's end) the connection closes.
-    let mut backend = Connection::new(stream);
     let timeout = proxy.config.upstream_response_timeout;
     let (head, body_sent) = upstream::within_response_timeout(
         backend.exchange(&request.outgoing(&proxy_fields), body, timeout),

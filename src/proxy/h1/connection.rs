@@ -10,13 +10,14 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use http::request::Parts;
+use http::{HeaderMap, Method};
 use http::uri::PathAndQuery;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -40,6 +41,8 @@ const IDLE_BUFFER_KEPT: usize = 16 * 1024;
 /// A backend connection between exchanges, or in one.
 pub struct Connection {
     pub(super) stream: TcpStream,
+    /// The backend's address, which the pool files the connection under.
+    addr: SocketAddr,
     /// Bytes read from the backend and not handed on yet.
     pub(super) read: BytesMut,
     /// The request head being written (kept for its capacity).
@@ -52,7 +55,8 @@ pub struct Connection {
 /// attempt costs no copy.
 #[derive(Clone, Copy)]
 pub struct Outgoing<'a> {
-    pub parts: &'a Parts,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
     pub target: &'a PathAndQuery,
     pub framing: RequestFraming,
     pub proxy_fields: ProxyFields<'a>,
@@ -102,12 +106,21 @@ impl ExchangeError {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Self {
-        Self {
+    /// Boxed once, when made: a connection is moved from the pool into an
+    /// exchange, into the response's body and back for every request, and
+    /// a box moves as a pointer (the connection itself is 128 bytes, each
+    /// move of it a copy).
+    pub fn new(stream: TcpStream, addr: SocketAddr) -> Box<Self> {
+        Box::new(Self {
             stream,
+            addr,
             read: BytesMut::new(),
             head: Vec::new(),
-        }
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Whether the backend has neither closed this idle connection nor
@@ -145,7 +158,8 @@ impl Connection {
         write_stall: Duration,
     ) -> Result<(ResponseHead, bool), ExchangeError> {
         let Outgoing {
-            parts,
+            method,
+            headers,
             target,
             framing,
             proxy_fields,
@@ -153,9 +167,9 @@ impl Connection {
         self.head.clear();
         encode::request_head(
             &mut self.head,
-            &parts.method,
+            method,
             target,
-            &parts.headers,
+            headers,
             framing,
             &proxy_fields,
         );
@@ -164,13 +178,13 @@ impl Connection {
         let body = match body {
             UpstreamBody::Empty => {
                 write_all(&mut writer, &mut [IoSlice::new(&self.head)], &mut stall).await?;
-                let head = read_head(&mut reader, &mut self.read, &parts.method).await?;
+                let head = read_head(&mut reader, &mut self.read, method).await?;
                 return Ok((head, true));
             }
             UpstreamBody::Streamed(body) => body,
         };
         let send = send(&mut writer, &self.head, body, framing, &mut stall);
-        let receive = read_head(&mut reader, &mut self.read, &parts.method);
+        let receive = read_head(&mut reader, &mut self.read, method);
         tokio::pin!(send, receive);
         tokio::select! {
             biased;
@@ -308,13 +322,14 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn pair() -> (Connection, TcpStream) {
+    async fn pair() -> (Box<Connection>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (peer, _) = listener.accept().await.unwrap();
-        (Connection::new(stream), peer)
+        let addr = stream.peer_addr().unwrap();
+        (Connection::new(stream, addr), peer)
     }
 
     #[tokio::test]

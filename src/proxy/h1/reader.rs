@@ -46,7 +46,7 @@ enum State {
 pub struct BackendBody {
     state: State,
     /// Held while the body is read from it.
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     /// Where `conn` goes once the body is over, when it may carry another
     /// exchange (never for an upgrade's own connection).
     checkin: Option<Checkin>,
@@ -55,7 +55,7 @@ pub struct BackendBody {
 impl BackendBody {
     /// The body that follows a head with `framing` on `conn`; `checkin`
     /// when the connection may be used again after it.
-    pub fn new(framing: Framing, mut conn: Connection, checkin: Option<Checkin>) -> Self {
+    pub fn new(framing: Framing, mut conn: Box<Connection>, checkin: Option<Checkin>) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Whole(None),
             Framing::Length(n) if n <= conn.read.len() as u64 => {

@@ -206,8 +206,6 @@ pub async fn serve(
     }
 }
 
-// Unboxed, as `Head`.
-#[expect(clippy::large_enum_variant)]
 enum Next {
     Request(Served),
     HandOff,
