@@ -73,8 +73,7 @@ impl Pool {
         request: &Outgoing<'_>,
         body: UpstreamBody,
     ) -> Result<Response<BackendBody>, UpstreamError> {
-        let replayable =
-            matches!(body, UpstreamBody::Empty) && request.method.is_idempotent();
+        let replayable = matches!(body, UpstreamBody::Empty) && request.method.is_idempotent();
         let mut unsent = Some(body);
         loop {
             let (mut conn, reused) = match self.checkout(addr) {

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use http::{HeaderMap, Method};
 use http::uri::PathAndQuery;
+use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
