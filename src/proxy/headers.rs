@@ -263,12 +263,7 @@ pub fn request_id(client: Option<HeaderValue>) -> HeaderValue {
     if let Some(value) = client.filter(|v| !v.is_empty()) {
         return value;
     }
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    // Owned by the bytes themselves: the value goes to the backend, the
-    // response and the log, and each copy is a reference count (a value
-    // from a `String` would be copied once more on its first clone).
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).expect("uuid is ascii")
+    super::request_ids::new_id()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod linger;
 pub mod listener;
 pub mod observe;
 pub mod pool;
+mod request_ids;
 pub mod responses;
 pub mod service;
 pub mod stall;
