@@ -1,6 +1,7 @@
 //! Open files: `switchyard run` raises its soft open-files limit to the
 //! hard one and sizes its descriptor table for `--max-connections` at
-//! start, and says so when the limit is too low for that many connections.
+//! start, and says so when the limit is too low for that many connections;
+//! out of descriptors, its listeners back off instead of spinning.
 
 mod common;
 
@@ -72,4 +73,82 @@ fn a_hard_limit_below_what_max_connections_needs_is_logged() {
     });
     assert!(logged, "{}", proxy.log_text());
     assert!(descriptor_table_slots(proxy.pid()) >= 1000);
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports these in USER_HZ, 100 a second.
+    std::time::Duration::from_millis(ticks * 10)
+}
+
+/// An HTTP/1.1 GET of `path` on a new connection; the status line.
+fn status_line(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn out_of_descriptors_the_listeners_back_off_and_serve_again_once_some_are_free() {
+    let dir = manifests();
+    let proxy = Switchyard::start_with_limits(dir.path(), "ulimit -n 64", &[]);
+    // More than the limit leaves room for: the rest wait in the listen
+    // queue, where every accept of them fails with EMFILE.
+    let mut held: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(proxy.http).unwrap())
+        .collect();
+    let failed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let log = proxy.log_text();
+        log.lines()
+            .any(|l| l.contains("accept failed") && !l.contains("admin accept failed"))
+    });
+    assert!(failed, "{}", proxy.log_text());
+    // With every descriptor taken, the admin listener's accepts fail too.
+    held.extend((0..5).map(|_| std::net::TcpStream::connect(proxy.admin).unwrap()));
+    let admin_failed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        proxy.log_text().contains("admin accept failed")
+    });
+    assert!(admin_failed, "{}", proxy.log_text());
+
+    // Retrying at once would keep a core busy for as long as the queue
+    // is full; backing off uses next to none of it.
+    let before = cpu_time(proxy.pid());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_time(proxy.pid()) - before;
+    assert!(
+        used < std::time::Duration::from_millis(300),
+        "{used:?} of CPU in a second of failing accepts"
+    );
+
+    drop(held);
+    let served = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        status_line(proxy.admin, "/healthz").contains(" 200 ")
+    });
+    assert!(served, "admin serves again: {}", proxy.log_text());
+    assert!(
+        status_line(proxy.http, "/").contains(" 404 "),
+        "the proxy serves again"
+    );
 }
