@@ -473,19 +473,6 @@ fn assert_port_is_refused(addr: std::net::SocketAddr, flags: &[&str]) {
     );
 }
 
-/// CPU time (user + system) of process `pid` so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[tokio::test]
 async fn a_busy_polling_proxy_serves_requests_and_tunnels_and_sleeps_when_idle() {
     serves_and_sleeps_when_idle(&["--busy-poll", "200us", "--worker-threads", "1"]).await;
@@ -534,9 +521,9 @@ async fn serves_and_sleeps_when_idle(flags: &[&str]) -> (Switchyard, tempfile::T
     // use a whole core (Linux counts 100 ticks a second); an idle one next
     // to nothing.
     let ticks_per_second = 100;
-    let before = cpu_ticks(proxy.pid());
+    let before = proxy.cpu_ticks();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let used = cpu_ticks(proxy.pid()) - before;
+    let used = proxy.cpu_ticks() - before;
     assert!(
         used < ticks_per_second / 4,
         "{used} ticks of CPU in a second with no traffic"
