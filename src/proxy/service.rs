@@ -45,6 +45,7 @@ pub async fn handle(
         access: None,
     };
     let mut seen = SeenFields::of(request.headers());
+    let no_host_field = seen.host.as_ref().is_none_or(HeaderValue::is_empty);
     // Both forms, made once: the value is sent on as it is, and the text
     // (for validation, routing and the log) would otherwise be checked to
     // be a string again at each use.
@@ -79,8 +80,12 @@ pub async fn handle(
         // without one has a target with no authority. It is routed by the
         // rules for any host (and the default backend), and sent on with
         // the empty `Host` RFC 9112 gives such a target.
-        _ if request.version() < Version::HTTP_11 => ("", &HOSTLESS),
-        _ => return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header"))),
+        _ if no_host_field && request.version() < Version::HTTP_11 => ("", &HOSTLESS),
+        _ if no_host_field => {
+            return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
+        }
+        // Named, but not as text.
+        _ => return Ok(exchange.local(&proxy, LocalReply::BadRequest("invalid Host header"))),
     };
     if let Err(refusal) = proxy.client_limits.request(conn.remote.ip()) {
         proxy
@@ -240,13 +245,13 @@ fn validate(
     Ok(())
 }
 
+/// The `Host` sent on for a request whose target has no authority.
+static HOSTLESS: HeaderValue = HeaderValue::from_static("");
+
 /// The host a request is for: the URI's authority (HTTP/2) or the `Host`
 /// header (`host`, the first one), as a header value (sent on as `Host`
 /// and `X-Forwarded-Host` without a copy) that is known to be a non-empty
 /// string.
-/// The `Host` sent on for a request whose target has no authority.
-static HOSTLESS: HeaderValue = HeaderValue::from_static("");
-
 fn request_authority(request: &ClientRequest, host: Option<HeaderValue>) -> Option<HeaderValue> {
     let value = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok()?,

@@ -102,7 +102,10 @@ impl ProxyFields<'_> {
     /// [`request_head`]).
     fn write_forwarding(&self, out: &mut Vec<u8>) {
         field(out, b"x-forwarded-for", self.forwarded_for.as_bytes());
-        field(out, b"x-forwarded-host", self.host.as_bytes());
+        // An HTTP/1.0 request may name no host: there is none to forward.
+        if !self.host.is_empty() {
+            field(out, b"x-forwarded-host", self.host.as_bytes());
+        }
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
         if let Some(id) = self.request_id {
             field(out, b"x-request-id", id.as_bytes());
