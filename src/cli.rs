@@ -227,8 +227,9 @@ pub struct ClusterArgs {
     pub publish_status_address: Vec<String>,
 
     /// The longest a burst of cluster changes is coalesced into one table
-    /// swap, and the least time between two translations. A lone change is
-    /// translated once nothing else has changed for 25 ms.
+    /// swap, and the least time from the end of one translation to the
+    /// start of the next. A burst settles once nothing else has changed for
+    /// 25 ms (or this, if shorter).
     #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration)]
     pub sync_debounce: Duration,
 

@@ -318,6 +318,7 @@ async fn run_cluster(
         })
         .await
         .expect("translation does not panic");
+        pacing.translated();
         applier = returned;
         if !admin.synced.load(std::sync::atomic::Ordering::Acquire) {
             tracing::info!("initial sync complete: {}", snapshot.summary());

@@ -10,10 +10,11 @@
 //!
 //! [`Burst`] is the clock arithmetic, shared by the manifest watcher
 //! (which also holds a burst open while a file is being written) and the
-//! cluster's [`Pacing`], which also keeps translations a least interval
-//! apart: a cluster whose endpoints change every few milliseconds would
-//! otherwise be translated back to back, each translation of a large
-//! cluster taking most of a core for tens of milliseconds.
+//! cluster's [`Pacing`], which also leaves a minimum interval between the
+//! end of one translation and the start of the next: a cluster whose
+//! endpoints change every few milliseconds would otherwise be translated
+//! back to back, each translation of a large cluster taking most of a core
+//! for tens of milliseconds.
 
 use std::time::Duration;
 
@@ -59,28 +60,33 @@ impl Burst {
 }
 
 /// When the cluster's changes are translated: a burst settles after
-/// [`CLUSTER_QUIET`] without changes or at most `interval` after it began,
-/// and two translations begin at least `interval` apart.
+/// [`CLUSTER_QUIET`] (or `interval`, if shorter) without changes, or at
+/// most `interval` after it began, and a translation begins at least
+/// `interval` after the one before ended.
 #[derive(Debug)]
 pub struct Pacing {
     quiet: Duration,
     interval: Duration,
-    last: Instant,
+    /// When the last translation ended; `None` before the first.
+    last: Option<Instant>,
 }
 
 impl Pacing {
-    /// Pacing from a translation that begins now.
     pub fn new(interval: Duration) -> Self {
         Self {
             quiet: CLUSTER_QUIET.min(interval),
             interval,
-            last: Instant::now(),
+            last: None,
         }
     }
 
+    /// A translation has just ended.
+    pub fn translated(&mut self) {
+        self.last = Some(Instant::now());
+    }
+
     /// Waits for the next change (one notified before the call counts)
-    /// and for the time to translate it; the translation is taken to
-    /// begin when this returns.
+    /// and for the time to translate it.
     pub async fn next(&mut self, changed: &Notify) {
         changed.notified().await;
         let burst = Burst::begin(self.quiet, self.interval);
@@ -89,8 +95,9 @@ impl Pacing {
                 break;
             }
         }
-        sleep_until(self.last + self.interval).await;
-        self.last = Instant::now();
+        if let Some(last) = self.last {
+            sleep_until(last + self.interval).await;
+        }
     }
 }
 
@@ -104,9 +111,10 @@ mod tests {
 
     /// Time from the first of `changes` (milliseconds after the call, each
     /// after the one before) to `Pacing::next` returning, on tokio's paused
-    /// clock; `previous` is how long before the call a translation began.
+    /// clock; `previous` is how long before the call a translation ended.
     async fn translated_after(previous: u64, changes: Vec<u64>) -> Duration {
         let mut pacing = Pacing::new(INTERVAL);
+        pacing.translated();
         tokio::time::sleep(Duration::from_millis(previous)).await;
         let changed = Arc::new(Notify::new());
         let start = Instant::now();
@@ -141,8 +149,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn translations_begin_at_least_the_interval_apart() {
-        // A translation began 50 ms ago: the change waits for the
+    async fn a_translation_begins_at_least_the_interval_after_the_last_ended() {
+        // A translation ended 50 ms ago: the change waits for the
         // interval after it, not just the quiet time.
         let elapsed = translated_after(50, vec![0]).await;
         assert_eq!(elapsed, INTERVAL - Duration::from_millis(50));
@@ -151,12 +159,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_notified_before_the_wait_counts() {
         let mut pacing = Pacing::new(INTERVAL);
-        tokio::time::sleep(INTERVAL).await;
         let changed = Notify::new();
         changed.notify_one();
         let start = Instant::now();
         pacing.next(&changed).await;
-        assert_eq!(start.elapsed(), CLUSTER_QUIET);
+        assert_eq!(
+            start.elapsed(),
+            CLUSTER_QUIET,
+            "no translation to wait after"
+        );
     }
 
     #[tokio::test(start_paused = true)]
