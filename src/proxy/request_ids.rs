@@ -71,8 +71,13 @@ impl Block {
 pub fn new_id() -> HeaderValue {
     let text = BLOCK
         .try_with(|block| block.borrow_mut().take())
-        // A thread being torn down: a block of one.
-        .unwrap_or_else(|_| Block::fresh().take());
+        .unwrap_or_else(|_| {
+            // A thread being torn down, its random generator perhaps with
+            // it: an id of its own, from the system's randomness.
+            let mut id = [0u8; ID_LEN];
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+            Bytes::copy_from_slice(&id)
+        });
     // SAFETY: a hyphenated UUID is hex digits and hyphens, all of which a
     // header value may hold.
     unsafe { HeaderValue::from_maybe_shared_unchecked(text) }
@@ -92,6 +97,7 @@ mod tests {
             let text = id.to_str().unwrap();
             let parsed = uuid::Uuid::parse_str(text).unwrap();
             assert_eq!(parsed.get_version_num(), 4, "{text}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{text}");
             assert_eq!(
                 parsed.hyphenated().to_string(),
                 text,
