@@ -286,9 +286,10 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    pub fn with_record(mut self, record: RequestRecord) -> Self {
+    /// Set where the body is: taking the response apart and putting it
+    /// back would move all of it twice.
+    pub fn set_record(&mut self, record: RequestRecord) {
         self.record = Some(record);
-        self
     }
 }
 

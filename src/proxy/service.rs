@@ -296,6 +296,7 @@ impl Exchange {
             response.status(),
             self.access,
         );
-        response.map(|body| body.with_record(record))
+        response.body_mut().set_record(record);
+        response
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
-use http::{Method, StatusCode, response};
+use http::{Method, Response, StatusCode};
 use http_body::SizeHint;
 
 use super::encode::field;
@@ -30,18 +30,18 @@ pub enum Framing {
 #[error("response Content-Length is not a single number")]
 pub struct InvalidLength;
 
-/// Writes the head of `parts` into `out`; `close` adds
+/// Writes the head of `response` into `out`; `close` adds
 /// `connection: close` when the response has no `Connection` of its own.
 /// Returns the body's framing and whether the response itself asks for
 /// the connection to close.
-pub fn encode_head(
+pub fn encode_head<B>(
     out: &mut Vec<u8>,
-    parts: &response::Parts,
+    response: &Response<B>,
     body: SizeHint,
     method: &Method,
     close: bool,
 ) -> Result<(Framing, bool), InvalidLength> {
-    let status = parts.status;
+    let status = response.status();
     let no_body_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -50,7 +50,7 @@ pub fn encode_head(
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     // A backend's own reason phrase travels as hyper's extension for it.
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => out.extend_from_slice(reason.as_bytes()),
         None => out.extend_from_slice(status.canonical_reason().unwrap_or_default().as_bytes()),
     }
@@ -61,10 +61,10 @@ pub fn encode_head(
     let length = if no_body_status {
         None
     } else {
-        declared_length(&parts.headers)?
+        declared_length(response.headers())?
     };
     let mut asks_close = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in response.headers() {
         match *name {
             // The framing is written below, from what the body is.
             header::TRANSFER_ENCODING => continue,
@@ -78,10 +78,10 @@ pub fn encode_head(
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if close && !parts.headers.contains_key(header::CONNECTION) {
+    if close && !response.headers().contains_key(header::CONNECTION) {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !response.headers().contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         http_date(out);
         out.extend_from_slice(b"\r\n");
@@ -159,7 +159,6 @@ fn http_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Response;
 
     fn encoded(
         response: Response<()>,
@@ -167,9 +166,8 @@ mod tests {
         method: Method,
         close: bool,
     ) -> (String, Framing, bool) {
-        let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
-        let (framing, asks_close) = encode_head(&mut out, &parts, body, &method, close).unwrap();
+        let (framing, asks_close) = encode_head(&mut out, &response, body, &method, close).unwrap();
         (String::from_utf8(out).unwrap(), framing, asks_close)
     }
 
@@ -313,10 +311,9 @@ mod tests {
                     .headers_mut()
                     .append("content-length", v.parse().unwrap());
             }
-            let (parts, ()) = response.into_parts();
             let result = encode_head(
                 &mut Vec::new(),
-                &parts,
+                &response,
                 SizeHint::new(),
                 &Method::GET,
                 false,

@@ -35,7 +35,7 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -278,15 +278,13 @@ async fn switch_protocols(
         tracing::warn!("101 for a request that asked for no upgrade; closing");
         return Ended::Closed;
     };
-    let (parts, body) = response.into_parts();
-    drop(body);
     out.clear();
     // An upgrade is usually a connection's first request, so `out` has
     // never been grown: room at once (see `write_response`).
     out.reserve(HEAD_ROOM);
     let encoded = encode_head(
         &mut out,
-        &parts,
+        &response,
         SizeHint::with_exact(0),
         &Method::GET,
         false,
@@ -305,31 +303,32 @@ async fn switch_protocols(
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    response: Response<ResponseBody>,
+    mut response: Response<ResponseBody>,
     method: &Method,
     close: bool,
 ) -> io::Result<bool> {
-    let (parts, body) = response.into_parts();
     out.clear();
     // Room for a typical head at once, rather than grown a few bytes at a
     // time (five reallocations on a new connection); kept afterwards.
     out.reserve(HEAD_ROOM);
-    let (framing, asks_close) = match encode_head(out, &parts, body.size_hint(), method, close) {
+    let size_hint = response.body().size_hint();
+    let (framing, asks_close) = match encode_head(out, &response, size_hint, method, close) {
         Ok(encoded) => encoded,
         Err(error) => {
             tracing::warn!(%error, "response not sent");
             return Ok(false);
         }
     };
-    drop(parts);
     if framing == Framing::Nothing {
         // A body that is not sent is dropped, as hyper drops it: a backend
         // connection whose body was not read to its end is not reused.
-        drop(body);
+        drop(response);
         stream.write_all(out).await?;
         return Ok(!asks_close);
     }
-    let mut body = pin!(body);
+    // Polled where it is: taking the body out of the response would move
+    // it.
+    let mut body = Pin::new(response.body_mut());
     let mut remaining = match framing {
         Framing::Length(n) => Some(n),
         _ => None,
