@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::routes::class::DEFAULT_CLASS_NAME;
-use crate::routes::translate::{ServiceBackendRef, is_dns_label};
+use crate::routes::host::is_dns_label;
+use crate::routes::translate::ServiceBackendRef;
 use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]

@@ -222,6 +222,10 @@ fn eject(
         seconds = ejection.duration.as_secs_f64(),
         "endpoint keeps failing: out of rotation for a while"
     );
+    // The route's series are held until the ejection ends: were they
+    // removed meanwhile (the last route of these labels gone) and made
+    // again, the gauge would show 0 for an endpoint still out.
+    let series = route.metrics.clone();
     // Not a shutdown-tracked task: draining must not wait for a back-off.
     tokio::spawn(async move {
         tokio::time::sleep(ejection.duration).await;
@@ -229,6 +233,7 @@ fn eject(
             ejected.dec();
             tracing::info!(%endpoint, "endpoint back in rotation, on probation");
         }
+        drop(series);
     });
 }
 

@@ -61,17 +61,22 @@ impl Serialize for HostPattern {
     }
 }
 
+/// An RFC 1123 label, lower-case: what each label of a host (lower-cased
+/// first), a namespace, a Service name and (up to 15 characters) a port
+/// name must be.
+pub fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// `name`, already lower-cased, as a DNS name.
 fn validate_dns_name(name: &str) -> Result<(), String> {
-    let valid_label = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    if name.len() > 253 || !name.split('.').all(valid_label) {
+    if name.len() > 253 || !name.split('.').all(is_dns_label) {
         return Err(format!("{name:?} is not a valid DNS name"));
     }
     Ok(())

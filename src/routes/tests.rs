@@ -670,6 +670,7 @@ fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
     use std::time::Duration;
 
     use crate::metrics::Metrics;
+    use crate::route_metrics::{CloseReason, UpgradeResult};
     use crate::routes::RouteStore;
 
     let metrics = Arc::new(Metrics::new());
@@ -693,6 +694,7 @@ fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
         .concat(),
     ));
     count(&store.load(), "/");
+    let first = store.load().lookup("h", "/").unwrap().clone();
     // Another path of the same Ingress and Service: the same series, not
     // a fresh one from zero.
     store.swap_if_changed(spec(
@@ -703,6 +705,8 @@ fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
         .concat(),
     ));
     count(&store.load(), "/v2");
+    let in_flight = store.load().lookup("h", "/v2").unwrap().clone();
+    assert!(Arc::ptr_eq(&first.metrics, &in_flight.metrics), "shared");
     assert!(
         exported().contains(&format!(
             "{requests_of_a},namespace=\"default\",service=\"s\"}} 2"
@@ -710,9 +714,49 @@ fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
         "{}",
         exported()
     );
+    // Every family with route labels, for the removal below to cover.
+    let labels = &in_flight.labels;
+    in_flight
+        .metrics
+        .count_upgrade(&metrics, labels, UpgradeResult::Switched);
+    let tunnels = in_flight.metrics.tunnels(&metrics, labels);
+    tunnels.active.inc();
+    tunnels.bytes.client_to_backend.inc();
+    tunnels.bytes.backend_to_client.inc();
+    tunnels.count_close(&metrics, labels, CloseReason::IdleTimeout, Duration::ZERO);
+    let values = crate::metrics::route_values(labels);
+    for family in [
+        &metrics.upstream_connect_errors,
+        &metrics.upstream_timeouts,
+        &metrics.upstream_ejections,
+    ] {
+        family.with_label_values(&values).inc();
+    }
+    metrics
+        .upstream_ejected_endpoints
+        .with_label_values(&values)
+        .inc();
+    for family in [
+        "switchyard_upgrades_total",
+        "switchyard_tunnels_active",
+        "switchyard_tunnel_bytes_total",
+        "switchyard_tunnel_closes_total",
+        "switchyard_tunnel_errors_total",
+        "switchyard_tunnel_duration_seconds",
+        "switchyard_upstream_connect_errors_total",
+        "switchyard_upstream_timeouts_total",
+        "switchyard_upstream_ejections_total",
+        "switchyard_upstream_ejected_endpoints",
+    ] {
+        assert!(
+            exported()
+                .lines()
+                .any(|l| l.starts_with(family) && l.contains("ingress=\"a\"")),
+            "{family} made for the test"
+        );
+    }
 
     // Ingress `a` is gone, but a request of the table before is in flight.
-    let in_flight = store.load().lookup("h", "/v2").unwrap().clone();
     store.swap_if_changed(spec(
         &[
             service("s", 1),
@@ -723,6 +767,7 @@ fn route_series_outlive_swaps_and_go_once_no_route_has_their_labels() {
     count(&store.load(), "/");
     assert!(exported().contains(requests_of_a), "kept while in use");
     drop(in_flight);
+    drop(first);
     let after = exported();
     assert!(!after.contains("ingress=\"a\""), "{after}");
     assert!(after.contains("ingress=\"b\""), "{after}");

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::annotations::{self, IngressPolicy};
 use super::backend::ServiceIndex;
 use super::class::ClassFilter;
-use super::host::HostPattern;
+use super::host::{HostPattern, is_dns_label};
 use super::path::{PathType, rule_key};
 use super::spec::{BackendSpec, HostSpec, PathSpec, PortRef, RouteSpec, RouteTableSpec};
 use super::warning::{ObjectRef, Warning, WarningReason};
@@ -73,18 +73,6 @@ impl std::str::FromStr for ServiceBackendRef {
             port,
         })
     }
-}
-
-/// An RFC 1123 label: what namespaces, Service names and (up to 15
-/// characters) port names must be.
-pub fn is_dns_label(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
 }
 
 /// The result of one translation.
