@@ -64,12 +64,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, scope: Scope) 
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, typically: the connection stays
-                // queued, so retrying at once would spin on the runtime
-                // that also runs the sources. Back off as the proxy's
-                // listener does.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // On the runtime that also runs the sources.
+                crate::proxy::listener::after_failed_accept(&e, "admin accept failed").await;
                 continue;
             }
         };

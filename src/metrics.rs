@@ -66,7 +66,8 @@ pub struct Metrics {
     pub source_errors: IntCounterVec,
     /// Unix time of the last successful watch event, by `kind` (kube mode).
     pub source_last_sync: GaugeVec,
-    /// Seconds since the last good contact for a kind whose watch is failing.
+    /// Seconds since the last good contact, for a kind with a failing watch
+    /// (its stalest watch, when it is watched in several namespaces).
     pub source_staleness: GaugeVec,
     pub ready: IntGauge,
     /// 1 while this replica holds the leader Lease (kube mode).
@@ -274,7 +275,7 @@ impl Metrics {
             source_staleness: float_gauge_vec(
                 &r,
                 "switchyard_source_staleness_seconds",
-                "Seconds since the last good contact, for kinds whose watch is failing (0 when healthy).",
+                "Seconds since the last good contact of a kind's stalest failing watch (0 when all are healthy).",
                 &["kind"],
             ),
             ready: gauge(

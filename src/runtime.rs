@@ -348,7 +348,11 @@ fn publish_addresses(
             .collect();
         return Some(PublishAddresses::Fixed(fixed));
     }
-    let (namespace, name) = cluster.publish_service.as_deref()?.split_once('/')?;
+    let (namespace, name) = cluster
+        .publish_service
+        .as_deref()?
+        .split_once('/')
+        .expect("--publish-service is NS/NAME, checked by its parser");
     let store: Store<_> = reflect::spawn(
         kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace),
         reflect::config().fields(&format!("metadata.name={name}")),

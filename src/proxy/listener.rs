@@ -97,6 +97,15 @@ fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// What a listener does when an accept fails: out of file descriptors,
+/// typically, with the connection left queued, so that retrying at once
+/// would spin on the runtime. It logs `message` and backs off briefly.
+/// (The admin listener does the same.)
+pub async fn after_failed_accept(error: &std::io::Error, message: &'static str) {
+    tracing::warn!(%error, "{message}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 impl Proxy {
     /// Accepts connections until draining begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -117,10 +126,7 @@ impl Proxy {
                     a
                 }
                 Err(e) => {
-                    // Out of file descriptors, typically: back off briefly
-                    // rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    after_failed_accept(&e, "accept failed").await;
                     continue;
                 }
             };

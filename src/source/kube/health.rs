@@ -6,7 +6,8 @@
 //! A kind watched in several namespaces has one watch per namespace, each
 //! failing and recovering on its own (RBAC taken away in one of them, say):
 //! health is kept per watch, and a kind's staleness is its stalest watch's,
-//! so events from a healthy namespace cannot hide a failing one.
+//! so events from a healthy namespace cannot hide a failing one there. (The
+//! last-sync time is the kind's latest event, from whichever watch.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
