@@ -176,15 +176,19 @@ async fn an_http10_request_without_host_goes_by_the_rules_for_any_host() {
     assert_eq!(named.connections.load(Ordering::SeqCst), 0);
 
     // HTTP/1.1 must name its host; a host that is named must be valid.
-    let (_, head, _) = raw_exchange(proxy.addr, "GET /new HTTP/1.1\r\n\r\n", b"").await;
+    let (mut client, head, rest) = raw_exchange(proxy.addr, "GET /new HTTP/1.1\r\n\r\n", b"").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
-    let (_, head, _) = raw_exchange(
+    let body = read_body(&mut client, &head, rest).await;
+    assert!(body.contains("missing Host header"), "{body}");
+    let (mut client, head, rest) = raw_exchange(
         proxy.addr,
         "GET /old HTTP/1.0\r\nHost: h\u{e9}\r\n\r\n",
         b"",
     )
     .await;
     assert!(head.contains(" 400 "), "{head}");
+    let body = read_body(&mut client, &head, rest).await;
+    assert!(body.contains("invalid Host header"), "{body}");
 }
 
 #[tokio::test]

@@ -45,7 +45,6 @@ pub async fn handle(
         access: None,
     };
     let mut seen = SeenFields::of(request.headers());
-    let no_host_field = seen.host.as_ref().is_none_or(HeaderValue::is_empty);
     // Both forms, made once: the value is sent on as it is, and the text
     // (for validation, routing and the log) would otherwise be checked to
     // be a string again at each use.
@@ -80,8 +79,8 @@ pub async fn handle(
         // without one has a target with no authority. It is routed by the
         // rules for any host (and the default backend), and sent on with
         // the empty `Host` RFC 9112 gives such a target.
-        _ if no_host_field && request.version() < Version::HTTP_11 => ("", &HOSTLESS),
-        _ if no_host_field => {
+        _ if no_host_field(&request) && request.version() < Version::HTTP_11 => ("", &HOSTLESS),
+        _ if no_host_field(&request) => {
             return Ok(exchange.local(&proxy, LocalReply::BadRequest("missing Host header")));
         }
         // Named, but not as text.
@@ -243,6 +242,15 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// Whether `request` names no host in a `Host` field (read only when it
+/// has no usable authority, which is rare).
+fn no_host_field(request: &ClientRequest) -> bool {
+    request
+        .headers()
+        .get(header::HOST)
+        .is_none_or(HeaderValue::is_empty)
 }
 
 /// The `Host` sent on for a request whose target has no authority.

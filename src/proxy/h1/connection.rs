@@ -320,14 +320,11 @@ async fn write_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use crate::proxy::test_sockets::socket_pair;
 
+    /// A backend connection, and the backend's end of it.
     async fn pair() -> (Box<Connection>, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (peer, _) = listener.accept().await.unwrap();
+        let (peer, stream) = socket_pair().await;
         let addr = stream.peer_addr().unwrap();
         (Connection::new(stream, addr), peer)
     }

@@ -214,7 +214,7 @@ fn framing(
     // equal values becomes that value once (RFC 9110 8.6), and a length
     // that frames nothing here is dropped if it is malformed, rather than
     // failing the answer or being passed on to a client that may trust it.
-    // (Beside a Transfer-Encoding the length is removed below in any case.)
+    // (Beside a Transfer-Encoding the length is removed in any case.)
     match (seen.bad_length, seen.length) {
         (false, Some(n)) if seen.lengths_repeated => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -228,6 +228,9 @@ fn framing(
         return Ok((Framing::Empty, false));
     }
     if bodiless {
+        if seen.transfer_encoding {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         return Ok((Framing::Empty, true));
     }
     if seen.transfer_encoding {
@@ -494,6 +497,9 @@ mod tests {
         for raw in [
             "HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: abc\r\n\r\n",
+            // Transfer-Encoding decides, to a HEAD as to a GET.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5, 5\r\n\r\n",
         ] {
             let to_head = head(raw, &Method::HEAD).unwrap().unwrap();
             assert!(!to_head.headers.contains_key("content-length"), "{raw}");

@@ -53,7 +53,8 @@ impl RequestFraming {
 /// The fields the proxy sets on every request it sends on, whatever the
 /// client sent under their names: `Host` (what the client asked for;
 /// HTTP/2 carries it in `:authority`), `X-Forwarded-For`, `-Host` and
-/// `-Proto`, `X-Request-Id` when the proxy made the id, and `Connection:
+/// `-Proto`, `X-Request-Id` when given one (the pipeline always gives the
+/// request's id, the client's or one it made), and `Connection:
 /// upgrade` with the `Upgrade` offered when the request is an upgrade the
 /// route allows. switchyard is the edge: the client's values are
 /// replaced, not trusted.
