@@ -124,6 +124,8 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -163,5 +165,36 @@ mod tests {
         io.read_exact(&mut method).await.unwrap();
         let (_, unread) = io.into_parts();
         assert_eq!(&unread[..], b"/ HTTP/1.1\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_reads_on_until_the_client_closes() {
+        let (stream, mut peer) = crate::proxy::test_sockets::socket_pair().await;
+        let mut io = ClientIo::new(Bytes::new(), stream);
+        let client = tokio::spawn(async move {
+            // Still uploading when the answer comes, done a second later.
+            for _ in 0..10 {
+                peer.write_all(&[b'x'; 1000]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peer.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            peer.read_to_end(&mut answer).await
+        });
+        let start = tokio::time::Instant::now();
+        io.shutdown().await.unwrap();
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert!(waited < linger::LINGER_TIME, "{waited:?}");
+        assert!(client.await.unwrap().is_ok(), "the client saw no reset");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_stops_waiting_for_the_client_after_the_linger_time() {
+        let (stream, _peer) = crate::proxy::test_sockets::socket_pair().await;
+        let mut io = ClientIo::new(Bytes::new(), stream);
+        let start = tokio::time::Instant::now();
+        io.shutdown().await.unwrap();
+        assert!(start.elapsed() >= linger::LINGER_TIME);
     }
 }
