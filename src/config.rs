@@ -70,35 +70,24 @@ fn given_flags(args: &[OsString]) -> Vec<String> {
 /// Whether the command line's `given` flags override the file's `key`: the
 /// same flag, or one that may not be used with it.
 fn overridden(key: &str, given: &[String], subcommand: &clap::Command) -> bool {
-    if given.iter().any(|flag| flag == key) {
-        return true;
-    }
-    let Some(arg) = subcommand
-        .get_arguments()
-        .find(|arg| arg.get_long() == Some(key))
-    else {
-        return false;
-    };
-    // A conflict is declared on one of the two flags: look both ways.
-    let declared_here = subcommand
-        .get_arg_conflicts_with(arg)
-        .iter()
-        .filter_map(|other| other.get_long())
-        .any(|other| given.iter().any(|flag| flag == other));
-    declared_here
-        || subcommand
+    let arg = |long: &str| {
+        subcommand
             .get_arguments()
-            .filter(|other| {
-                other
-                    .get_long()
-                    .is_some_and(|long| given.iter().any(|f| f == long))
-            })
-            .any(|other| {
-                subcommand
-                    .get_arg_conflicts_with(other)
-                    .iter()
-                    .any(|conflict| conflict.get_long() == Some(key))
-            })
+            .find(|arg| arg.get_long() == Some(long))
+    };
+    // Whether `a` declares a conflict with `b` (clap declares it on one of
+    // the two, so both ways are asked).
+    let conflicts = |a: &str, b: &str| {
+        arg(a).is_some_and(|a| {
+            subcommand
+                .get_arg_conflicts_with(a)
+                .iter()
+                .any(|c| c.get_long() == Some(b))
+        })
+    };
+    given
+        .iter()
+        .any(|flag| flag == key || conflicts(key, flag) || conflicts(flag, key))
 }
 
 /// Finds `--config FILE` (or `--config=FILE`) in raw arguments.
