@@ -168,14 +168,15 @@ impl Proxy {
         // timeout here. The own server's first head keeps this deadline, so
         // a client trickling its head gets one timeout, not two; hyper's
         // (for an HTTP/2 preface) starts once these first bytes are in.
-        let head_deadline = std::time::Instant::now() + self.config.header_read_timeout;
+        let head_deadline =
+            tokio::time::Instant::now().into_std() + self.config.header_read_timeout;
         let mut first = BytesMut::with_capacity(FIRST_READ);
         // A connection that has sent nothing is idle: draining closes it
         // at once rather than wait for its timeout.
         let first_bytes = {
-            let read = pin!(timer::timeout(
+            let read = pin!(timer::timeout_at(
                 Purpose::HeaderRead,
-                self.config.header_read_timeout,
+                head_deadline,
                 stream.read_buf(&mut first),
             ));
             self.shutdown.until_draining(read).await

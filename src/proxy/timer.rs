@@ -111,7 +111,20 @@ pub async fn timeout<F: Future>(
     timeout: Duration,
     future: F,
 ) -> Option<F::Output> {
-    let deadline = tokio::time::Instant::now().into_std() + timeout;
+    timeout_at(
+        purpose,
+        tokio::time::Instant::now().into_std() + timeout,
+        future,
+    )
+    .await
+}
+
+/// As [`timeout`], until `deadline`.
+pub async fn timeout_at<F: Future>(
+    purpose: Purpose,
+    deadline: Instant,
+    future: F,
+) -> Option<F::Output> {
     let mut future = pin!(future);
     let mut timer: Option<ReusedSleep> = None;
     poll_fn(|cx| {
