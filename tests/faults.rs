@@ -364,12 +364,11 @@ async fn a_backend_that_stops_taking_a_large_body_gets_a_504_and_the_connection_
 
 #[tokio::test]
 async fn a_slow_upload_to_a_backend_that_reads_it_is_not_a_response_timeout() {
-    let echo = backends::echo("upload").await;
     let config = ProxyConfig {
         upstream_response_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("upload", config).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 40\r\n\r\n")

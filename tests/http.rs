@@ -359,12 +359,11 @@ async fn an_http2_body_of_unknown_length_reaches_the_backend_chunked() {
 
 #[tokio::test]
 async fn an_oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
-    let echo = backends::echo("big").await;
     let config = ProxyConfig {
         max_header_bytes: 8192,
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (echo, proxy) = TestProxy::with_echo("big", config).await;
     let big = "a".repeat(20 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: {big}\r\n\r\n");
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
@@ -403,13 +402,12 @@ async fn served(addr: SocketAddr) -> bool {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_without_a_response() {
-    let echo = backends::echo("cap").await;
     let config = ProxyConfig {
         max_connections: 1,
         header_read_timeout: Duration::from_secs(60),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("cap", config).await;
 
     // The first connection is served and stays open (keep-alive).
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
@@ -449,12 +447,11 @@ async fn connections_over_the_cap_are_closed_without_a_response() {
 
 #[tokio::test]
 async fn a_client_that_stops_mid_head_is_disconnected() {
-    let echo = backends::echo("slow").await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (echo, proxy) = TestProxy::with_echo("slow", config).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n")
@@ -472,12 +469,11 @@ async fn a_client_that_stops_mid_head_is_disconnected() {
 
 #[tokio::test]
 async fn a_client_that_stops_mid_body_gets_408() {
-    let echo = backends::echo("body").await;
     let config = ProxyConfig {
         body_read_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("body", config).await;
     // The echo backend reads the whole body before answering, so nothing
     // has been answered when the body stalls.
     let exchange = raw_exchange(
@@ -539,12 +535,11 @@ async fn a_prefix_path_matches_whole_segments_only() {
 
 #[tokio::test]
 async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
-    let echo = backends::echo("e").await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("e", config).await;
     let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(
         read_until_closed(&mut silent).await.is_empty(),

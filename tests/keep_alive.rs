@@ -265,12 +265,11 @@ async fn responses_keep_their_framing_large_and_chunked() {
 
 #[tokio::test]
 async fn the_first_head_has_one_header_read_timeout_from_the_connect() {
-    let echo = backends::echo("e").await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(600),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("e", config).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let connected = tokio::time::Instant::now();
     // The first byte late, then the rest a byte at a time: a slow head.
@@ -306,12 +305,11 @@ async fn connection_close_is_answered_in_kind_and_the_connection_closed() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_idle_past_the_header_read_timeout_is_closed_unanswered() {
-    let echo = backends::echo("e").await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("e", config).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")

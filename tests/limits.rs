@@ -47,7 +47,6 @@ fn rejections(proxy: &TestProxy, limit: &str) -> f64 {
 
 #[tokio::test]
 async fn a_client_over_its_connection_limit_is_closed_while_another_address_is_served() {
-    let echo = backends::echo("limits").await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_secs(60),
         client_limits: ClientLimitConfig {
@@ -56,7 +55,7 @@ async fn a_client_over_its_connection_limit_is_closed_while_another_address_is_s
         },
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("limits", config).await;
     assert_eq!(rejections(&proxy, "connections"), 0.0);
 
     // The first client holds two connections open (keep-alive).
@@ -124,7 +123,6 @@ async fn a_client_over_its_connection_limit_is_closed_while_another_address_is_s
 
 #[tokio::test]
 async fn a_client_over_its_request_rate_gets_429_and_recovers_when_its_bucket_refills() {
-    let echo = backends::echo("rate").await;
     let config = ProxyConfig {
         client_limits: ClientLimitConfig {
             requests_per_second: 2,
@@ -133,7 +131,7 @@ async fn a_client_over_its_request_rate_gets_429_and_recovers_when_its_bucket_re
         },
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("rate", config).await;
     let mut client = connect_from(FIRST, proxy.addr).await;
 
     // The bucket starts full: the burst is served.

@@ -13,8 +13,6 @@ mod common;
 use std::time::Duration;
 
 use common::TestProxy;
-use common::backends;
-use common::manifests::route;
 use switchyard::proxy::ProxyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,13 +46,12 @@ fn rss() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_stalled_mid_head_cost_bounded_memory_and_are_closed_by_the_header_timeout() {
-    let echo = backends::echo("mem").await;
     let config = ProxyConfig {
         header_read_timeout: HEADER_TIMEOUT,
         max_connections: 10_000,
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[echo.addr])).await;
+    let (_echo, proxy) = TestProxy::with_echo("mem", config).await;
     // Warm up: one full exchange, so that lazily built state (route table,
     // pool, runtime workers) is not counted against the connections.
     let warm = common::client::get(proxy.addr, "h", "/", &[]).await;

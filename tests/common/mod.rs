@@ -35,6 +35,14 @@ impl TestProxy {
         Self::start_with(ProxyConfig::default(), yaml).await
     }
 
+    /// An echo backend named `name`, and a proxy with `config` routing
+    /// `h` + `/` to it.
+    pub async fn with_echo(name: &'static str, config: ProxyConfig) -> (backends::Echo, Self) {
+        let echo = backends::echo(name).await;
+        let proxy = Self::start_with(config, &manifests::route("r", "h", "/", &[echo.addr])).await;
+        (echo, proxy)
+    }
+
     pub async fn start_with(config: ProxyConfig, yaml: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (test, proxy) = Self::new(listener.local_addr().unwrap(), config, yaml);
