@@ -263,7 +263,7 @@ impl RouteTable {
         health: &HealthRegistry,
         series: Option<&Arc<SeriesRegistry>>,
     ) -> Self {
-        let mut health = Shared {
+        let mut shared = Shared {
             health: health.generation(),
             series,
         };
@@ -271,7 +271,7 @@ impl RouteTable {
         for host in &spec.hosts {
             let mut routes = HostRoutes::default();
             for path in &host.paths {
-                let route = Arc::new(Route::compile(&path.route, &mut health));
+                let route = Arc::new(Route::compile(&path.route, &mut shared));
                 let key: Box<str> = rule_key(&path.path, path.path_type).into();
                 let map = if path.path_type.is_exact() {
                     &mut routes.exact
@@ -293,11 +293,11 @@ impl RouteTable {
         table.default_backend = spec
             .default_backend
             .as_ref()
-            .map(|r| Arc::new(Route::compile(r, &mut health)));
+            .map(|r| Arc::new(Route::compile(r, &mut shared)));
         table.fallback = spec
             .fallback
             .as_ref()
-            .map(|r| Arc::new(Route::compile(r, &mut health)));
+            .map(|r| Arc::new(Route::compile(r, &mut shared)));
         table.spec = spec;
         table
     }
