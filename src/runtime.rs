@@ -31,7 +31,7 @@ use crate::source::kube::health::SourceHealth;
 use crate::source::kube::leader::{self, LeaderSettings};
 use crate::source::kube::publish::{self, Translated};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
-use crate::source::kube::{Stores, reflect};
+use crate::source::kube::{API_WRITE_TIMEOUT, Stores, reflect, write_client};
 use crate::source::manifest::LoadError;
 use crate::source::watch::ManifestWatcher;
 
@@ -166,11 +166,9 @@ pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
     );
 
     if cluster_mode {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        let clients = ApiClients::infer().await?;
         tokio::spawn(run_cluster(
-            client,
+            clients,
             args.source.watch_namespaces.clone(),
             args.cluster.clone(),
             applier,
@@ -264,11 +262,33 @@ fn start_file_source(
     Ok(())
 }
 
+/// The two clients of the API server, on one configuration (in-cluster,
+/// or KUBECONFIG).
+struct ApiClients {
+    /// For the watches, which stay open for minutes between events.
+    client: kube::Client,
+    /// For the Lease, status and Events: no write waits for an answer
+    /// longer than [`API_WRITE_TIMEOUT`].
+    writes: kube::Client,
+}
+
+impl ApiClients {
+    async fn infer() -> anyhow::Result<Self> {
+        const CONFIGURE: &str =
+            "cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)";
+        let config = kube::Config::infer().await.context(CONFIGURE)?;
+        Ok(Self {
+            client: kube::Client::try_from(config.clone()).context(CONFIGURE)?,
+            writes: write_client(config, API_WRITE_TIMEOUT).context(CONFIGURE)?,
+        })
+    }
+}
+
 /// The cluster loop: waits for every reflector's initial list, then on
 /// each settled burst of changes translates a fresh snapshot and, while
 /// leader, writes Ingress status and Events.
 async fn run_cluster(
-    client: kube::Client,
+    ApiClients { client, writes }: ApiClients,
     namespaces: Vec<String>,
     cluster: ClusterArgs,
     mut applier: Applier,
@@ -289,7 +309,7 @@ async fn run_cluster(
     let publish = publish_addresses(&client, &cluster, &health, &changed);
     let identity = cluster.pod_name.clone().unwrap_or_else(default_identity);
     let leading = leader::elect(
-        client.clone(),
+        writes.clone(),
         LeaderSettings {
             lease_name: cluster.election_id.clone(),
             namespace: cluster.pod_namespace.clone(),
@@ -297,8 +317,8 @@ async fn run_cluster(
         },
         metrics.clone(),
     );
-    let status = publish.map(|p| StatusWriter::new(client.clone(), p, metrics.clone()));
-    let events = EventPublisher::new(client, Some(identity), metrics);
+    let status = publish.map(|p| StatusWriter::new(writes.clone(), p, metrics.clone()));
+    let events = EventPublisher::new(writes, Some(identity), metrics);
     // Status and Events are written by a task of their own, from the
     // latest translation: a slow or stuck API write never holds back the
     // next route change.

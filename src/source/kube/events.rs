@@ -10,7 +10,7 @@ use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::bounded_write;
+use super::WriteFailure;
 use crate::metrics::Metrics;
 use crate::routes::Warning;
 use crate::snapshot::ClusterSnapshot;
@@ -38,13 +38,28 @@ impl EventPublisher {
     }
 
     /// Publishes the warnings not published yet; whether all of them were.
-    pub async fn publish(&mut self, warnings: &[Warning], snapshot: &ClusterSnapshot) -> bool {
+    /// Like a status round, it stops at the first write that got no answer
+    /// and as soon as `leading` says this replica no longer leads.
+    pub async fn publish(
+        &mut self,
+        warnings: &[Warning],
+        snapshot: &ClusterSnapshot,
+        leading: impl Fn() -> bool,
+    ) -> bool {
         let mut all_published = true;
         let mut still_present = HashSet::new();
+        let mut stopped = false;
         for warning in warnings {
             let key = warning.to_string();
             if self.published.contains(&key) {
                 still_present.insert(key);
+                continue;
+            }
+            // Once stopped, the warnings left are published by a later
+            // round; those published before are still remembered above.
+            if stopped || !leading() {
+                stopped = true;
+                all_published = false;
                 continue;
             }
             let Some(reference) = object_reference(warning, snapshot) else {
@@ -65,7 +80,7 @@ impl EventPublisher {
                 action: "Translate".into(),
                 secondary: None,
             };
-            match bounded_write(self.recorder.publish(&event, &reference)).await {
+            match self.recorder.publish(&event, &reference).await {
                 Ok(()) => {
                     self.metrics
                         .events
@@ -73,9 +88,17 @@ impl EventPublisher {
                         .inc();
                     still_present.insert(key);
                 }
-                Err(e) => {
+                Err(error) => {
                     all_published = false;
-                    tracing::warn!(error = %e, object = %warning.object, "cannot publish event; will retry")
+                    match WriteFailure::from(error) {
+                        WriteFailure::Refused(error) => {
+                            tracing::warn!(%error, object = %warning.object, "cannot publish event; will retry")
+                        }
+                        WriteFailure::Unreachable(error) => {
+                            stopped = true;
+                            tracing::warn!(%error, object = %warning.object, "cannot reach the API server to publish events; will retry the round")
+                        }
+                    }
                 }
             }
         }
@@ -105,5 +128,109 @@ fn object_reference(
             .find(|s| matches(&s.metadata))
             .map(|s| s.object_ref(&())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use k8s_openapi::api::networking::v1::Ingress;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::routes::warning::{ObjectRef, WarningReason};
+    use crate::source::kube::mock_api::{Answer, MockApi};
+
+    /// Warnings on the Ingresses `names`, and a snapshot holding them.
+    fn warnings_on(names: &[&str]) -> (Vec<Warning>, ClusterSnapshot) {
+        let warnings = names
+            .iter()
+            .map(|name| Warning {
+                object: ObjectRef {
+                    kind: "Ingress".into(),
+                    namespace: Some("ns".into()),
+                    name: (*name).into(),
+                },
+                reason: WarningReason::BackendNotFound,
+                message: format!(
+                    "{name}: spec.defaultBackend.service.name \"gone\": no such Service"
+                ),
+            })
+            .collect();
+        let snapshot = ClusterSnapshot {
+            ingresses: names
+                .iter()
+                .map(|name| {
+                    Arc::new(Ingress {
+                        metadata: ObjectMeta {
+                            name: Some((*name).into()),
+                            namespace: Some("ns".into()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        };
+        (warnings, snapshot)
+    }
+
+    /// The API server's answer to an Event it created.
+    fn created() -> Answer {
+        Answer::Ok(serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "eventTime": "2026-01-01T00:00:00.000000Z"}))
+    }
+
+    /// Publishes warnings on `names` once; the requests made and the result.
+    async fn publish_once(
+        names: &[&str],
+        leading: impl Fn() -> bool + Send + 'static,
+        answer: impl FnMut(&str) -> Answer,
+    ) -> (Vec<String>, bool) {
+        let (client, api) = MockApi::new();
+        let mut events = EventPublisher::new(client, Some("pod".into()), Arc::new(Metrics::new()));
+        let (warnings, snapshot) = warnings_on(names);
+        let publish =
+            tokio::spawn(async move { events.publish(&warnings, &snapshot, leading).await });
+        let requests = api.serve(answer).await;
+        (requests, publish.await.unwrap())
+    }
+
+    const CREATE: &str = "POST /apis/events.k8s.io/v1/namespaces/ns/events";
+
+    #[tokio::test]
+    async fn every_new_warning_is_published() {
+        let (requests, all) = publish_once(&["a", "b", "c"], || true, |_| created()).await;
+        assert_eq!(requests, [CREATE; 3]);
+        assert!(all);
+    }
+
+    #[tokio::test]
+    async fn publishing_stops_at_the_first_event_that_gets_no_answer() {
+        let mut answers = [Answer::Refused, Answer::Silence, created()].into_iter();
+        let (requests, all) =
+            publish_once(&["a", "b", "c", "d"], || true, |_| answers.next().unwrap()).await;
+        assert_eq!(requests, [CREATE; 2], "a refusal goes on, no answer stops");
+        assert!(!all);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_stops_leading_publishes_no_more() {
+        let leading = Arc::new(AtomicBool::new(true));
+        let still_leading = {
+            let leading = leading.clone();
+            move || leading.load(Ordering::SeqCst)
+        };
+        let answer = |_: &str| {
+            leading.store(false, Ordering::SeqCst);
+            created()
+        };
+        let (requests, all) = publish_once(&["a", "b", "c"], still_leading, answer).await;
+        assert_eq!(requests, [CREATE; 1]);
+        assert!(!all);
     }
 }

@@ -60,13 +60,18 @@ async fn run(
         let current = latest.borrow_and_update().clone();
         retry = match (leader, current) {
             (true, Some(translated)) => {
+                // Leadership can move while a round is under way; a
+                // replica that lost it stops writing at once.
+                let still_leading = || *leading.borrow();
                 let mut written = true;
                 if let Some(status) = &status {
                     let ownership = |i: &_| translated.classes.ownership(i);
-                    written &= status.sync(&translated.snapshot, ownership).await;
+                    written &= status
+                        .sync(&translated.snapshot, ownership, still_leading)
+                        .await;
                 }
                 written &= events
-                    .publish(&translated.warnings, &translated.snapshot)
+                    .publish(&translated.warnings, &translated.snapshot, still_leading)
                     .await;
                 (!written).then(|| retry.map_or(RETRY_FIRST, |pause| (pause * 2).min(RETRY_MAX)))
             }

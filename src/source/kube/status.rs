@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
-use super::bounded_write;
+use super::WriteFailure;
 use crate::metrics::Metrics;
 use crate::routes::class::Ownership;
 use crate::snapshot::ClusterSnapshot;
@@ -151,42 +151,63 @@ impl StatusWriter {
     }
 
     /// Writes what differs; whether all of it was written. Failures are
-    /// logged, and tried again by the caller.
+    /// logged, and tried again by the caller. The round stops at the first
+    /// write that got no answer (every later one would wait as long), and
+    /// as soon as `leading` says this replica no longer leads.
     pub async fn sync(
         &self,
         snapshot: &ClusterSnapshot,
         ownership: impl Fn(&Ingress) -> Ownership,
+        leading: impl Fn() -> bool,
     ) -> bool {
         let Some(addresses) = self.publish.current() else {
             return true;
         };
         let mut all_written = true;
         for change in changes(&snapshot.ingresses, ownership, &addresses) {
-            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
-            let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
-            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
-            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-            let result = bounded_write(api.patch_status(&change.name, &params, &patch)).await;
-            all_written &= result.is_ok();
-            let outcome = match (&result, change.addresses.is_empty()) {
-                (Ok(_), false) => "updated",
-                (Ok(_), true) => "cleared",
-                (Err(_), _) => "failed",
-            };
-            self.metrics
-                .status_updates
-                .with_label_values(&[outcome])
-                .inc();
-            match result {
-                Ok(_) => {
-                    tracing::debug!(ingress = %format!("{}/{}", change.namespace, change.name), outcome, "ingress status written")
+            if !leading() {
+                return false;
+            }
+            let ingress = format!("{}/{}", change.namespace, change.name);
+            match self.write(&change).await {
+                Ok(()) => {
+                    let outcome = if change.addresses.is_empty() {
+                        "cleared"
+                    } else {
+                        "updated"
+                    };
+                    self.count(outcome);
+                    tracing::debug!(%ingress, outcome, "ingress status written");
                 }
-                Err(e) => {
-                    tracing::warn!(ingress = %format!("{}/{}", change.namespace, change.name), error = %e, "cannot write ingress status; will retry")
+                Err(WriteFailure::Refused(error)) => {
+                    all_written = false;
+                    self.count("failed");
+                    tracing::warn!(%ingress, %error, "cannot write ingress status; will retry");
+                }
+                Err(WriteFailure::Unreachable(error)) => {
+                    self.count("failed");
+                    tracing::warn!(%ingress, %error, "cannot reach the API server to write ingress status; will retry the round");
+                    return false;
                 }
             }
         }
         all_written
+    }
+
+    async fn write(&self, change: &StatusChange) -> Result<(), WriteFailure> {
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
+        let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
+        let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
+        api.patch_status(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .status_updates
+            .with_label_values(&[outcome])
+            .inc();
     }
 }
 
@@ -195,6 +216,8 @@ mod tests {
     use super::*;
     use k8s_openapi::api::networking::v1::{IngressLoadBalancerStatus, IngressStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use crate::source::kube::mock_api::{Answer, MockApi};
 
     fn ingress(name: &str, status: &[&str]) -> Arc<Ingress> {
         Arc::new(Ingress {
@@ -253,5 +276,102 @@ mod tests {
         let ours = addresses(&["10.0.0.1"]);
         let ingresses = [ingress("theirs-same-address", &["10.0.0.1"])];
         assert!(changes(&ingresses, |_| Ownership::Sibling, &ours).is_empty());
+    }
+
+    /// Runs one status round over `names` (none with our address yet)
+    /// against a mock API server that answers the PATCH of each with
+    /// `answer(name)`; the Ingresses written to, in order, and the result.
+    async fn round(
+        names: &[&str],
+        leading: impl Fn() -> bool + Send + 'static,
+        mut answer: impl FnMut(&str) -> Answer,
+    ) -> (Vec<String>, bool) {
+        let (client, api) = MockApi::new();
+        let writer = StatusWriter::new(
+            client,
+            PublishAddresses::Fixed(addresses(&["10.0.0.1"])),
+            Arc::new(Metrics::new()),
+        );
+        let snapshot = ClusterSnapshot {
+            ingresses: names.iter().map(|n| ingress(n, &[])).collect(),
+            ..Default::default()
+        };
+        // The writer, and with it the client, is dropped when the round
+        // ends: that ends the mock's serving.
+        let sync =
+            tokio::spawn(async move { writer.sync(&snapshot, |_| Ownership::Ours, leading).await });
+        let requests = api
+            .serve(|path| {
+                let name = path
+                    .strip_prefix("/apis/networking.k8s.io/v1/namespaces/ns/ingresses/")
+                    .and_then(|p| p.strip_suffix("/status"))
+                    .unwrap_or_else(|| panic!("not an Ingress status write: {path}"));
+                answer(name)
+            })
+            .await;
+        let written = requests
+            .iter()
+            .map(|r| {
+                let name =
+                    r.strip_prefix("PATCH /apis/networking.k8s.io/v1/namespaces/ns/ingresses/");
+                name.and_then(|n| n.strip_suffix("/status"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (written, sync.await.unwrap())
+    }
+
+    /// The API server's answer to a status write that was made.
+    fn written(name: &str) -> Answer {
+        Answer::Ok(serde_json::to_value(&*ingress(name, &["10.0.0.1"])).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_round_writes_every_ingress_that_differs() {
+        let (writes, all) = round(&["a", "b", "c"], || true, written).await;
+        assert_eq!(writes, ["a", "b", "c"]);
+        assert!(all);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_fails_the_round_but_the_others_are_written() {
+        let answer = |name: &str| match name {
+            "b" => Answer::Refused,
+            _ => written(name),
+        };
+        let (writes, all) = round(&["a", "b", "c"], || true, answer).await;
+        assert_eq!(writes, ["a", "b", "c"]);
+        assert!(!all, "the refused write is tried again");
+    }
+
+    #[tokio::test]
+    async fn a_round_stops_at_the_first_write_that_gets_no_answer() {
+        let answer = |name: &str| match name {
+            "b" => Answer::Silence,
+            _ => written(name),
+        };
+        let (writes, all) = round(&["a", "b", "c", "d"], || true, answer).await;
+        assert_eq!(writes, ["a", "b"], "c and d would wait as long");
+        assert!(!all);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_stops_leading_mid_round_writes_no_more() {
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still_leading = {
+            let leading = leading.clone();
+            move || leading.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let answer = |name: &str| {
+            if name == "b" {
+                // Another replica takes the Lease over while b is written.
+                leading.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            written(name)
+        };
+        let (writes, all) = round(&["a", "b", "c", "d"], still_leading, answer).await;
+        assert_eq!(writes, ["a", "b"]);
+        assert!(!all);
     }
 }

@@ -1,0 +1,61 @@
+//! A mock API server for unit tests of what the leader writes: a kube
+//! [`Client`] over tower-test's mock service, each request answered as the
+//! test says.
+
+use kube::Client;
+use kube::client::Body;
+
+type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
+
+/// How the mock answers one request.
+pub enum Answer {
+    /// 200 with this object.
+    Ok(serde_json::Value),
+    /// A 403 Status: the API server refused this one write.
+    Refused,
+    /// No answer at all, as when the client's read timeout fires.
+    Silence,
+}
+
+/// A client whose requests reach `answers` (see [`MockApi::serve`]).
+pub struct MockApi {
+    handle: Handle,
+}
+
+impl MockApi {
+    pub fn new() -> (Client, Self) {
+        let (service, handle) = tower_test::mock::pair();
+        (Client::new(service, "default"), Self { handle })
+    }
+
+    /// Answers every request with `answer(path)` until the client is
+    /// dropped; the method and path of each, in order.
+    pub async fn serve(mut self, mut answer: impl FnMut(&str) -> Answer) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some((request, respond)) = self.handle.next_request().await {
+            let path = request.uri().path().to_string();
+            let reply = |status: u16, body: serde_json::Value| {
+                http::Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap()
+            };
+            match answer(&path) {
+                Answer::Ok(object) => respond.send_response(reply(200, object)),
+                Answer::Refused => respond.send_response(reply(
+                    403,
+                    serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Forbidden", "code": 403,
+                        "message": "forbidden"}),
+                )),
+                Answer::Silence => respond.send_error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                )),
+            }
+            seen.push(format!("{} {path}", request.method()));
+        }
+        seen
+    }
+}
