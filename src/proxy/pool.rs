@@ -263,6 +263,7 @@ mod tests {
     ) -> Result<Response<BackendBody>, UpstreamError> {
         static HOST: HeaderValue = HeaderValue::from_static("example.com");
         static CLIENT: HeaderValue = HeaderValue::from_static("127.0.0.1");
+        static ID: HeaderValue = HeaderValue::from_static("the-id");
         let outgoing = Outgoing {
             method: &parts.method,
             headers: &parts.headers,
@@ -272,7 +273,7 @@ mod tests {
                 host: &HOST,
                 forwarded_for: &CLIENT,
                 forwarded_proto: "http",
-                request_id: None,
+                request_id: &ID,
                 upgrade: None,
             },
         };

@@ -134,7 +134,7 @@ pub async fn handle(
         host: authority_value,
         forwarded_for: &conn.forwarded_for,
         forwarded_proto: "http",
-        request_id: Some(&request_id),
+        request_id: &request_id,
         upgrade: None,
     };
     let upgrading = offered.is_some();

@@ -70,7 +70,7 @@ pub struct ProxyFields<'a> {
     pub forwarded_proto: &'static str,
     /// The request's id, written once in place of every `X-Request-Id`
     /// the client sent (see [`request_id`](crate::proxy::headers::request_id)).
-    pub request_id: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
     /// What is offered to the backend when the request is an upgrade.
     pub upgrade: Option<UpgradeOffer<'a>>,
 }
@@ -96,7 +96,7 @@ impl ProxyFields<'_> {
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_HOST
             || *name == X_FORWARDED_PROTO
-            || (self.request_id.is_some() && *name == X_REQUEST_ID)
+            || *name == X_REQUEST_ID
     }
 
     /// The fields that follow the client's (`Host` goes first, see
@@ -108,9 +108,7 @@ impl ProxyFields<'_> {
             field(out, b"x-forwarded-host", self.host.as_bytes());
         }
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
-        if let Some(id) = self.request_id {
-            field(out, b"x-request-id", id.as_bytes());
-        }
+        field(out, b"x-request-id", self.request_id.as_bytes());
         if let Some(offer) = self.upgrade {
             match offer.http2_settings {
                 None => field(out, b"connection", b"upgrade"),
@@ -209,18 +207,20 @@ mod tests {
     }
 
     /// What the proxy sets for a client at 10.1.2.3 asking for
-    /// `example.com`, with the request id `made` when it made one.
-    fn proxy_fields(made: Option<&HeaderValue>) -> ProxyFields<'_> {
+    /// `example.com`, with the request id `id`.
+    fn proxy_fields(id: &HeaderValue) -> ProxyFields<'_> {
         static HOST: HeaderValue = HeaderValue::from_static("example.com");
         static CLIENT: HeaderValue = HeaderValue::from_static("10.1.2.3");
         ProxyFields {
             host: &HOST,
             forwarded_for: &CLIENT,
             forwarded_proto: "http",
-            request_id: made,
+            request_id: id,
             upgrade: None,
         }
     }
+
+    static ID: HeaderValue = HeaderValue::from_static("the-id");
 
     fn head(headers: &HeaderMap, framing: RequestFraming, fields: &ProxyFields<'_>) -> String {
         let mut out = Vec::new();
@@ -234,10 +234,11 @@ mod tests {
         let mut fields = headers(&[("accept", "*/*")]);
         fields.append("accept", HeaderValue::from_static("text/html"));
         assert_eq!(
-            head(&fields, RequestFraming::None, &proxy_fields(None)),
+            head(&fields, RequestFraming::None, &proxy_fields(&ID)),
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              accept: */*\r\naccept: text/html\r\nx-forwarded-for: 10.1.2.3\r\n\
-             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\r\n"
+             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
+             x-request-id: the-id\r\n\r\n"
         );
     }
 
@@ -254,7 +255,7 @@ mod tests {
         fields.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
         let made = HeaderValue::from_static("made-here");
         assert_eq!(
-            head(&fields, RequestFraming::None, &proxy_fields(Some(&made))),
+            head(&fields, RequestFraming::None, &proxy_fields(&made)),
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              x-kept: 1\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
@@ -270,7 +271,7 @@ mod tests {
                 protocols: &offered,
                 http2_settings: None,
             }),
-            ..proxy_fields(None)
+            ..proxy_fields(&ID)
         };
         assert_eq!(
             head(
@@ -281,7 +282,7 @@ mod tests {
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              sec-websocket-version: 13\r\nx-forwarded-for: 10.1.2.3\r\n\
              x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
-             connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+             x-request-id: the-id\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
     }
 
@@ -294,7 +295,7 @@ mod tests {
                 protocols: &offered,
                 http2_settings: Some(&settings),
             }),
-            ..proxy_fields(None)
+            ..proxy_fields(&ID)
         };
         let head = head(&HeaderMap::new(), RequestFraming::None, &fields);
         assert!(
@@ -311,7 +312,7 @@ mod tests {
         let mut fields = headers(&[("x-request-id", "abc")]);
         fields.append("x-request-id", HeaderValue::from_static("second"));
         let id = HeaderValue::from_static("abc");
-        let head = head(&fields, RequestFraming::None, &proxy_fields(Some(&id)));
+        let head = head(&fields, RequestFraming::None, &proxy_fields(&id));
         assert_eq!(head.matches("x-request-id").count(), 1, "{head}");
         assert!(head.contains("x-request-id: abc\r\n"), "{head}");
     }
@@ -321,7 +322,7 @@ mod tests {
         let head = head(
             &HeaderMap::new(),
             RequestFraming::Chunked,
-            &proxy_fields(None),
+            &proxy_fields(&ID),
         );
         assert!(head.ends_with("transfer-encoding: chunked\r\n\r\n"));
         assert_eq!(chunk_size_line(0x1f40).as_ref(), b"1f40\r\n");
