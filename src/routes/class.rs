@@ -66,42 +66,32 @@ impl ClassFilter {
 
     /// Whether `ingress` is ours, another switchyard's, or neither.
     pub fn ownership(&self, ingress: &Ingress) -> Ownership {
-        if self.is_ours(ingress) {
-            return Ownership::Ours;
-        }
-        let named = ingress
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref())
-            .or_else(|| {
-                let annotations = ingress.metadata.annotations.as_ref()?;
-                annotations.get(LEGACY_CLASS_ANNOTATION).map(String::as_str)
-            });
-        match named {
+        match class_named(ingress) {
+            Some(name) if name == self.class_name => Ownership::Ours,
             Some(name) if self.siblings.iter().any(|s| s == name) => Ownership::Sibling,
+            Some(_) => Ownership::Other,
+            None if self.ours_is_default => Ownership::Ours,
             None if self.sibling_is_default => Ownership::Sibling,
-            _ => Ownership::Other,
+            None => Ownership::Other,
         }
     }
 
     pub fn is_ours(&self, ingress: &Ingress) -> bool {
-        if let Some(name) = ingress
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref())
-        {
-            return name == self.class_name;
-        }
-        if let Some(name) = ingress
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-        {
-            return *name == self.class_name;
-        }
-        self.ours_is_default
+        self.ownership(ingress) == Ownership::Ours
     }
+}
+
+/// The class an Ingress names: `spec.ingressClassName`, failing that the
+/// legacy annotation.
+fn class_named(ingress: &Ingress) -> Option<&str> {
+    ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+        .or_else(|| {
+            let annotations = ingress.metadata.annotations.as_ref()?;
+            annotations.get(LEGACY_CLASS_ANNOTATION).map(String::as_str)
+        })
 }
 
 /// Whether `class` is marked the cluster's default (exactly `"true"`, as
