@@ -224,10 +224,14 @@ async fn next_request(
     let max_head = proxy.config.max_header_bytes;
     let mut timer_set = false;
     loop {
-        match request::parse(buf, max_head) {
-            Head::Request(served) => return Next::Request(served),
-            Head::NotOurs => return Next::HandOff,
-            Head::Partial => {}
+        // Between keep-alive requests the buffer is usually empty: nothing
+        // to parse until the next read.
+        if !buf.is_empty() {
+            match request::parse(buf, max_head) {
+                Head::Request(served) => return Next::Request(served),
+                Head::NotOurs => return Next::HandOff,
+                Head::Partial => {}
+            }
         }
         if buf.capacity() - buf.len() < READ_ROOM / 4 {
             buf.reserve(READ_ROOM);
