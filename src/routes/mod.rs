@@ -8,6 +8,7 @@ pub mod class;
 pub mod host;
 pub mod passive_health;
 pub mod path;
+pub mod retire;
 pub mod spec;
 pub mod table;
 pub mod translate;
@@ -29,8 +30,10 @@ pub use table::{Backend, Pick, Route, RouteLabels, RouteTable};
 pub use translate::{TranslateOptions, Translation, translate};
 pub use warning::{Warning, WarningReason};
 
-/// The route table in force. Readers take an `Arc` and keep it for the
-/// whole request or tunnel, so a swap never changes anything under them.
+/// The route table in force. A request takes the route it looks up and
+/// keeps it to its end (a tunnel's too), so a swap never changes anything
+/// under them; the table it replaced is freed by the swapping thread (see
+/// [`retire`]).
 /// Endpoint health and metric series outlive tables: a new table's
 /// endpoints take over the state of the same addresses in the table
 /// before, and its routes the series of the same labels.
@@ -55,13 +58,16 @@ impl RouteStore {
     }
 
     /// Puts `spec` in force unless it equals the table already in force.
-    /// Returns whether a swap happened.
+    /// Returns whether a swap happened. It may wait up to
+    /// [`RETIRE_WAIT`](retire::RETIRE_WAIT) to free the table it replaced:
+    /// call it off the threads that serve requests.
     pub fn swap_if_changed(&self, spec: RouteTableSpec) -> bool {
         if *self.current.load().spec() == spec {
             return false;
         }
         let table = RouteTable::compile_sharing(spec, &self.health, Some(&self.series));
-        self.current.store(Arc::new(table));
+        let replaced = self.current.swap(Arc::new(table));
+        retire::retire(replaced, retire::RETIRE_WAIT);
         true
     }
 }
