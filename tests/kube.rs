@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::apiserver::{FakeApiServer, StatusWrites};
+use common::apiserver::{FakeApiServer, Writes};
 use common::backends;
 use common::client::get;
 use common::manifests::{ingress, objects, route, service};
@@ -425,7 +425,7 @@ async fn a_status_write_that_never_returns_does_not_hold_back_route_changes() {
     })
     .await;
     // The next status write hangs, as on a half-open connection.
-    api.set_status_writes(StatusWrites::Hang);
+    api.set_status_writes(Writes::Hang);
     load(&api, &ingress("stuck", "stuck.test", "/", "web", &[]));
     eventually(
         "status write under way",
@@ -445,7 +445,7 @@ async fn a_status_write_that_never_returns_does_not_hold_back_route_changes() {
 async fn a_failed_status_write_is_tried_again_without_another_change() {
     let echo = backends::echo("s").await;
     let api = FakeApiServer::start().await;
-    api.set_status_writes(StatusWrites::Fail);
+    api.set_status_writes(Writes::Fail);
     load(
         &api,
         &(CLASS.to_string() + &route("web", "web.test", "/", &[echo.addr])),
@@ -465,7 +465,7 @@ async fn a_failed_status_write_is_tried_again_without_another_change() {
     .await;
     assert!(api.status_patches().is_empty());
     // Nothing in the cluster changes from here on.
-    api.set_status_writes(StatusWrites::Answered);
+    api.set_status_writes(Writes::Answered);
     eventually("status written", Duration::from_secs(20), || async {
         !api.status_patches().is_empty()
     })
@@ -488,10 +488,7 @@ async fn a_replica_that_is_not_the_leader_writes_nothing() {
         &api,
         &(CLASS.to_string() + &ingress("web", "web.test", "/", "missing", &[])),
     );
-    let now = "2026-01-01T00:00:00.000000Z";
-    api.apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "switchyard-leader", "namespace": "ingress"},
-        "spec": {"holderIdentity": "other-pod", "leaseDurationSeconds": 100000000, "acquireTime": now, "renewTime": now}}));
+    api.apply(lease_held_by("other-pod"));
     let dir = tempfile::tempdir().unwrap();
     let proxy = Switchyard::start_cluster(
         &api.kubeconfig(dir.path()),
@@ -511,6 +508,49 @@ async fn a_replica_that_is_not_the_leader_writes_nothing() {
         api.lease("ingress", "switchyard-leader").unwrap()["spec"]["holderIdentity"],
         "other-pod"
     );
+}
+
+/// Lease writes the fake has seen, answered or not.
+fn lease_writes_tried(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/leases"))
+        .count()
+}
+
+/// A Lease held by `holder` for as long as the test runs.
+fn lease_held_by(holder: &str) -> serde_json::Value {
+    let now = "2026-01-01T00:00:00.000000Z";
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "switchyard-leader", "namespace": "ingress"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 100000000, "acquireTime": now, "renewTime": now}})
+}
+
+// About 35 s: the Lease is renewed 25 s after it was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewal_goes_unanswered_steps_down_when_another_holds_the_lease() {
+    let api = FakeApiServer::start().await;
+    load(&api, CLASS);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
+    wait_ready(&proxy).await;
+    eventually("pod-a leads", Duration::from_secs(20), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    // From here on, Lease writes hang as on a half-open connection.
+    api.set_lease_writes(Writes::Hang);
+    let before = lease_writes_tried(&api);
+    eventually("a renewal sent", Duration::from_secs(40), || async {
+        lease_writes_tried(&api) > before
+    })
+    .await;
+    // Another replica takes the Lease over, as it may once it expires.
+    api.apply(lease_held_by("other-pod"));
+    eventually("pod-a steps down", Duration::from_secs(30), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 0.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

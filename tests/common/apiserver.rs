@@ -112,9 +112,9 @@ pub struct FakeApiServer {
     inner: Arc<Inner>,
 }
 
-/// How the fake answers Ingress status writes.
+/// How the fake answers the writes of one kind (Ingress status, Leases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusWrites {
+pub enum Writes {
     Answered,
     /// Never answered: the request hangs, as on a half-open connection.
     Hang,
@@ -126,7 +126,8 @@ struct Inner {
     addr: SocketAddr,
     state: Mutex<State>,
     down: AtomicBool,
-    status_writes: Mutex<StatusWrites>,
+    status_writes: Mutex<Writes>,
+    lease_writes: Mutex<Writes>,
     stopped: CancellationToken,
     accept: Mutex<Option<JoinHandle<()>>>,
 }
@@ -179,7 +180,8 @@ impl FakeApiServer {
                 ..State::default()
             }),
             down: AtomicBool::new(false),
-            status_writes: Mutex::new(StatusWrites::Answered),
+            status_writes: Mutex::new(Writes::Answered),
+            lease_writes: Mutex::new(Writes::Answered),
             stopped: CancellationToken::new(),
             accept: Mutex::new(None),
         });
@@ -358,8 +360,14 @@ impl FakeApiServer {
     }
 
     /// How Ingress status writes are answered from now on.
-    pub fn set_status_writes(&self, mode: StatusWrites) {
+    pub fn set_status_writes(&self, mode: Writes) {
         *self.inner.status_writes.lock().unwrap() = mode;
+    }
+
+    /// How Lease writes (creating, renewing, releasing) are answered from
+    /// now on; reads of Leases are answered still.
+    pub fn set_lease_writes(&self, mode: Writes) {
+        *self.inner.lease_writes.lock().unwrap() = mode;
     }
 
     /// While down, every connection and request is dropped without an
@@ -431,15 +439,20 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> io::Result<Res
         // An error from the service makes hyper close the connection unanswered.
         return Err(io::Error::other("fake API server is down"));
     }
-    if parts.method == Method::PATCH && parts.uri.path().ends_with("/status") {
-        let mode = *inner.status_writes.lock().unwrap();
-        match mode {
-            StatusWrites::Answered => {}
-            StatusWrites::Hang => std::future::pending::<()>().await,
-            StatusWrites::Fail => {
-                let message = "status writes are failing".to_string();
-                return Ok(ApiError::new(500, "InternalError", message).response());
-            }
+    let path = parts.uri.path();
+    let writes = if parts.method == Method::PATCH && path.ends_with("/status") {
+        Some(("status", *inner.status_writes.lock().unwrap()))
+    } else if parts.method != Method::GET && path.contains("/leases") {
+        Some(("Lease", *inner.lease_writes.lock().unwrap()))
+    } else {
+        None
+    };
+    match writes {
+        None | Some((_, Writes::Answered)) => {}
+        Some((_, Writes::Hang)) => std::future::pending::<()>().await,
+        Some((kind, Writes::Fail)) => {
+            let message = format!("{kind} writes are failing");
+            return Ok(ApiError::new(500, "InternalError", message).response());
         }
     }
     let content_type = parts
