@@ -31,7 +31,8 @@ use crate::source::kube::health::SourceHealth;
 use crate::source::kube::leader::{self, LeaderSettings};
 use crate::source::kube::publish::{self, Translated};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
-use crate::source::kube::{API_WRITE_TIMEOUT, Stores, reflect, write_client};
+use crate::source::kube::writes::{API_WRITE_TIMEOUT, write_client};
+use crate::source::kube::{Stores, reflect};
 use crate::source::manifest::LoadError;
 use crate::source::watch::ManifestWatcher;
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a swap waits for the readers of the table it replaced. A
-/// lookup holds it for well under a microsecond; a reader that holds it
-/// longer than this (a slow client of the admin API's `/routes`) frees it
-/// itself.
+/// lookup holds it for well under a microsecond, the admin API's `/routes`
+/// while it encodes the table; a reader that holds it longer than this
+/// frees it itself.
 pub const RETIRE_WAIT: Duration = Duration::from_millis(100);
 
 /// Drops `value` here once it is the last reference, waiting at most

@@ -10,7 +10,7 @@ use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::WriteFailure;
+use super::writes::{RoundEnd, WriteFailure, outcome};
 use crate::metrics::Metrics;
 use crate::routes::Warning;
 use crate::snapshot::ClusterSnapshot;
@@ -37,18 +37,17 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes the warnings not published yet; whether all of them were.
-    /// Like a status round, it stops at the first write that got no answer
-    /// and as soon as `leading` says this replica no longer leads.
+    /// Publishes the warnings not published yet. Like a status round, it
+    /// stops at the first write the API server is not taking and as soon
+    /// as `leading` says this replica no longer leads.
     pub async fn publish(
         &mut self,
         warnings: &[Warning],
         snapshot: &ClusterSnapshot,
         leading: impl Fn() -> bool,
-    ) -> bool {
-        let mut all_published = true;
+    ) -> RoundEnd {
+        let mut end = RoundEnd::Written;
         let mut still_present = HashSet::new();
-        let mut stopped = false;
         for warning in warnings {
             let key = warning.to_string();
             if self.published.contains(&key) {
@@ -57,9 +56,8 @@ impl EventPublisher {
             }
             // Once stopped, the warnings left are published by a later
             // round; those published before are still remembered above.
-            if stopped || !leading() {
-                stopped = true;
-                all_published = false;
+            if end == RoundEnd::Stopped || !leading() {
+                end = RoundEnd::Stopped;
                 continue;
             }
             let Some(reference) = object_reference(warning, snapshot) else {
@@ -80,7 +78,7 @@ impl EventPublisher {
                 action: "Translate".into(),
                 secondary: None,
             };
-            match self.recorder.publish(&event, &reference).await {
+            match outcome(self.recorder.publish(&event, &reference).await) {
                 Ok(()) => {
                     self.metrics
                         .events
@@ -88,22 +86,18 @@ impl EventPublisher {
                         .inc();
                     still_present.insert(key);
                 }
-                Err(error) => {
-                    all_published = false;
-                    match WriteFailure::from(error) {
-                        WriteFailure::Refused(error) => {
-                            tracing::warn!(%error, object = %warning.object, "cannot publish event; will retry")
-                        }
-                        WriteFailure::Unreachable(error) => {
-                            stopped = true;
-                            tracing::warn!(%error, object = %warning.object, "cannot reach the API server to publish events; will retry the round")
-                        }
-                    }
+                Err(WriteFailure::Refused(error)) => {
+                    end = end.max(RoundEnd::Incomplete);
+                    tracing::warn!(%error, object = %warning.object, "cannot publish event; will retry")
+                }
+                Err(WriteFailure::Unavailable(error)) => {
+                    end = RoundEnd::Stopped;
+                    tracing::warn!(%error, object = %warning.object, "the API server is not taking writes; will retry the round")
                 }
             }
         }
         self.published = still_present;
-        all_published
+        end
     }
 }
 
@@ -190,7 +184,7 @@ mod tests {
         names: &[&str],
         leading: impl Fn() -> bool + Send + 'static,
         answer: impl FnMut(&str) -> Answer,
-    ) -> (Vec<String>, bool) {
+    ) -> (Vec<String>, RoundEnd) {
         let (client, api) = MockApi::new();
         let mut events = EventPublisher::new(client, Some("pod".into()), Arc::new(Metrics::new()));
         let (warnings, snapshot) = warnings_on(names);
@@ -204,18 +198,18 @@ mod tests {
 
     #[tokio::test]
     async fn every_new_warning_is_published() {
-        let (requests, all) = publish_once(&["a", "b", "c"], || true, |_| created()).await;
+        let (requests, end) = publish_once(&["a", "b", "c"], || true, |_| created()).await;
         assert_eq!(requests, [CREATE; 3]);
-        assert!(all);
+        assert_eq!(end, RoundEnd::Written);
     }
 
     #[tokio::test]
     async fn publishing_stops_at_the_first_event_that_gets_no_answer() {
         let mut answers = [Answer::Refused, Answer::Silence, created()].into_iter();
-        let (requests, all) =
+        let (requests, end) =
             publish_once(&["a", "b", "c", "d"], || true, |_| answers.next().unwrap()).await;
         assert_eq!(requests, [CREATE; 2], "a refusal goes on, no answer stops");
-        assert!(!all);
+        assert_eq!(end, RoundEnd::Stopped);
     }
 
     #[tokio::test]
@@ -229,8 +223,8 @@ mod tests {
             leading.store(false, Ordering::SeqCst);
             created()
         };
-        let (requests, all) = publish_once(&["a", "b", "c"], still_leading, answer).await;
+        let (requests, end) = publish_once(&["a", "b", "c"], still_leading, answer).await;
         assert_eq!(requests, [CREATE; 1]);
-        assert!(!all);
+        assert_eq!(end, RoundEnd::Stopped);
     }
 }

@@ -25,6 +25,13 @@ pub struct LeaderSettings {
 /// How long to wait before trying again to set up the lease.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How long a Lease holds after its last renewal, and how long before
+/// that the holder renews it (kube-lease-manager's defaults, spelled out
+/// because [`API_WRITE_TIMEOUT`](super::writes::API_WRITE_TIMEOUT) is
+/// chosen against them).
+pub const LEASE_DURATION_SECONDS: u64 = 30;
+pub const LEASE_GRACE_SECONDS: u64 = 5;
+
 /// Starts the election; the receiver says whether this replica leads now.
 pub fn elect(
     client: Client,
@@ -48,6 +55,8 @@ pub fn elect(
             let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
                 .with_namespace(&settings.namespace)
                 .with_identity(&settings.identity)
+                .with_duration(LEASE_DURATION_SECONDS)
+                .with_grace(LEASE_GRACE_SECONDS)
                 .build()
                 .await;
             match manager {

@@ -32,30 +32,37 @@ impl MockApi {
     /// dropped; the method and path of each, in order.
     pub async fn serve(mut self, mut answer: impl FnMut(&str) -> Answer) -> Vec<String> {
         let mut seen = Vec::new();
-        while let Some((request, respond)) = self.handle.next_request().await {
-            let path = request.uri().path().to_string();
-            let reply = |status: u16, body: serde_json::Value| {
-                http::Response::builder()
-                    .status(status)
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                    .unwrap()
-            };
-            match answer(&path) {
-                Answer::Ok(object) => respond.send_response(reply(200, object)),
-                Answer::Refused => respond.send_response(reply(
-                    403,
-                    serde_json::json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "Forbidden", "code": 403,
-                        "message": "forbidden"}),
-                )),
-                Answer::Silence => respond.send_error(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer",
-                )),
-            }
-            seen.push(format!("{} {path}", request.method()));
+        while let Some(request) = self.next(&mut answer).await {
+            seen.push(request);
         }
         seen
+    }
+
+    /// Answers the next request with `answer(path)`; its method and path,
+    /// or `None` once the client is dropped.
+    pub async fn next(&mut self, answer: impl FnOnce(&str) -> Answer) -> Option<String> {
+        let (request, respond) = self.handle.next_request().await?;
+        let path = request.uri().path().to_string();
+        let reply = |status: u16, body: serde_json::Value| {
+            http::Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        };
+        match answer(&path) {
+            Answer::Ok(object) => respond.send_response(reply(200, object)),
+            Answer::Refused => respond.send_response(reply(
+                403,
+                serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": "forbidden"}),
+            )),
+            Answer::Silence => respond.send_error(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer",
+            )),
+        }
+        Some(format!("{} {path}", request.method()))
     }
 }

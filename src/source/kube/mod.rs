@@ -13,9 +13,9 @@ mod mock_api;
 pub mod publish;
 pub mod reflect;
 pub mod status;
+pub mod writes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -29,55 +29,6 @@ use health::SourceHealth;
 
 /// The field selector that keeps every other Secret out of our watch.
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
-
-/// The longest switchyard waits for the answer to one API write: a Lease
-/// renewal, an Ingress status patch, an Event. The Lease is renewed 5 s
-/// before it expires (kube-lease-manager's default grace), so a renewal
-/// that gets no answer fails before another replica can take the Lease
-/// over, and this one steps down on its next look at the Lease.
-pub const API_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The client switchyard writes with. kube's default client sets no read
-/// timeout (its watches stay open for minutes), so a write on a connection
-/// that went half-open would wait for TCP to give up, about a quarter of an
-/// hour: a leader whose renewal hung would go on writing status long after
-/// another replica took the Lease over. This one gives up `timeout` after
-/// the request was sent; the watches keep a client of their own.
-pub fn write_client(mut config: kube::Config, timeout: Duration) -> kube::Result<Client> {
-    config.read_timeout = Some(timeout);
-    // Counted from the request, not from when its pooled connection went
-    // idle.
-    config.reset_reader_on_write = true;
-    Client::try_from(config)
-}
-
-/// Why one API write failed, as far as the rest of its round is concerned.
-#[derive(Debug)]
-pub enum WriteFailure {
-    /// The API server answered with an error about this object (a 422, a
-    /// 403 in one namespace, a conflict): the next write may succeed.
-    Refused(String),
-    /// No answer (a timeout, a refused or broken connection): the next
-    /// write would most likely wait and fail the same way.
-    Unreachable(String),
-}
-
-impl From<kube::Error> for WriteFailure {
-    fn from(error: kube::Error) -> Self {
-        match error {
-            kube::Error::Api(_) => Self::Refused(error.to_string()),
-            other => Self::Unreachable(other.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for WriteFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Refused(e) | Self::Unreachable(e) => f.write_str(e),
-        }
-    }
-}
 
 /// One namespaced kind to watch: in every watched namespace, or in all.
 struct Watch<'a> {
@@ -206,41 +157,5 @@ impl Stores {
             endpoint_slices: all(&self.slices),
             tls_secrets: all(&self.secrets),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::api::{Patch, PatchParams};
-
-    #[tokio::test]
-    async fn a_write_that_gets_no_answer_fails_as_unreachable() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Accepts and never answers: a half-open connection as the client
-        // sees it.
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = write_client(config, Duration::from_millis(200)).unwrap();
-        let api: Api<Ingress> = Api::namespaced(client, "ns");
-        let (params, patch) = (PatchParams::default(), serde_json::json!({ "status": {} }));
-        let patch = Patch::Merge(&patch);
-        let write = api.patch_status("web", &params, &patch);
-        // Only a guard against hanging the test run: the client's own
-        // timeout is 200 ms.
-        let result = tokio::time::timeout(Duration::from_secs(60), write)
-            .await
-            .expect("the write gives up by itself");
-        let failure = WriteFailure::from(result.expect_err("nothing answered"));
-        assert!(
-            matches!(failure, WriteFailure::Unreachable(_)),
-            "{failure:?}"
-        );
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::events::EventPublisher;
 use super::status::StatusWriter;
+use super::writes::RoundEnd;
 use crate::routes::Warning;
 use crate::routes::class::ClassFilter;
 use crate::snapshot::ClusterSnapshot;
@@ -63,16 +64,20 @@ async fn run(
                 // Leadership can move while a round is under way; a
                 // replica that lost it stops writing at once.
                 let still_leading = || *leading.borrow();
-                let mut written = true;
+                let mut end = RoundEnd::Written;
                 if let Some(status) = &status {
                     let ownership = |i: &_| translated.classes.ownership(i);
-                    written &= status
+                    end = status
                         .sync(&translated.snapshot, ownership, still_leading)
                         .await;
                 }
-                written &= events
-                    .publish(&translated.warnings, &translated.snapshot, still_leading)
-                    .await;
+                if end != RoundEnd::Stopped {
+                    let published = events
+                        .publish(&translated.warnings, &translated.snapshot, still_leading)
+                        .await;
+                    end = end.max(published);
+                }
+                let written = end == RoundEnd::Written;
                 (!written).then(|| retry.map_or(RETRY_FIRST, |pause| (pause * 2).min(RETRY_MAX)))
             }
             _ => None,
@@ -88,5 +93,86 @@ async fn run(
             changed = leading.changed() => if changed.is_err() { return },
             () = pause => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::networking::v1::{Ingress, IngressSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::routes::WarningReason;
+    use crate::routes::warning::ObjectRef;
+    use crate::source::kube::mock_api::{Answer, MockApi};
+    use crate::source::kube::status::{Address, PublishAddresses};
+
+    /// Ingress `ns/web`, of our class, with no status yet and one warning.
+    fn translated() -> Translated {
+        let ingress = Ingress {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: Some(IngressSpec {
+                ingress_class_name: Some("switchyard".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Translated {
+            snapshot: ClusterSnapshot {
+                ingresses: vec![Arc::new(ingress)],
+                ..Default::default()
+            },
+            warnings: vec![Warning {
+                object: ObjectRef {
+                    kind: "Ingress".into(),
+                    namespace: Some("ns".into()),
+                    name: "web".into(),
+                },
+                reason: WarningReason::BackendNotFound,
+                message: "spec.defaultBackend.service.name \"gone\": no such Service".into(),
+            }],
+            classes: ClassFilter::new("switchyard", &[]),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_write_that_gets_no_answer_holds_the_events_back_to_the_next_round() {
+        let (client, mut api) = MockApi::new();
+        let metrics = Arc::new(Metrics::new());
+        let addresses = [Address::parse("10.0.0.1")].into_iter().collect();
+        let status = StatusWriter::new(
+            client.clone(),
+            PublishAddresses::Fixed(addresses),
+            metrics.clone(),
+        );
+        let events = EventPublisher::new(client, Some("pod".into()), metrics);
+        let (_leader, leading) = watch::channel(true);
+        let latest = spawn(Some(status), events, leading);
+        latest.send_replace(Some(Arc::new(translated())));
+
+        let status_write = "PATCH /apis/networking.k8s.io/v1/namespaces/ns/ingresses/web/status";
+        assert_eq!(api.next(|_| Answer::Silence).await.unwrap(), status_write);
+        // The round stopped there: after the pause, status comes first
+        // again, with no Event tried in between.
+        assert_eq!(api.next(|_| Answer::Silence).await.unwrap(), status_write);
+        let written = serde_json::to_value(&*translated().snapshot.ingresses[0]).unwrap();
+        assert_eq!(
+            api.next(|_| Answer::Ok(written)).await.unwrap(),
+            status_write
+        );
+        // Once status is written, the round goes on to the Event.
+        let event = serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "eventTime": "2026-01-01T00:00:00.000000Z"});
+        assert_eq!(
+            api.next(|_| Answer::Ok(event)).await.unwrap(),
+            "POST /apis/events.k8s.io/v1/namespaces/ns/events"
+        );
     }
 }

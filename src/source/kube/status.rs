@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
-use super::WriteFailure;
+use super::writes::{RoundEnd, WriteFailure, outcome};
 use crate::metrics::Metrics;
 use crate::routes::class::Ownership;
 use crate::snapshot::ClusterSnapshot;
@@ -150,23 +150,23 @@ impl StatusWriter {
         }
     }
 
-    /// Writes what differs; whether all of it was written. Failures are
-    /// logged, and tried again by the caller. The round stops at the first
-    /// write that got no answer (every later one would wait as long), and
-    /// as soon as `leading` says this replica no longer leads.
+    /// Writes what differs. Failures are logged, and tried again by the
+    /// caller. The round stops at the first write the API server is not
+    /// taking (every later one would wait or fail as long), and as soon as
+    /// `leading` says this replica no longer leads.
     pub async fn sync(
         &self,
         snapshot: &ClusterSnapshot,
         ownership: impl Fn(&Ingress) -> Ownership,
         leading: impl Fn() -> bool,
-    ) -> bool {
+    ) -> RoundEnd {
         let Some(addresses) = self.publish.current() else {
-            return true;
+            return RoundEnd::Written;
         };
-        let mut all_written = true;
+        let mut end = RoundEnd::Written;
         for change in changes(&snapshot.ingresses, ownership, &addresses) {
             if !leading() {
-                return false;
+                return RoundEnd::Stopped;
             }
             let ingress = format!("{}/{}", change.namespace, change.name);
             match self.write(&change).await {
@@ -180,27 +180,28 @@ impl StatusWriter {
                     tracing::debug!(%ingress, outcome, "ingress status written");
                 }
                 Err(WriteFailure::Refused(error)) => {
-                    all_written = false;
+                    end = RoundEnd::Incomplete;
                     self.count("failed");
                     tracing::warn!(%ingress, %error, "cannot write ingress status; will retry");
                 }
-                Err(WriteFailure::Unreachable(error)) => {
+                Err(WriteFailure::Unavailable(error)) => {
                     self.count("failed");
-                    tracing::warn!(%ingress, %error, "cannot reach the API server to write ingress status; will retry the round");
-                    return false;
+                    tracing::warn!(%ingress, %error, "the API server is not taking writes; will retry the round");
+                    return RoundEnd::Stopped;
                 }
             }
         }
-        all_written
+        end
     }
 
     async fn write(&self, change: &StatusChange) -> Result<(), WriteFailure> {
         let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
         let entries: Vec<_> = change.addresses.iter().map(Address::to_status).collect();
         let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": entries } } });
-        api.patch_status(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
+        outcome(
+            api.patch_status(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        )
     }
 
     fn count(&self, outcome: &str) {
@@ -285,7 +286,7 @@ mod tests {
         names: &[&str],
         leading: impl Fn() -> bool + Send + 'static,
         mut answer: impl FnMut(&str) -> Answer,
-    ) -> (Vec<String>, bool) {
+    ) -> (Vec<String>, RoundEnd) {
         let (client, api) = MockApi::new();
         let writer = StatusWriter::new(
             client,
@@ -329,9 +330,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_writes_every_ingress_that_differs() {
-        let (writes, all) = round(&["a", "b", "c"], || true, written).await;
+        let (writes, end) = round(&["a", "b", "c"], || true, written).await;
         assert_eq!(writes, ["a", "b", "c"]);
-        assert!(all);
+        assert_eq!(end, RoundEnd::Written);
     }
 
     #[tokio::test]
@@ -340,20 +341,24 @@ mod tests {
             "b" => Answer::Refused,
             _ => written(name),
         };
-        let (writes, all) = round(&["a", "b", "c"], || true, answer).await;
+        let (writes, end) = round(&["a", "b", "c"], || true, answer).await;
         assert_eq!(writes, ["a", "b", "c"]);
-        assert!(!all, "the refused write is tried again");
+        assert_eq!(
+            end,
+            RoundEnd::Incomplete,
+            "the refused write is tried again"
+        );
     }
 
     #[tokio::test]
-    async fn a_round_stops_at_the_first_write_that_gets_no_answer() {
+    async fn a_round_stops_at_the_first_write_the_api_server_is_not_taking() {
         let answer = |name: &str| match name {
             "b" => Answer::Silence,
             _ => written(name),
         };
-        let (writes, all) = round(&["a", "b", "c", "d"], || true, answer).await;
+        let (writes, end) = round(&["a", "b", "c", "d"], || true, answer).await;
         assert_eq!(writes, ["a", "b"], "c and d would wait as long");
-        assert!(!all);
+        assert_eq!(end, RoundEnd::Stopped);
     }
 
     #[tokio::test]
@@ -370,8 +375,8 @@ mod tests {
             }
             written(name)
         };
-        let (writes, all) = round(&["a", "b", "c", "d"], still_leading, answer).await;
+        let (writes, end) = round(&["a", "b", "c", "d"], still_leading, answer).await;
         assert_eq!(writes, ["a", "b"]);
-        assert!(!all);
+        assert_eq!(end, RoundEnd::Stopped);
     }
 }
