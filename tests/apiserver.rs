@@ -363,7 +363,9 @@ async fn bookmarks_and_watch_timeout() {
         .resource_version
         .unwrap();
     let mut stream = api
-        .watch(&WatchParams::default().timeout(1), &rv)
+        // Long enough for the bookmark below to arrive first on a slow
+        // machine, short enough to see the timeout end the stream.
+        .watch(&WatchParams::default().timeout(3), &rv)
         .await
         .unwrap()
         .boxed();
@@ -376,7 +378,7 @@ async fn bookmarks_and_watch_timeout() {
         }
         other => panic!("expected a BOOKMARK, got {other:?}"),
     }
-    // timeoutSeconds=1 ends the stream.
+    // timeoutSeconds=3 ends the stream.
     assert!(
         tokio::time::timeout(WAIT, stream.next())
             .await

@@ -227,11 +227,7 @@ async fn run_serves_watches_files_and_keeps_the_last_good_state() {
         200,
         "last good state stays in force"
     );
-    assert!(
-        proxy.log_text().contains("second.yaml: document 1"),
-        "{}",
-        proxy.log_text()
-    );
+    wait_for_log(&proxy, "second.yaml: document 1").await;
 
     // Removing the file removes its routes.
     std::fs::remove_file(&second_file).unwrap();
@@ -324,7 +320,7 @@ async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
         dir.path(),
         &[
             "--drain-timeout",
-            "1500ms",
+            "3s",
             "--log-level",
             "debug",
             // The single-threaded runtime (one core) serves and drains too.
@@ -336,7 +332,11 @@ async fn sigterm_drains_in_flight_requests_and_tunnels_then_exits_0() {
 
     let mut ws = websocket(proxy.http, "h").await;
     let slow = tokio::spawn(get(proxy.http, "h", "/slow", &[]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // In flight once it has reached the backend: the tunnel holds one
+    // backend connection, `/slow` another.
+    while echo.connections.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     proxy.terminate();
     wait_admin(proxy.admin, "/readyz", |s, body| {

@@ -365,7 +365,7 @@ async fn a_backend_that_stops_taking_a_large_body_gets_a_504_and_the_connection_
 #[tokio::test]
 async fn a_slow_upload_to_a_backend_that_reads_it_is_not_a_response_timeout() {
     let config = ProxyConfig {
-        upstream_response_timeout: Duration::from_millis(300),
+        upstream_response_timeout: Duration::from_secs(1),
         ..ProxyConfig::default()
     };
     let (_echo, proxy) = TestProxy::with_echo("upload", config).await;
@@ -378,7 +378,7 @@ async fn a_slow_upload_to_a_backend_that_reads_it_is_not_a_response_timeout() {
     // proxy waits for the client does not count against the backend.
     for _ in 0..4 {
         client.write_all(b"0123456789").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let (head, rest) = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client))
         .await
@@ -403,7 +403,9 @@ fn ejection_after(failures: u32, backoff: Duration) -> ProxyConfig {
 async fn an_endpoint_that_keeps_failing_is_ejected_then_tried_again_after_the_backoff() {
     let good = backends::echo("good").await;
     let (bad, bad_accepted) = resetting().await;
-    let config = ejection_after(3, Duration::from_secs(2));
+    // Long enough for the six requests that must find it ejected, short
+    // enough for wait_metric's 10 s below.
+    let config = ejection_after(3, Duration::from_secs(5));
     let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[bad, good.addr])).await;
     let ejections = |p: &TestProxy| p.metric("switchyard_upstream_ejections_total", &labels("r"));
     let ejected = |p: &TestProxy| p.metric("switchyard_upstream_ejected_endpoints", &labels("r"));

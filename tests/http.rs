@@ -597,13 +597,13 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
     let slow = backends::scripted(|mut s| async move {
         read_head(&mut s).await;
         write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 4"]).await;
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let _ = s.write_all(b"done").await;
         let _ = read_until_closed(&mut s).await;
     })
     .await;
     let config = ProxyConfig {
-        header_read_timeout: Duration::from_millis(300),
+        header_read_timeout: Duration::from_secs(1),
         ..ProxyConfig::default()
     };
     let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await;
@@ -614,7 +614,7 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
         .await
         .unwrap();
     let mut received = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 1024];
         while let Ok(n @ 1..) = idle.read(&mut buf).await {
             received.extend_from_slice(&buf[..n]);
@@ -623,7 +623,7 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
     .await;
     assert!(
         closed.is_ok(),
-        "an idle HTTP/2 connection is still open after 5s"
+        "an idle HTTP/2 connection is still open after 10s"
     );
     // Told first: a GOAWAY frame (type 7) among what the proxy sent.
     let mut frames = received.as_slice();

@@ -7,14 +7,16 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestProxy;
-use common::backends::{self, head_value, read_exactly, read_head, read_until_closed};
+use common::backends::{self, head_value, read_exactly, read_head, read_until_closed, write_head};
 use common::manifests::route;
 use switchyard::proxy::ProxyConfig;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Reads one response framed by `Content-Length` or chunked, starting
 /// with `rest` (bytes already read); returns its head and body, and the
@@ -266,14 +268,14 @@ async fn responses_keep_their_framing_large_and_chunked() {
 #[tokio::test]
 async fn the_first_head_has_one_header_read_timeout_from_the_connect() {
     let config = ProxyConfig {
-        header_read_timeout: Duration::from_millis(600),
+        header_read_timeout: Duration::from_secs(2),
         ..ProxyConfig::default()
     };
     let (_echo, proxy) = TestProxy::with_echo("e", config).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let connected = tokio::time::Instant::now();
     // The first byte late, then the rest a byte at a time: a slow head.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for byte in b"GET / HTTP/1.1\r\nHost: h\r\n" {
         if client.write_all(&[*byte]).await.is_err() {
             break;
@@ -282,10 +284,10 @@ async fn the_first_head_has_one_header_read_timeout_from_the_connect() {
     }
     assert!(read_until_closed(&mut client).await.is_empty());
     // Counted from the first bytes, the head would have had until
-    // 400 + 600 ms; from the connect it has 600 ms.
+    // 1.5 + 2 s; from the connect it has 2 s.
     let open_for = connected.elapsed();
     assert!(
-        open_for < Duration::from_millis(1000),
+        open_for < Duration::from_millis(3000),
         "open for {open_for:?}"
     );
 }
@@ -326,10 +328,50 @@ async fn a_keep_alive_connection_idle_past_the_header_read_timeout_is_closed_una
         .await;
 }
 
+/// The next request head on a backend connection, or `None` once the
+/// proxy closes it (requests here have no body).
+async fn next_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 #[tokio::test]
 async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_response() {
-    let echo = backends::echo("e").await;
-    let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
+    // `/slow` is answered only once the test says so, after the idle
+    // connections have closed: they cannot have waited for it.
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let backend = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        backends::scripted(move |mut stream| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                while let Some(head) = next_head(&mut stream).await {
+                    let body = if head.starts_with("GET /slow") {
+                        arrived.notify_one();
+                        release.notified().await;
+                        "slow"
+                    } else {
+                        "fast"
+                    };
+                    let length = format!("Content-Length: {}", body.len());
+                    write_head(&mut stream, "HTTP/1.1 200 OK", &[&length]).await;
+                    if stream.write_all(body.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    };
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
     let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
@@ -341,27 +383,23 @@ async fn draining_closes_idle_connections_at_once_and_busy_ones_after_their_resp
     busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         .await
         .unwrap();
-    // The slow request is at the backend (which waits 500 ms) when the
-    // drain begins.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    arrived.notified().await;
     let shutdown = proxy.shutdown.clone();
-    let drain = tokio::spawn(async move { shutdown.run(Duration::from_secs(5)).await });
+    let drain = tokio::spawn(async move { shutdown.run(Duration::from_secs(30)).await });
 
-    let closed = tokio::time::timeout(Duration::from_millis(300), read_until_closed(&mut idle))
+    // Bounds only against a hang: `/slow` is held until both are closed.
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut idle))
         .await
         .expect("the idle connection closes at once");
     assert!(closed.is_empty());
-    let closed = tokio::time::timeout(Duration::from_millis(300), read_until_closed(&mut silent))
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_until_closed(&mut silent))
         .await
         .expect("a connection that sent nothing closes at once");
     assert!(closed.is_empty());
+    release.notify_one();
     let (head, body, _) = read_response(&mut busy, Vec::new()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        String::from_utf8(body)
-            .unwrap()
-            .starts_with("e\nGET /slow\n")
-    );
+    assert_eq!(body, b"slow");
     closes_after(&head, &mut busy).await;
     drain.await.unwrap();
 }

@@ -245,20 +245,24 @@ async fn api_server_down_at_start_means_not_ready_then_ready_once_it_answers() {
     let kubeconfig = FakeApiServer::kubeconfig_at(addr, dir.path());
 
     let proxy = Switchyard::start_cluster(&kubeconfig, "pod-a", &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(
+        "a failed watch counted",
+        Duration::from_secs(20),
+        || async {
+            metric(
+                proxy.admin,
+                "switchyard_source_errors_total",
+                &[("kind", "Ingress")],
+            )
+            .await
+                >= 1.0
+        },
+    )
+    .await;
     assert_eq!(
         ready(&proxy).await,
         503,
         "not ready while the API server is down"
-    );
-    assert!(
-        metric(
-            proxy.admin,
-            "switchyard_source_errors_total",
-            &[("kind", "Ingress")]
-        )
-        .await
-            >= 1.0
     );
 
     let api = FakeApiServer::start_on(addr).await;
@@ -434,8 +438,8 @@ async fn a_status_write_that_never_returns_does_not_hold_back_route_changes() {
     )
     .await;
     load(&api, &route("later", "later.test", "/", &[echo.addr]));
-    // Well within the write's own timeout: the route must not wait for it.
-    eventually("route served", Duration::from_secs(5), || async {
+    // Within the write's own 3 s timeout: the route must not wait for it.
+    eventually("route served", Duration::from_millis(2500), || async {
         get(proxy.http, "later.test", "/", &[]).await.status == 200
     })
     .await;

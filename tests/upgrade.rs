@@ -621,7 +621,11 @@ async fn a_route_table_swap_never_touches_an_open_tunnel_or_an_in_flight_request
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 
     let slow = tokio::spawn(get(proxy.addr, "h", "/slow", &[]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Routed once it has reached the backend: the tunnel holds one
+    // backend connection, `/slow` another.
+    while echo.connections.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The route disappears entirely while both are open.
     let other = backends::echo("other").await;
     proxy.set_routes(&route("other", "elsewhere", "/", &[other.addr]));
@@ -659,8 +663,8 @@ async fn on_shutdown_tunnels_get_the_drain_period_then_close_with_reason_shutdow
     let proxy = TestProxy::start(&route("r", "h", "/", &[echo.addr])).await;
     let mut ws = websocket(&proxy, "h", "/").await;
     let shutdown = proxy.shutdown.clone();
-    let drain = tokio::spawn(async move { shutdown.run(Duration::from_millis(400)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drain = tokio::spawn(async move { shutdown.run(Duration::from_secs(3)).await });
+    proxy.shutdown.draining().await;
     // Still inside the drain period: the tunnel works.
     ws.send(Message::text("draining")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("draining"));

@@ -304,7 +304,9 @@ mod tests {
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {
-        let limits = limits(0, 10, 3);
+        // One a second: a stall of the test thread inside the burst
+        // cannot refill a token before the fourth request.
+        let limits = limits(0, 1, 3);
         let _slot = limits.connect(ip("10.0.0.1")).unwrap();
         for _ in 0..3 {
             limits.request(ip("10.0.0.1")).unwrap();
@@ -314,7 +316,7 @@ mod tests {
             Refusal::Requests
         );
         limits.request(ip("10.0.0.2")).unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(1100));
         limits.request(ip("10.0.0.1")).unwrap();
     }
 

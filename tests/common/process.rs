@@ -17,6 +17,9 @@ pub struct Switchyard {
     pub metrics: Option<SocketAddr>,
     /// Every line the process wrote to stderr (its log), as it arrives.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread copying stderr into `log`: joined once the process has
+    /// exited, so that `log` then holds every line.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Switchyard {
@@ -66,7 +69,7 @@ impl Switchyard {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -95,6 +98,7 @@ impl Switchyard {
             metrics: addr("metrics="),
             child,
             log,
+            log_reader: Some(log_reader),
         }
     }
 
@@ -111,11 +115,16 @@ impl Switchyard {
         assert!(status.success());
     }
 
-    /// Waits (up to `limit`) for the process to exit; returns its exit code.
+    /// Waits (up to `limit`) for the process to exit; returns its exit
+    /// code. The log then holds every line the process wrote.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.log_reader.take() {
+                    // Ends at the end of stderr, which the exit closed.
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));
