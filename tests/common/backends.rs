@@ -101,20 +101,25 @@ pub async fn refused() -> SocketAddr {
 /// Reads up to the end of an HTTP head; returns the head and whatever
 /// bytes came after it in the same reads.
 pub async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    next_head(stream).await.unwrap_or_else(|partial| {
+        panic!("connection closed before the end of the head: {partial:?}")
+    })
+}
+
+/// As [`read_head`], for a connection the peer may close between heads:
+/// what arrived before the close, if it did.
+pub async fn next_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let rest = buf.split_off(end + 4);
-            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), rest));
         }
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(
-            n > 0,
-            "connection closed before the end of the head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
+        match stream.read(&mut chunk).await {
+            Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err(String::from_utf8_lossy(&buf).into_owned()),
+        }
     }
 }
 
