@@ -29,6 +29,7 @@ use crate::source::files::{FileSource, LoadReport};
 use crate::source::kube::events::EventPublisher;
 use crate::source::kube::health::SourceHealth;
 use crate::source::kube::leader::{self, LeaderSettings};
+use crate::source::kube::lease_writes::{Confirmations, lease_client};
 use crate::source::kube::publish::{self, Translated};
 use crate::source::kube::status::{Address, PublishAddresses, StatusWriter};
 use crate::source::kube::writes::{API_WRITE_TIMEOUT, write_client};
@@ -268,9 +269,12 @@ fn start_file_source(
 struct ApiClients {
     /// For the watches, which stay open for minutes between events.
     client: kube::Client,
-    /// For the Lease, status and Events: no write waits for an answer
-    /// longer than [`API_WRITE_TIMEOUT`].
+    /// For status and Events: no write waits for an answer longer than
+    /// [`API_WRITE_TIMEOUT`].
     writes: kube::Client,
+    /// For the Lease alone, as `writes`, with the renewals the API server
+    /// took.
+    lease: (kube::Client, Confirmations),
 }
 
 impl ApiClients {
@@ -280,7 +284,8 @@ impl ApiClients {
         let config = kube::Config::infer().await.context(CONFIGURE)?;
         Ok(Self {
             client: kube::Client::try_from(config.clone()).context(CONFIGURE)?,
-            writes: write_client(config, API_WRITE_TIMEOUT).context(CONFIGURE)?,
+            writes: write_client(config.clone(), API_WRITE_TIMEOUT).context(CONFIGURE)?,
+            lease: lease_client(config, API_WRITE_TIMEOUT).context(CONFIGURE)?,
         })
     }
 }
@@ -289,7 +294,11 @@ impl ApiClients {
 /// each settled burst of changes translates a fresh snapshot and, while
 /// leader, writes Ingress status and Events.
 async fn run_cluster(
-    ApiClients { client, writes }: ApiClients,
+    ApiClients {
+        client,
+        writes,
+        lease: (lease, confirmations),
+    }: ApiClients,
     namespaces: Vec<String>,
     cluster: ClusterArgs,
     mut applier: Applier,
@@ -310,7 +319,8 @@ async fn run_cluster(
     let publish = publish_addresses(&client, &cluster, &health, &changed);
     let identity = cluster.pod_name.clone().unwrap_or_else(default_identity);
     let leading = leader::elect(
-        writes.clone(),
+        lease,
+        confirmations,
         LeaderSettings {
             lease_name: cluster.election_id.clone(),
             namespace: cluster.pod_namespace.clone(),

@@ -530,7 +530,7 @@ fn lease_held_by(holder: &str) -> serde_json::Value {
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 100000000, "acquireTime": now, "renewTime": now}})
 }
 
-// About 35 s: the Lease is renewed 25 s after it was taken.
+// About 40 s: the Lease is renewed 25 s after it was taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_renewal_goes_unanswered_steps_down_when_another_holds_the_lease() {
     let api = FakeApiServer::start().await;
@@ -551,10 +551,79 @@ async fn a_leader_whose_renewal_goes_unanswered_steps_down_when_another_holds_th
     .await;
     // Another replica takes the Lease over, as it may once it expires.
     api.apply(lease_held_by("other-pod"));
+    let reads = lease_reads(&api);
     eventually("pod-a steps down", Duration::from_secs(30), || async {
         metric(proxy.admin, "switchyard_leader", &[]).await == 0.0
     })
     .await;
+    // The hung renewal gave up, so pod-a went on to read the Lease (a
+    // renewal waiting for ever would have kept it from that), and
+    // what it read keeps it from leading once writes go through again.
+    eventually("pod-a reads the Lease", Duration::from_secs(40), || async {
+        lease_reads(&api) > reads
+    })
+    .await;
+    api.set_lease_writes(Writes::Answered);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(metric(proxy.admin, "switchyard_leader", &[]).await, 0.0);
+    assert_eq!(
+        api.lease("ingress", "switchyard-leader").unwrap()["spec"]["holderIdentity"],
+        "other-pod"
+    );
+}
+
+/// Reads of the Lease the fake has answered.
+fn lease_reads(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/leases/"))
+        .count()
+}
+
+/// When the Lease held in the fake expires, as other replicas reckon it.
+fn lease_expiry(api: &FakeApiServer) -> std::time::SystemTime {
+    let lease = api.lease("ingress", "switchyard-leader").unwrap();
+    let renewed: k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime =
+        serde_json::from_value(lease["spec"]["renewTime"].clone()).unwrap();
+    let duration = lease["spec"]["leaseDurationSeconds"].as_u64().unwrap();
+    std::time::SystemTime::from(renewed.0) + Duration::from_secs(duration)
+}
+
+// About 35 s: the last renewal goes through 25 s after the Lease was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_leading_before_its_lease_expires() {
+    let api = FakeApiServer::start().await;
+    load(&api, CLASS);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
+    wait_ready(&proxy).await;
+    eventually("pod-a leads", Duration::from_secs(20), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    // The API server stops answering anything: the replica cannot renew,
+    // nor read that the Lease is still its own.
+    api.set_down(true);
+    let expiry = lease_expiry(&api);
+    eventually("pod-a stops leading", Duration::from_secs(35), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 0.0
+    })
+    .await;
+    assert!(
+        std::time::SystemTime::now() < expiry,
+        "stopped leading only after the Lease expired (at {expiry:?})"
+    );
+    // Back in touch, it renews the Lease (nobody took it) and leads again.
+    api.set_down(false);
+    eventually("pod-a leads again", Duration::from_secs(40), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    assert_eq!(
+        api.lease("ingress", "switchyard-leader").unwrap()["spec"]["holderIdentity"],
+        "pod-a"
+    );
+    assert!(lease_expiry(&api) > expiry, "renewed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

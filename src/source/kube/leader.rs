@@ -2,14 +2,25 @@
 //! kube-lease-manager. Every replica serves traffic; only the leader writes
 //! Ingress status and Events. Leadership is logged when it changes and
 //! exported as `switchyard_leader`.
+//!
+//! The manager says who holds the Lease as far as it last read it. A
+//! replica that holds it also needs a renewal the API server took recently
+//! enough ([`LEADERSHIP_LAPSE`]): one cut off from the API server stops
+//! leading before another replica may take the Lease over, where the
+//! manager alone would go on saying it leads until it can read the Lease
+//! again.
 
+use std::future::pending;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::lease_writes::Confirmations;
+use super::writes::API_WRITE_TIMEOUT;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -32,9 +43,24 @@ const RETRY: Duration = Duration::from_secs(5);
 pub const LEASE_DURATION_SECONDS: u64 = 30;
 pub const LEASE_GRACE_SECONDS: u64 = 5;
 
-/// Starts the election; the receiver says whether this replica leads now.
+/// How long after a renewal was sent, once the API server took it, this
+/// replica goes on leading without another. The next renewal is sent
+/// [`LEASE_GRACE_SECONDS`] before the Lease expires and is answered within
+/// [`API_WRITE_TIMEOUT`] or given up, so a replica whose renewals go
+/// through never lapses; one whose renewal failed stops leading 2 s before
+/// the Lease expires, which leaves that much for the replicas' clocks to
+/// differ.
+pub const LEADERSHIP_LAPSE: Duration =
+    Duration::from_secs(LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS + API_WRITE_TIMEOUT.as_secs());
+
+const _: () = assert!(LEADERSHIP_LAPSE.as_secs() < LEASE_DURATION_SECONDS);
+
+/// Starts the election on `client`, whose Lease writes `confirmations`
+/// reports (see [`lease_client`](super::lease_writes::lease_client)); the
+/// receiver says whether this replica leads now.
 pub fn elect(
     client: Client,
+    mut confirmations: Confirmations,
     settings: LeaderSettings,
     metrics: Arc<Metrics>,
 ) -> watch::Receiver<bool> {
@@ -62,13 +88,8 @@ pub fn elect(
             match manager {
                 Ok(manager) => {
                     reported_failure = false;
-                    let (mut leading, task) = manager.watch().await;
-                    loop {
-                        set(*leading.borrow_and_update());
-                        if leading.changed().await.is_err() {
-                            break;
-                        }
-                    }
+                    let (mut holder, task) = manager.watch().await;
+                    follow(&mut holder, &mut confirmations, &set).await;
                     set(false);
                     if let Ok(Err(e)) = task.await {
                         tracing::warn!(error = %e, lease = %settings.lease_name, "leader election stopped; starting over");
@@ -84,4 +105,146 @@ pub fn elect(
         }
     });
     rx
+}
+
+/// Leads while the manager says this replica holds the Lease and its last
+/// confirmed renewal is less than [`LEADERSHIP_LAPSE`] old; returns once
+/// the manager has stopped.
+async fn follow(
+    holder: &mut watch::Receiver<bool>,
+    confirmations: &mut Confirmations,
+    set: &impl Fn(bool),
+) {
+    loop {
+        let holds = *holder.borrow_and_update();
+        let lapses = confirmations
+            .borrow_and_update()
+            .map(|sent| sent + LEADERSHIP_LAPSE);
+        let leads = holds && lapses.is_some_and(|at| Instant::now() < at);
+        set(leads);
+        let lapse = async {
+            match lapses {
+                Some(at) if leads => {
+                    tokio::time::sleep_until(at).await;
+                    tracing::warn!(
+                        "no renewal of the leader Lease went through in time: writing no status or Events until one does"
+                    );
+                }
+                _ => pending().await,
+            }
+        };
+        let confirmed = async {
+            // The sender lives in the client the manager renews with.
+            if confirmations.changed().await.is_err() {
+                pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            changed = holder.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = confirmed => {}
+            () = lapse => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `follow` on channels the test drives, its verdict in the receiver.
+    fn following() -> (
+        watch::Sender<bool>,
+        watch::Sender<Option<Instant>>,
+        watch::Receiver<bool>,
+    ) {
+        let (holder, mut held) = watch::channel(false);
+        let (confirm, mut confirmations) = watch::channel(None);
+        let (verdict, leads) = watch::channel(false);
+        tokio::spawn(async move {
+            follow(&mut held, &mut confirmations, &|leading| {
+                verdict.send_replace(leading);
+            })
+            .await;
+        });
+        (holder, confirm, leads)
+    }
+
+    /// Lets the spawned `follow` see what the test just sent.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_leads_until_its_last_confirmed_renewal_lapses() {
+        let (holder, confirm, leads) = following();
+        confirm.send_replace(Some(Instant::now()));
+        holder.send_replace(true);
+        settle().await;
+        assert!(*leads.borrow());
+        tokio::time::sleep(LEADERSHIP_LAPSE - Duration::from_secs(1)).await;
+        assert!(*leads.borrow(), "still within the lapse");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!*leads.borrow(), "no renewal confirmed in time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_confirmed_later_makes_the_holder_lead_again() {
+        let (holder, confirm, leads) = following();
+        confirm.send_replace(Some(Instant::now()));
+        holder.send_replace(true);
+        tokio::time::sleep(LEADERSHIP_LAPSE + Duration::from_secs(5)).await;
+        assert!(!*leads.borrow());
+        confirm.send_replace(Some(Instant::now()));
+        settle().await;
+        assert!(*leads.borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_keep_the_holder_leading_past_one_lapse() {
+        let (holder, confirm, leads) = following();
+        confirm.send_replace(Some(Instant::now()));
+        holder.send_replace(true);
+        for _ in 0..3 {
+            // Renewed on the manager's schedule, each answered at once.
+            tokio::time::sleep(Duration::from_secs(
+                LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS,
+            ))
+            .await;
+            confirm.send_replace(Some(Instant::now()));
+            settle().await;
+            assert!(*leads.borrow());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_the_manager_does_not_name_never_leads() {
+        let (holder, confirm, leads) = following();
+        // A write it made (releasing an expired Lease) went through.
+        confirm.send_replace(Some(Instant::now()));
+        settle().await;
+        assert!(!*leads.borrow());
+        holder.send_replace(true);
+        settle().await;
+        assert!(*leads.borrow());
+        holder.send_replace(false);
+        settle().await;
+        assert!(!*leads.borrow(), "another replica took the Lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_with_no_confirmed_write_does_not_lead() {
+        // The Lease named this replica before it wrote anything (a restart
+        // under the same name): it leads from its first renewal.
+        let (holder, confirm, leads) = following();
+        holder.send_replace(true);
+        settle().await;
+        assert!(!*leads.borrow());
+        confirm.send_replace(Some(Instant::now()));
+        settle().await;
+        assert!(*leads.borrow());
+    }
 }

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod health;
 pub mod leader;
+pub mod lease_writes;
 #[cfg(test)]
 mod mock_api;
 pub mod publish;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kube::Client;
+use kube::client::{Body, ClientBuilder, DynBody};
 
 use super::leader::LEASE_GRACE_SECONDS;
 
@@ -25,14 +26,26 @@ const _: () = assert!(API_WRITE_TIMEOUT.as_secs() < LEASE_GRACE_SECONDS);
 /// waits for each answer at most `timeout`, and leaves retrying to the
 /// callers, which know what else is waiting; the watches keep a client of
 /// their own.
-pub fn write_client(mut config: kube::Config, timeout: Duration) -> kube::Result<Client> {
+pub fn write_client(config: kube::Config, timeout: Duration) -> kube::Result<Client> {
+    Ok(write_client_builder(config, timeout)?.build())
+}
+
+/// The stack kube builds a client on from its configuration.
+pub type KubeStack =
+    tower::util::BoxService<http::Request<Body>, http::Response<Box<DynBody>>, tower::BoxError>;
+
+/// [`write_client`]'s stack, for a client that adds a layer of its own.
+pub fn write_client_builder(
+    mut config: kube::Config,
+    timeout: Duration,
+) -> kube::Result<ClientBuilder<KubeStack>> {
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     // Counted from the request, not from when its pooled connection went
     // idle.
     config.reset_reader_on_write = true;
     config.default_retry = false;
-    Client::try_from(config)
+    ClientBuilder::try_from(config)
 }
 
 /// Why one API write failed, as far as the rest of its round is concerned.
