@@ -71,7 +71,7 @@ pub fn elect(
             if leading {
                 tracing::info!("became the leader: writing Ingress status and Events");
             } else {
-                tracing::info!("not the leader: another replica writes Ingress status and Events");
+                tracing::info!("not leading: writing no Ingress status or Events");
             }
         }
     };
