@@ -590,6 +590,113 @@ async fn an_upload_refused_before_its_body_is_read_gets_the_answer_not_a_reset()
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer:.200}");
 }
 
+/// One HTTP/2 frame: its type, flags, stream and payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Reads the next whole frame, or `None` once the connection has closed.
+async fn next_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.ok()?;
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some(Frame {
+        kind: header[3],
+        flags: header[4],
+        stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+const GOAWAY: u8 = 7;
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const END_STREAM: u8 = 1;
+
+#[tokio::test]
+async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_connection_closes() {
+    let slow = backends::scripted(|mut s| async move {
+        read_head(&mut s).await;
+        write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 4"]).await;
+        // Longer than the idle limit, so the end waits for this stream.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = s.write_all(b"done").await;
+        let _ = read_until_closed(&mut s).await;
+    })
+    .await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await;
+
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Idle for the limit: the server says it is going away, and sends a
+    // PING whose answer would let it end the connection at once. The
+    // client never answers it, and opens a stream instead, as a client
+    // may before the server's last GOAWAY.
+    loop {
+        let frame = next_frame(&mut client)
+            .await
+            .expect("the connection stays open until its GOAWAY");
+        if frame.kind == GOAWAY {
+            break;
+        }
+    }
+    // GET http://h/slow: :method GET, :scheme http (static table
+    // entries), :path and :authority as literals.
+    let mut block = vec![0x82, 0x86, 0x44, 5];
+    block.extend_from_slice(b"/slow");
+    block.extend_from_slice(&[0x41, 1, b'h']);
+    let mut headers = vec![
+        0,
+        0,
+        block.len() as u8,
+        HEADERS,
+        END_STREAM | 0x4,
+        0,
+        0,
+        0,
+        1,
+    ];
+    headers.extend_from_slice(&block);
+    client.write_all(&headers).await.unwrap();
+
+    let mut status = None;
+    let mut body = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(frame) = next_frame(&mut client).await {
+            if frame.stream != 1 {
+                continue;
+            }
+            match frame.kind {
+                // `:status 200` is the static table's entry 8.
+                HEADERS => status = frame.payload.first().copied(),
+                DATA => body.extend_from_slice(&frame.payload),
+                _ => {}
+            }
+            if frame.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+        // Then the connection closes, idle again and its PING unanswered.
+        while next_frame(&mut client).await.is_some() {}
+    })
+    .await;
+    assert_eq!(status, Some(0x88), "a 200 on stream 1");
+    assert_eq!(body, b"done");
+    assert!(ended.is_ok(), "the connection is still open after 15s");
+}
+
 #[tokio::test]
 async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_cut() {
     // The body comes well after the idle limit: its stream is open all
@@ -613,11 +720,10 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
     idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
-    let mut received = Vec::new();
+    let mut kinds = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 1024];
-        while let Ok(n @ 1..) = idle.read(&mut buf).await {
-            received.extend_from_slice(&buf[..n]);
+        while let Some(frame) = next_frame(&mut idle).await {
+            kinds.push(frame.kind);
         }
     })
     .await;
@@ -625,15 +731,8 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
         closed.is_ok(),
         "an idle HTTP/2 connection is still open after 10s"
     );
-    // Told first: a GOAWAY frame (type 7) among what the proxy sent.
-    let mut frames = received.as_slice();
-    let mut kinds = Vec::new();
-    while frames.len() >= 9 {
-        let length = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
-        kinds.push(frames[3]);
-        frames = &frames[(9 + length).min(frames.len())..];
-    }
-    assert!(kinds.contains(&7), "frame types {kinds:?}");
+    // Told first: a GOAWAY among what the proxy sent.
+    assert!(kinds.contains(&GOAWAY), "frame types {kinds:?}");
 
     let mut sender = http2_client::<Empty<Bytes>>(proxy.addr).await;
     let response = sender
