@@ -168,9 +168,15 @@ pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
     );
 
     if cluster_mode {
-        let clients = ApiClients::infer().await?;
+        let identity = args
+            .cluster
+            .pod_name
+            .clone()
+            .unwrap_or_else(default_identity);
+        let clients = ApiClients::infer(&identity).await?;
         tokio::spawn(run_cluster(
             clients,
+            identity,
             args.source.watch_namespaces.clone(),
             args.cluster.clone(),
             applier,
@@ -278,14 +284,15 @@ struct ApiClients {
 }
 
 impl ApiClients {
-    async fn infer() -> anyhow::Result<Self> {
+    /// `identity` is this replica's name in the Lease.
+    async fn infer(identity: &str) -> anyhow::Result<Self> {
         const CONFIGURE: &str =
             "cannot configure the Kubernetes client (in-cluster config or KUBECONFIG)";
         let config = kube::Config::infer().await.context(CONFIGURE)?;
         Ok(Self {
             client: kube::Client::try_from(config.clone()).context(CONFIGURE)?,
             writes: write_client(config.clone(), API_WRITE_TIMEOUT).context(CONFIGURE)?,
-            lease: lease_client(config, API_WRITE_TIMEOUT).context(CONFIGURE)?,
+            lease: lease_client(config, API_WRITE_TIMEOUT, identity).context(CONFIGURE)?,
         })
     }
 }
@@ -299,6 +306,7 @@ async fn run_cluster(
         writes,
         lease: (lease, confirmations),
     }: ApiClients,
+    identity: String,
     namespaces: Vec<String>,
     cluster: ClusterArgs,
     mut applier: Applier,
@@ -317,7 +325,6 @@ async fn run_cluster(
     });
     let stores = Stores::start(&client, &namespaces, &health, &changed);
     let publish = publish_addresses(&client, &cluster, &health, &changed);
-    let identity = cluster.pod_name.clone().unwrap_or_else(default_identity);
     let leading = leader::elect(
         lease,
         confirmations,

@@ -530,7 +530,7 @@ fn lease_held_by(holder: &str) -> serde_json::Value {
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 100000000, "acquireTime": now, "renewTime": now}})
 }
 
-// About 40 s: the Lease is renewed 25 s after it was taken.
+// About 30 s: the Lease is renewed 15 s after it was taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_renewal_goes_unanswered_steps_down_when_another_holds_the_lease() {
     let api = FakeApiServer::start().await;
@@ -589,7 +589,8 @@ fn lease_expiry(api: &FakeApiServer) -> std::time::SystemTime {
     std::time::SystemTime::from(renewed.0) + Duration::from_secs(duration)
 }
 
-// About 35 s: the last renewal goes through 25 s after the Lease was taken.
+// About 35 s: the Lease is renewed 15 s after it was taken, and lapses 28 s
+// after its last renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_stops_leading_before_its_lease_expires() {
     let api = FakeApiServer::start().await;

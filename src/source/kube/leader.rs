@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::lease_writes::Confirmations;
-use super::writes::API_WRITE_TIMEOUT;
+use super::writes::API_WRITE_LIMIT;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -36,24 +36,35 @@ pub struct LeaderSettings {
 /// How long to wait before trying again to set up the lease.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How long to wait after a failed renewal (or read of the Lease) before
+/// the next. Fixed: kube-lease-manager's own loop doubles its pause after
+/// each error up to 30 s and only starts again from 1 s when the holder
+/// changes, so a few failures spread over days would leave a leader
+/// unable to retry a failed renewal before its Lease expired.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a Lease holds after its last renewal, and how long before
-/// that the holder renews it (kube-lease-manager's defaults, spelled out
-/// because [`API_WRITE_TIMEOUT`](super::writes::API_WRITE_TIMEOUT) is
-/// chosen against them).
+/// that the holder renews it: time for a renewal that fails as late as a
+/// write can ([`API_WRITE_LIMIT`]) to be sent once more before the
+/// leadership lapses.
 pub const LEASE_DURATION_SECONDS: u64 = 30;
-pub const LEASE_GRACE_SECONDS: u64 = 5;
+pub const LEASE_GRACE_SECONDS: u64 = 15;
 
-/// How long after a renewal was sent, once the API server took it, this
-/// replica goes on leading without another. The next renewal is sent
-/// [`LEASE_GRACE_SECONDS`] before the Lease expires and is answered within
-/// [`API_WRITE_TIMEOUT`] or given up, so a replica whose renewals go
-/// through never lapses; one whose renewal failed stops leading 2 s before
-/// the Lease expires, which leaves that much for the replicas' clocks to
-/// differ.
-pub const LEADERSHIP_LAPSE: Duration =
-    Duration::from_secs(LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS + API_WRITE_TIMEOUT.as_secs());
+/// How long after its last confirmed renewal this replica goes on leading
+/// without another: 2 s short of the Lease's expiry, which leaves that
+/// much for the replicas' clocks to differ.
+pub const LEADERSHIP_LAPSE: Duration = Duration::from_secs(LEASE_DURATION_SECONDS - 2);
 
-const _: () = assert!(LEADERSHIP_LAPSE.as_secs() < LEASE_DURATION_SECONDS);
+/// When the renewal after a confirmed one is sent.
+const NEXT_RENEWAL: u64 = LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS;
+
+// A renewal sent on schedule that goes through comes before the lapse.
+const _: () = assert!(NEXT_RENEWAL + API_WRITE_LIMIT.as_secs() < LEADERSHIP_LAPSE.as_secs());
+// So does the try after a failed one.
+const _: () = assert!(
+    NEXT_RENEWAL + 2 * API_WRITE_LIMIT.as_secs() + RENEW_RETRY.as_secs()
+        <= LEADERSHIP_LAPSE.as_secs()
+);
 
 /// Starts the election on `client`, whose Lease writes `confirmations`
 /// reports (see [`lease_client`](super::lease_writes::lease_client)); the
@@ -77,7 +88,7 @@ pub fn elect(
     };
     tokio::spawn(async move {
         let mut reported_failure = false;
-        loop {
+        let manager = loop {
             let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
                 .with_namespace(&settings.namespace)
                 .with_identity(&settings.identity)
@@ -86,15 +97,7 @@ pub fn elect(
                 .build()
                 .await;
             match manager {
-                Ok(manager) => {
-                    reported_failure = false;
-                    let (mut holder, task) = manager.watch().await;
-                    follow(&mut holder, &mut confirmations, &set).await;
-                    set(false);
-                    if let Ok(Err(e)) = task.await {
-                        tracing::warn!(error = %e, lease = %settings.lease_name, "leader election stopped; starting over");
-                    }
-                }
+                Ok(manager) => break manager,
                 Err(e) if !reported_failure => {
                     reported_failure = true;
                     tracing::warn!(error = %e, lease = %settings.lease_name, namespace = %settings.namespace, "cannot use the leader Lease; retrying");
@@ -102,6 +105,31 @@ pub fn elect(
                 Err(e) => tracing::debug!(error = %e, "leader Lease still unavailable"),
             }
             tokio::time::sleep(RETRY).await;
+        };
+        let (holds, mut holder) = watch::channel(false);
+        let renewing = async {
+            let mut failing = false;
+            loop {
+                // Returns when the holder changes; renews (or waits for an
+                // expiry) in between.
+                match manager.changed().await {
+                    Ok(now_holds) => {
+                        failing = false;
+                        holds.send_replace(now_holds);
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, lease = %settings.lease_name, "cannot renew or read the leader Lease; retrying every second");
+                        }
+                        failing = true;
+                        tokio::time::sleep(RENEW_RETRY).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = renewing => {}
+            () = follow(&mut holder, &mut confirmations, &set) => {}
         }
     });
     rx

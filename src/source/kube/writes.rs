@@ -7,16 +7,14 @@ use std::time::Duration;
 use kube::Client;
 use kube::client::{Body, ClientBuilder, DynBody};
 
-use super::leader::LEASE_GRACE_SECONDS;
-
-/// The longest one API write may take to connect, or wait for its answer.
-/// A renewal starts [`LEASE_GRACE_SECONDS`] before the Lease expires;
-/// shorter than that, an unanswered renewal fails while there is still
-/// time to send it again (on a new connection) before anyone may take the
-/// Lease over.
+/// The longest one API write may take to connect, or wait for its answer
+/// (see [`leader`](super::leader) for how the Lease's timing is chosen
+/// against it).
 pub const API_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
-const _: () = assert!(API_WRITE_TIMEOUT.as_secs() < LEASE_GRACE_SECONDS);
+/// The longest one API write may take in all: connecting, then waiting for
+/// its answer.
+pub const API_WRITE_LIMIT: Duration = Duration::from_secs(2 * API_WRITE_TIMEOUT.as_secs());
 
 /// The client switchyard writes with. kube's default client sets no read
 /// timeout (its watches stay open for minutes), so a write on a connection
