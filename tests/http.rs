@@ -618,6 +618,65 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const END_STREAM: u8 = 1;
 
+/// A `GET http://h{path}` HEADERS frame on stream 1, ending the stream:
+/// `:method GET` and `:scheme http` from the static table, `:path` and
+/// `:authority` as literals.
+fn get_frame(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 1, b'h']);
+    let mut frame = vec![
+        0,
+        0,
+        block.len() as u8,
+        HEADERS,
+        END_STREAM | 0x4,
+        0,
+        0,
+        0,
+        1,
+    ];
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// Reads frames until stream 1 ends: its first header byte (0x88 for
+/// `:status 200`) and its body.
+async fn stream_one(client: &mut TcpStream) -> (Option<u8>, Vec<u8>) {
+    let mut status = None;
+    let mut body = Vec::new();
+    while let Some(frame) = next_frame(client).await {
+        if frame.stream != 1 {
+            continue;
+        }
+        match frame.kind {
+            HEADERS => status = frame.payload.first().copied(),
+            DATA => body.extend_from_slice(&frame.payload),
+            _ => {}
+        }
+        if frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    (status, body)
+}
+
+#[tokio::test]
+async fn an_http2_preface_that_arrives_in_pieces_is_still_http2() {
+    let backend = backends::echo("pieces").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend.addr])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    for piece in [&b"P"[..], b"RI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"] {
+        client.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    client.write_all(&get_frame("/pieces")).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), stream_one(&mut client)).await;
+    let (status, _) = answered.expect("stream 1 answered");
+    assert_eq!(status, Some(0x88), "a 200 on stream 1");
+}
+
 #[tokio::test]
 async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_connection_closes() {
     let slow = backends::scripted(|mut s| async move {
@@ -652,46 +711,15 @@ async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_conne
             break;
         }
     }
-    // GET http://h/slow: :method GET, :scheme http (static table
-    // entries), :path and :authority as literals.
-    let mut block = vec![0x82, 0x86, 0x44, 5];
-    block.extend_from_slice(b"/slow");
-    block.extend_from_slice(&[0x41, 1, b'h']);
-    let mut headers = vec![
-        0,
-        0,
-        block.len() as u8,
-        HEADERS,
-        END_STREAM | 0x4,
-        0,
-        0,
-        0,
-        1,
-    ];
-    headers.extend_from_slice(&block);
-    client.write_all(&headers).await.unwrap();
-
-    let mut status = None;
-    let mut body = Vec::new();
+    client.write_all(&get_frame("/slow")).await.unwrap();
+    let mut answer = (None, Vec::new());
     let ended = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(frame) = next_frame(&mut client).await {
-            if frame.stream != 1 {
-                continue;
-            }
-            match frame.kind {
-                // `:status 200` is the static table's entry 8.
-                HEADERS => status = frame.payload.first().copied(),
-                DATA => body.extend_from_slice(&frame.payload),
-                _ => {}
-            }
-            if frame.flags & END_STREAM != 0 {
-                break;
-            }
-        }
+        answer = stream_one(&mut client).await;
         // Then the connection closes, idle again and its PING unanswered.
         while next_frame(&mut client).await.is_some() {}
     })
     .await;
+    let (status, body) = answer;
     assert_eq!(status, Some(0x88), "a 200 on stream 1");
     assert_eq!(body, b"done");
     assert!(ended.is_ok(), "the connection is still open after 15s");

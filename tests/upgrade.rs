@@ -206,6 +206,77 @@ async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
 }
 
 #[tokio::test]
+async fn a_backend_half_close_loses_no_client_bytes_on_a_connection_whose_first_segment_was_a_bare_p()
+ {
+    // Plain requests are answered; the upgrade half-closes towards the
+    // client and reports what the client still sent.
+    let (report, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    let backend = backends::scripted(move |mut s| {
+        let report = report.clone();
+        async move {
+            while let Ok((head, _)) = backends::next_head(&mut s).await {
+                if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+                    write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 0"]).await;
+                    continue;
+                }
+                write_head(
+                    &mut s,
+                    SWITCH,
+                    &["Upgrade: websocket", "Connection: Upgrade"],
+                )
+                .await;
+                let (mut read, mut write) = s.into_split();
+                write.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                let _ = read.read_to_end(&mut got).await;
+                let _ = report.send(got);
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // A first segment that could still be the HTTP/2 preface.
+    client.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .write_all(b"OST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    client
+        .write_all(upgrade_request("h", "/", "websocket", &[]).as_bytes())
+        .await
+        .unwrap();
+    let (head, rest) = read_head(&mut client).await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    // The backend's FIN arrives as EOF while our direction stays open.
+    let mut got = rest;
+    got.extend(read_until_closed(&mut client).await);
+    assert!(got.is_empty(), "{got:?}");
+    // Enough, in small writes, that some of it would arrive while the
+    // tunnel looks at its half-closed side.
+    let sent: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for chunk in sent.chunks(1024) {
+        client.write_all(chunk).await.unwrap();
+    }
+    client.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), reported.recv())
+        .await
+        .expect("the backend saw the client's close")
+        .expect("the backend reported");
+    assert!(
+        got == sent,
+        "the backend got {} of {} bytes",
+        got.len(),
+        sent.len()
+    );
+    proxy.wait_tunnel_closed("completed").await;
+}
+
+#[tokio::test]
 async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
     let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
     let (mut client, head, _) = raw_exchange(

@@ -28,6 +28,29 @@ use crate::busy_poll::{Work, note_work};
 /// What a client speaking HTTP/2 with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a client speaks, as its first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/2 with prior knowledge: the whole preface is in.
+    Http2,
+    /// Anything else (HTTP/1, or garbage that hyper's HTTP/1 parser
+    /// answers).
+    Http1,
+}
+
+impl Protocol {
+    /// `None` while `first` could still become the preface.
+    fn of(first: &[u8]) -> Option<Self> {
+        if first.starts_with(H2_PREFACE) {
+            Some(Self::Http2)
+        } else if H2_PREFACE.starts_with(first) {
+            None
+        } else {
+            Some(Self::Http1)
+        }
+    }
+}
+
 /// Room for a connection's first read: a typical request head whole.
 /// The HTTP/1 server goes on reading into this buffer (making more room
 /// when a head needs it); hyper, when it takes a connection over, is
@@ -171,32 +194,35 @@ impl Proxy {
         let head_deadline =
             tokio::time::Instant::now().into_std() + self.config.header_read_timeout;
         let mut first = BytesMut::with_capacity(FIRST_READ);
-        // A connection that has sent nothing is idle: draining closes it
-        // at once rather than wait for its timeout.
-        let first_bytes = {
-            let read = pin!(timer::timeout_at(
-                Purpose::HeaderRead,
-                head_deadline,
-                stream.read_buf(&mut first),
-            ));
-            self.shutdown.until_draining(read).await
-        };
-        match first_bytes {
-            Some(Some(Ok(n))) if n > 0 => {}
-            _ => {
-                tracing::debug!(remote = %conn.remote, "client sent nothing; closing");
+        // Read until the first bytes tell HTTP/1 from HTTP/2: almost always
+        // the first read. A client whose first segment is a bare prefix of
+        // the preface (a lone "P", say) is read on here rather than handed
+        // to hyper's auto-detecting server, whose HTTP/1 connections wrap
+        // the socket in a type of its own that a tunnel cannot take the
+        // socket back out of (see `TunnelEnd::new`).
+        let protocol = loop {
+            // A connection that has sent nothing is idle: draining closes
+            // it at once rather than wait for its timeout.
+            let read = {
+                let read = pin!(timer::timeout_at(
+                    Purpose::HeaderRead,
+                    head_deadline,
+                    stream.read_buf(&mut first),
+                ));
+                self.shutdown.until_draining(read).await
+            };
+            if !matches!(read, Some(Some(Ok(1..)))) {
+                tracing::debug!(remote = %conn.remote, "client sent no request; closing");
                 return;
             }
-        }
-        // Whatever does not start like the HTTP/2 preface is HTTP/1 (or
-        // garbage, which hyper's HTTP/1 parser answers). The rare client
-        // whose first segment is a bare prefix of it goes to the
-        // auto-detecting server, which waits for the rest.
-        let seen = &first[..first.len().min(H2_PREFACE.len())];
-        let http2_maybe = H2_PREFACE.starts_with(seen);
+            if let Some(protocol) = Protocol::of(&first) {
+                break protocol;
+            }
+        };
+        let http2 = protocol == Protocol::Http2;
         // Most HTTP/1 requests are served here (see `h1::request`); the
         // first other one, and the rest of its connection, go to hyper.
-        let (stream, first) = if http2_maybe {
+        let (stream, first) = if http2 {
             (stream, first.freeze())
         } else {
             let drain = h1::server::Drain::default();
@@ -235,7 +261,7 @@ impl Proxy {
             )
         });
         let io = TokioIo::new(stream);
-        let result = if http2_maybe {
+        let result = if http2 {
             // hyper's HTTP/2 server has no idle limit of its own: the
             // connection is shut down gracefully once it has had no open
             // stream for the header read timeout (see `idle_streams`).
@@ -327,6 +353,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_http2_only_once_the_whole_preface_is_in() {
+        assert_eq!(Protocol::of(H2_PREFACE), Some(Protocol::Http2));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        assert_eq!(Protocol::of(&more), Some(Protocol::Http2));
+        for undecided in [&b"P"[..], b"PR", b"PRI * HTTP/2.0\r\n"] {
+            assert_eq!(Protocol::of(undecided), None, "{undecided:?}");
+        }
+        for http1 in [
+            &b"G"[..],
+            b"PO",
+            b"PUT / HTTP/1.1\r\n",
+            b"PRI * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(Protocol::of(http1), Some(Protocol::Http1), "{http1:?}");
+        }
+    }
 
     /// More connections at once than the 128 std and tokio listen with,
     /// and than the accept queue of a kernel whose `somaxconn` is that old
