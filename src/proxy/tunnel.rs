@@ -228,6 +228,7 @@ where
         let shutdown = self.shutdown.clone();
         let mut forced = Box::pin(shutdown.cancelled());
         let mut heard = Heard::default();
+        let mut up_first = false;
 
         let (reason, error) = poll_fn(|cx| {
             if heard.fired(cx, &shutdown, forced.as_mut()) {
@@ -239,17 +240,27 @@ where
                 return Poll::Ready((CloseReason::MaxLifetime, None));
             }
             let mut progress = false;
-            let up_done = match up.poll_copy(cx, &mut self.client, &mut self.backend, &mut progress)
-            {
-                Poll::Ready(Err(e)) => return Poll::Ready(e.into_close(Side::Client)),
-                done => done.is_ready(),
-            };
-            let down_done =
-                match down.poll_copy(cx, &mut self.backend, &mut self.client, &mut progress) {
-                    Poll::Ready(Err(e)) => return Poll::Ready(e.into_close(Side::Backend)),
-                    done => done.is_ready(),
+            // Each direction copies until its reader has nothing more or
+            // the runtime's budget for this turn runs out, after which
+            // every read finds nothing: the direction that goes first
+            // changes from turn to turn, or one that is never short of data
+            // would leave the other waiting for as long as it lasts.
+            up_first = !up_first;
+            let mut done = [false; 2];
+            for up_now in [up_first, !up_first] {
+                let copied = if up_now {
+                    up.poll_copy(cx, &mut self.client, &mut self.backend, &mut progress)
+                        .map_err(|e| e.into_close(Side::Client))
+                } else {
+                    down.poll_copy(cx, &mut self.backend, &mut self.client, &mut progress)
+                        .map_err(|e| e.into_close(Side::Backend))
                 };
-            if up_done && down_done {
+                match copied {
+                    Poll::Ready(Err(close)) => return Poll::Ready(close),
+                    copied => done[usize::from(up_now)] = copied.is_ready(),
+                }
+            }
+            if done == [true, true] {
                 return Poll::Ready((CloseReason::Completed, None));
             }
             let now = progress.then(Instant::now);
@@ -630,6 +641,50 @@ mod tests {
             (outcome.client_to_backend, outcome.backend_to_client),
             (4, 21)
         );
+    }
+
+    #[tokio::test]
+    async fn a_flood_one_way_does_not_hold_up_the_other_direction() {
+        // Both ends hold more than the runtime lets one task move before
+        // it must yield (its budget of socket operations).
+        const ROOM: usize = 64 << 20;
+        let (client, mut client_peer) = duplex(ROOM);
+        let (backend, mut backend_peer) = duplex(ROOM);
+        backend_peer.write_all(b"pong").await.unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..32 {
+            client_peer.write_all(&chunk).await.unwrap();
+        }
+        let (mut from_client, mut to_client) = tokio::io::split(client_peer);
+        let (mut from_backend, mut to_backend) = tokio::io::split(backend_peer);
+        // The client keeps its side full; the backend takes it all.
+        let flood = tokio::spawn(async move { while to_client.write_all(&chunk).await.is_ok() {} });
+        let sink = tokio::spawn(async move {
+            let mut buf = vec![0; 1 << 20];
+            while from_backend.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let tunnel = tokio::spawn(
+            Tunnel::new(
+                client,
+                backend,
+                limits(Duration::from_secs(60)),
+                CancellationToken::new(),
+                counters(),
+            )
+            .run(),
+        );
+        let mut pong = [0u8; 4];
+        let answered =
+            tokio::time::timeout(Duration::from_secs(10), from_client.read_exact(&mut pong)).await;
+        flood.abort();
+        sink.abort();
+        tunnel.abort();
+        let _ = to_backend.shutdown().await;
+        assert!(
+            matches!(answered, Ok(Ok(_))),
+            "the backend's message waited behind the client's flood"
+        );
+        assert_eq!(&pong, b"pong");
     }
 
     /// Sends 4 MB from one socket, through `pipe`, to another; returns
