@@ -1,7 +1,9 @@
 //! Translate warnings as Kubernetes Events (type Warning) on the object they
 //! concern, through kube-runtime's recorder. A warning is published once
 //! when it appears, not again on every resync while it persists; once it
-//! goes away, it is published again if it comes back.
+//! goes away, it is published again if it comes back, and so is every
+//! warning when this replica leads again after another did (it could not
+//! see them come and go meanwhile).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,6 +37,12 @@ impl EventPublisher {
             published: HashSet::new(),
             metrics,
         }
+    }
+
+    /// Forgets which warnings were published: each is published again by
+    /// the next round that finds it.
+    pub fn forget(&mut self) {
+        self.published.clear();
     }
 
     /// Publishes the warnings not published yet. Like a status round, it

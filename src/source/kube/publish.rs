@@ -80,6 +80,13 @@ async fn run(
                 let written = end == RoundEnd::Written;
                 (!written).then(|| retry.map_or(RETRY_FIRST, |pause| (pause * 2).min(RETRY_MAX)))
             }
+            (false, _) => {
+                // What changes while another replica leads is not seen
+                // here: a warning that went away and came back meanwhile is
+                // published again when this one leads again.
+                events.forget();
+                None
+            }
             _ => None,
         };
         let pause = async {
@@ -138,6 +145,34 @@ mod tests {
             }],
             classes: ClassFilter::new("switchyard", &[]),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_leads_again_publishes_its_warnings_again() {
+        let (client, mut api) = MockApi::new();
+        let events = EventPublisher::new(client, Some("pod".into()), Arc::new(Metrics::new()));
+        let (leader, leading) = watch::channel(true);
+        let latest = spawn(None, events, leading);
+        latest.send_replace(Some(Arc::new(translated())));
+        let event = serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "eventTime": "2026-01-01T00:00:00.000000Z"});
+        let post = "POST /apis/events.k8s.io/v1/namespaces/ns/events";
+        assert_eq!(api.next(|_| Answer::Ok(event.clone())).await.unwrap(), post);
+        // Another replica leads for a while: the warning may have gone and
+        // come back meanwhile, unseen here.
+        leader.send_replace(false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leader.send_replace(true);
+        let again =
+            tokio::time::timeout(Duration::from_secs(10), api.next(|_| Answer::Ok(event))).await;
+        // kube's recorder sends a repeat as the next of its series.
+        let again = again.expect("published again").unwrap();
+        assert!(
+            again.starts_with("PATCH /apis/events.k8s.io/v1/namespaces/ns/events/"),
+            "{again}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
