@@ -156,6 +156,70 @@ fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_warned() {
 }
 
 #[test]
+fn an_ingress_nginx_canary_is_not_served_even_when_older_than_its_main_ingress() {
+    let older = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n";
+    let newer = "  creationTimestamp: \"2025-01-01T00:00:00Z\"\n";
+    let canary = format!(
+        "{older}  annotations:\n    nginx.ingress.kubernetes.io/canary: \"true\"\n    nginx.ingress.kubernetes.io/canary-weight: \"10\"\n"
+    );
+    let yaml = [
+        service("stable", 1),
+        service("preview", 2),
+        ingress("main", newer, &rules(&[rule("h", "/", "Prefix", "stable")])),
+        ingress(
+            "main-canary",
+            &canary,
+            &rules(&[
+                rule("h", "/", "Prefix", "preview"),
+                rule("h", "/beta", "Prefix", "preview"),
+            ]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(route_of(&t, "h", "/"), "stable");
+    assert_eq!(
+        route_of(&t, "h", "/beta"),
+        "stable",
+        "served by the main Ingress's /"
+    );
+    let reasons: Vec<_> = warnings
+        .iter()
+        .map(|w| (w.reason, w.object.name.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (WarningReason::IgnoredAnnotation, "main-canary"),
+            (WarningReason::CanaryNotServed, "main-canary"),
+        ]
+    );
+}
+
+#[test]
+fn an_ingress_with_tls_is_served_over_plain_http_and_warned() {
+    let tls = "  tls: [{hosts: [h], secretName: h-tls}]\n";
+    let yaml = [
+        service("web", 1),
+        ingress(
+            "web",
+            "",
+            &format!("{tls}{}", rules(&[rule("h", "/", "Prefix", "web")])),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert_eq!(route_of(&t, "h", "/"), "web");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].reason, WarningReason::TlsNotServed);
+    assert!(
+        warnings[0].message.starts_with("spec.tls:"),
+        "{}",
+        warnings[0].message
+    );
+}
+
+#[test]
 fn without_timestamps_namespace_then_name_decides() {
     let yaml = [
         service("first", 1),

@@ -183,9 +183,25 @@ impl Builder<'_> {
         for p in problems {
             warn(p.reason, p.message);
         }
+        if policy.canary {
+            warn(
+                WarningReason::CanaryNotServed,
+                format!(
+                    "metadata.annotations[{:?}]: canary routing is not supported; this Ingress is not served, so that it takes none of the traffic of the Ingress it shadows",
+                    annotations::NGINX_CANARY
+                ),
+            );
+            return;
+        }
         let Some(spec) = &ingress.spec else {
             return;
         };
+        if spec.tls.as_ref().is_some_and(|tls| !tls.is_empty()) {
+            warn(
+                WarningReason::TlsNotServed,
+                "spec.tls: switchyard does not terminate TLS yet; this Ingress's rules are served over plain HTTP only".into(),
+            );
+        }
         let mut claims = Vec::new();
 
         if let Some(backend) = &spec.default_backend {

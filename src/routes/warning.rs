@@ -17,10 +17,13 @@ pub enum WarningReason {
     InvalidHost,
     InvalidPath,
     InvalidAnnotation,
+    IgnoredAnnotation,
+    CanaryNotServed,
+    TlsNotServed,
 }
 
 impl WarningReason {
-    pub const ALL: [WarningReason; 9] = [
+    pub const ALL: [WarningReason; 12] = [
         Self::BackendNotFound,
         Self::ServicePortNotFound,
         Self::NoReadyEndpoints,
@@ -30,6 +33,9 @@ impl WarningReason {
         Self::InvalidHost,
         Self::InvalidPath,
         Self::InvalidAnnotation,
+        Self::IgnoredAnnotation,
+        Self::CanaryNotServed,
+        Self::TlsNotServed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +49,9 @@ impl WarningReason {
             Self::InvalidHost => "InvalidHost",
             Self::InvalidPath => "InvalidPath",
             Self::InvalidAnnotation => "InvalidAnnotation",
+            Self::IgnoredAnnotation => "IgnoredAnnotation",
+            Self::CanaryNotServed => "CanaryNotServed",
+            Self::TlsNotServed => "TlsNotServed",
         }
     }
 }
