@@ -56,6 +56,50 @@ async fn a_request_no_route_matches_gets_a_plain_text_404_counted_as_4xx() {
     assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
 }
 
+/// Sends `GET {target}` for host `h` on a new connection; the status line
+/// and the body (the echo backends' answers are small and whole).
+async fn raw_get(proxy: SocketAddr, target: &str) -> (String, String) {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let (mut stream, head, mut body) = raw_exchange(proxy, &request, b"").await;
+    body.extend(read_until_closed(&mut stream).await);
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn other_spellings_of_a_path_are_routed_as_the_path_they_name_and_forwarded_as_sent() {
+    let admin = backends::echo("admin").await;
+    let app = backends::echo("app").await;
+    let manifests = service("admin", &[admin.addr])
+        + &service("app", &[app.addr])
+        + &ingress("admin", "h", "/admin", "admin", &[])
+        + &ingress("app", "h", "/", "app", &[]);
+    let proxy = TestProxy::start(&manifests).await;
+    for target in [
+        "/admin/x",
+        "//admin/x",
+        "/app/../admin/x",
+        "/%61dmin/x",
+        "/./admin//x",
+    ] {
+        let (status, body) = raw_get(proxy.addr, target).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{target}: {status}");
+        let mut lines = body.lines();
+        assert_eq!(lines.next(), Some("admin"), "{target} reached {body}");
+        // As ingress-nginx does, the backend gets the path as sent.
+        assert_eq!(
+            lines.next(),
+            Some(format!("GET {target}").as_str()),
+            "{target}"
+        );
+    }
+    let (status, body) = raw_get(proxy.addr, "/admin%2").await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status} {body}");
+    let (status, body) = raw_get(proxy.addr, "/../admin").await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status} {body}");
+    assert_eq!(app.connections.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn a_refused_backend_connection_is_a_plain_text_502_and_a_connect_error() {
     let proxy = TestProxy::start(&route("r", "h", "/", &[backends::refused().await])).await;

@@ -31,7 +31,7 @@ use super::upgrade::{self, UpgradeRequest};
 use super::upstream::UpstreamError;
 use super::{ClientRequest, ConnInfo, Proxy};
 use crate::route_metrics::UpgradeResult;
-use crate::routes::Route;
+use crate::routes::{Route, request_path};
 
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -96,13 +96,15 @@ pub async fn handle(
     }
 
     // 2. route: the table is read once; a swap from here on changes nothing
-    // for this request.
-    let Some(route) = proxy
-        .routes
-        .load()
-        .lookup(authority, request.uri().path())
-        .cloned()
-    else {
+    // for this request. Matched as the path names a resource, forwarded
+    // as it came (see `request_path`).
+    let path = match request_path::for_matching(request.uri().path()) {
+        Ok(path) => path,
+        Err(refusal) => {
+            return Ok(exchange.local(&proxy, LocalReply::BadRequest(refusal.reason())));
+        }
+    };
+    let Some(route) = proxy.routes.load().lookup(authority, &path).cloned() else {
         return Ok(exchange.local(&proxy, LocalReply::NoRoute));
     };
     exchange.route = Some(route.clone());

@@ -8,6 +8,7 @@ pub mod class;
 pub mod host;
 pub mod passive_health;
 pub mod path;
+pub mod request_path;
 pub mod retire;
 pub mod spec;
 pub mod table;
