@@ -277,6 +277,36 @@ async fn a_backend_half_close_loses_no_client_bytes_on_a_connection_whose_first_
 }
 
 #[tokio::test]
+async fn a_backend_that_switches_before_the_body_is_a_502_that_ejects_no_endpoint() {
+    // Answers 101 to every upgrade at once, without waiting for its body.
+    let backend = backends::scripted(|mut s| async move {
+        if backends::next_head(&mut s).await.is_ok() {
+            write_head(
+                &mut s,
+                SWITCH,
+                &["Upgrade: websocket", "Connection: Upgrade"],
+            )
+            .await;
+            let _ = read_until_closed(&mut s).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    // More than the failures in a row that eject an endpoint (3).
+    for _ in 0..4 {
+        let request = upgrade_request("h", "/", "websocket", &["Content-Length: 5"]);
+        let (mut client, head, _) = raw_exchange(proxy.addr, &request, b"").await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        drop(client.write_all(b"hello").await);
+    }
+    assert_eq!(
+        proxy.metric("switchyard_upstream_ejections_total", &[]),
+        0.0,
+        "a client sending a body with its upgrade cannot get endpoints ejected"
+    );
+}
+
+#[tokio::test]
 async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
     let proxy = TestProxy::start(&route("r", "h", "/", &[half_close_backend().await])).await;
     let (mut client, head, _) = raw_exchange(

@@ -219,8 +219,11 @@ async fn handshake(
     };
     // The backend would read the rest of the request body as the new
     // protocol: a switch before the body was sent is no switch to relay.
+    // Not counted against the endpoint (`Local`): any client can send a
+    // body with an upgrade, and would otherwise get a WebSocket server
+    // that switches at once taken out of rotation.
     if !body_sent {
-        return Err(UpstreamError::Other(
+        return Err(UpstreamError::Local(
             "the backend switched protocols before the request body was sent".into(),
         ));
     }

@@ -245,7 +245,9 @@ pub enum UpstreamError {
     ResponseTimeout,
     ClientBodyTimeout,
     /// The request could not be sent for a reason on this side: the
-    /// client's body failed (the client went away mid-upload), ...
+    /// client's body failed (the client went away mid-upload), ..., or
+    /// what this request asked for (a backend that switched protocols
+    /// before its body was sent): not the endpoint's failure.
     Local(Box<dyn StdError + Send + Sync>),
     /// The backend closed or reset the connection, or sent something that
     /// is not HTTP, before its response head.
