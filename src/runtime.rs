@@ -176,7 +176,7 @@ pub async fn run(args: RunArgs, serving: Serving) -> anyhow::Result<()> {
         let clients = ApiClients::infer(&identity).await?;
         tokio::spawn(run_cluster(
             clients,
-            identity,
+            shutdown.clone(),
             args.source.watch_namespaces.clone(),
             args.cluster.clone(),
             applier,
@@ -281,6 +281,8 @@ struct ApiClients {
     /// For the Lease alone, as `writes`, with the renewals the API server
     /// took.
     lease: (kube::Client, Confirmations),
+    /// This replica's name in the Lease and on its Events.
+    identity: String,
 }
 
 impl ApiClients {
@@ -293,6 +295,7 @@ impl ApiClients {
             client: kube::Client::try_from(config.clone()).context(CONFIGURE)?,
             writes: write_client(config.clone(), API_WRITE_TIMEOUT).context(CONFIGURE)?,
             lease: lease_client(config, API_WRITE_TIMEOUT, identity).context(CONFIGURE)?,
+            identity: identity.to_string(),
         })
     }
 }
@@ -305,8 +308,9 @@ async fn run_cluster(
         client,
         writes,
         lease: (lease, confirmations),
+        identity,
     }: ApiClients,
-    identity: String,
+    shutdown: Shutdown,
     namespaces: Vec<String>,
     cluster: ClusterArgs,
     mut applier: Applier,
@@ -334,6 +338,7 @@ async fn run_cluster(
             identity: identity.clone(),
         },
         metrics.clone(),
+        &shutdown,
     );
     let status = publish.map(|p| StatusWriter::new(writes.clone(), p, metrics.clone()));
     let events = EventPublisher::new(writes, Some(identity), metrics);

@@ -580,6 +580,29 @@ fn lease_reads(api: &FakeApiServer) -> usize {
         .count()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_gives_up_the_lease() {
+    let api = FakeApiServer::start().await;
+    load(&api, CLASS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
+    wait_ready(&proxy).await;
+    eventually("pod-a leads", Duration::from_secs(20), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    proxy.terminate();
+    assert_eq!(proxy.wait_exit(Duration::from_secs(30)), Some(0));
+    // Another replica may take it at once, not 30 s later.
+    let lease = api.lease("ingress", "switchyard-leader").unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "{}",
+        lease["spec"]
+    );
+    assert!(proxy.log_text().contains("released the leader Lease"));
+}
+
 /// When the Lease held in the fake expires, as other replicas reckon it.
 fn lease_expiry(api: &FakeApiServer) -> std::time::SystemTime {
     let lease = api.lease("ingress", "switchyard-leader").unwrap();

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::lease_writes::Confirmations;
 use super::writes::API_WRITE_LIMIT;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone)]
 pub struct LeaderSettings {
@@ -68,12 +69,17 @@ const _: () = assert!(
 
 /// Starts the election on `client`, whose Lease writes `confirmations`
 /// reports (see [`lease_client`](super::lease_writes::lease_client)); the
-/// receiver says whether this replica leads now.
+/// receiver says whether this replica leads now. When `shutdown` begins
+/// draining, this replica stops leading and gives the Lease up, so that
+/// another replica takes over at once rather than after the Lease
+/// expires (a rolling update would otherwise leave status and Events
+/// unwritten for up to 30 s); the drain waits for that.
 pub fn elect(
     client: Client,
     mut confirmations: Confirmations,
     settings: LeaderSettings,
     metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
 ) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let set = move |leading: bool| {
@@ -86,7 +92,9 @@ pub fn elect(
             }
         }
     };
-    tokio::spawn(async move {
+    let shutdown = shutdown.clone();
+    let tracker = shutdown.tracker().clone();
+    tracker.spawn(async move {
         let mut reported_failure = false;
         let manager = loop {
             let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
@@ -104,7 +112,10 @@ pub fn elect(
                 }
                 Err(e) => tracing::debug!(error = %e, "leader Lease still unavailable"),
             }
-            tokio::time::sleep(RETRY).await;
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => {}
+                () = shutdown.draining() => return,
+            }
         };
         let (holds, mut holder) = watch::channel(false);
         let renewing = async {
@@ -128,8 +139,20 @@ pub fn elect(
             }
         };
         tokio::select! {
-            () = renewing => {}
-            () = follow(&mut holder, &mut confirmations, &set) => {}
+            () = renewing => return,
+            () = follow(&mut holder, &mut confirmations, &set) => return,
+            () = shutdown.draining() => {}
+        }
+        // Both loops are gone: nothing else holds the Lease's state.
+        set(false);
+        if !*holder.borrow() {
+            return;
+        }
+        match manager.release().await {
+            Ok(()) => tracing::info!(lease = %settings.lease_name, "released the leader Lease"),
+            Err(error) => {
+                tracing::warn!(%error, lease = %settings.lease_name, "could not release the leader Lease; it expires by itself")
+            }
         }
     });
     rx
