@@ -721,13 +721,13 @@ async fn an_http2_preface_that_arrives_in_pieces_is_still_http2() {
     assert_eq!(status, Some(0x88), "a 200 on stream 1");
 }
 
-#[tokio::test]
-async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_connection_closes() {
-    let slow = backends::scripted(|mut s| async move {
+/// A proxy whose HTTP/2 connections are idle after 1 s without a stream,
+/// before a backend that answers `done` after `delay`.
+async fn slow_backend_behind_a_1s_idle_limit(delay: Duration) -> TestProxy {
+    let slow = backends::scripted(move |mut s| async move {
         read_head(&mut s).await;
         write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 4"]).await;
-        // Longer than the idle limit, so the end waits for this stream.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(delay).await;
         let _ = s.write_all(b"done").await;
         let _ = read_until_closed(&mut s).await;
     })
@@ -736,13 +736,24 @@ async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_conne
         header_read_timeout: Duration::from_secs(1),
         ..ProxyConfig::default()
     };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await;
+    TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await
+}
 
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+/// A connection that has sent the preface and an empty SETTINGS frame.
+async fn http2_connection(proxy: SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(proxy).await.unwrap();
     client
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_connection_closes() {
+    // Longer than the idle limit, so the end waits for this stream.
+    let proxy = slow_backend_behind_a_1s_idle_limit(Duration::from_secs(2)).await;
+    let mut client = http2_connection(proxy.addr).await;
     // Idle for the limit: the server says it is going away, and sends a
     // PING whose answer would let it end the connection at once. The
     // client never answers it, and opens a stream instead, as a client
@@ -773,25 +784,10 @@ async fn an_http2_stream_opened_after_the_idle_goaway_is_served_before_the_conne
 async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_cut() {
     // The body comes well after the idle limit: its stream is open all
     // that time, so the connection is not idle.
-    let slow = backends::scripted(|mut s| async move {
-        read_head(&mut s).await;
-        write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 4"]).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let _ = s.write_all(b"done").await;
-        let _ = read_until_closed(&mut s).await;
-    })
-    .await;
-    let config = ProxyConfig {
-        header_read_timeout: Duration::from_secs(1),
-        ..ProxyConfig::default()
-    };
-    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[slow])).await;
+    let proxy = slow_backend_behind_a_1s_idle_limit(Duration::from_secs(3)).await;
 
     // The preface and an empty SETTINGS frame, then nothing.
-    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
-    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
+    let mut idle = http2_connection(proxy.addr).await;
     let mut kinds = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(frame) = next_frame(&mut idle).await {

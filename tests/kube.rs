@@ -514,6 +514,21 @@ async fn a_replica_that_is_not_the_leader_writes_nothing() {
     );
 }
 
+/// A fake API server with our IngressClass, and replica `pod-a` (its
+/// kubeconfig in the directory) once it leads.
+async fn pod_a_leading() -> (FakeApiServer, tempfile::TempDir, Switchyard) {
+    let api = FakeApiServer::start().await;
+    load(&api, CLASS);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
+    wait_ready(&proxy).await;
+    eventually("pod-a leads", Duration::from_secs(20), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    (api, dir, proxy)
+}
+
 /// Lease writes the fake has seen, answered or not.
 fn lease_writes_tried(api: &FakeApiServer) -> usize {
     api.requests()
@@ -533,15 +548,7 @@ fn lease_held_by(holder: &str) -> serde_json::Value {
 // About 30 s: the Lease is renewed 15 s after it was taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_renewal_goes_unanswered_steps_down_when_another_holds_the_lease() {
-    let api = FakeApiServer::start().await;
-    load(&api, CLASS);
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
-    eventually("pod-a leads", Duration::from_secs(20), || async {
-        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
-    })
-    .await;
+    let (api, _dir, proxy) = pod_a_leading().await;
     // From here on, Lease writes hang as on a half-open connection.
     api.set_lease_writes(Writes::Hang);
     let before = lease_writes_tried(&api);
@@ -582,15 +589,7 @@ fn lease_reads(api: &FakeApiServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_shuts_down_gives_up_the_lease() {
-    let api = FakeApiServer::start().await;
-    load(&api, CLASS);
-    let dir = tempfile::tempdir().unwrap();
-    let mut proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
-    eventually("pod-a leads", Duration::from_secs(20), || async {
-        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
-    })
-    .await;
+    let (api, _dir, mut proxy) = pod_a_leading().await;
     proxy.terminate();
     assert_eq!(proxy.wait_exit(Duration::from_secs(30)), Some(0));
     // Another replica may take it at once, not 30 s later.
@@ -616,15 +615,7 @@ fn lease_expiry(api: &FakeApiServer) -> std::time::SystemTime {
 // after its last renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_stops_leading_before_its_lease_expires() {
-    let api = FakeApiServer::start().await;
-    load(&api, CLASS);
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-a", &[]);
-    wait_ready(&proxy).await;
-    eventually("pod-a leads", Duration::from_secs(20), || async {
-        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
-    })
-    .await;
+    let (api, _dir, proxy) = pod_a_leading().await;
     // The API server stops answering anything: the replica cannot renew,
     // nor read that the Lease is still its own.
     api.set_down(true);

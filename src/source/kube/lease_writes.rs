@@ -177,6 +177,14 @@ mod tests {
         serde_json::to_vec(&lease).unwrap()
     }
 
+    fn lease_request(method: Method) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/apis/coordination.k8s.io/v1/namespaces/ingress/leases/switchyard-leader")
+            .body(Body::empty())
+            .unwrap()
+    }
+
     /// Sends `method` through `service`; the mock answers `status` and
     /// `body` after `delay`. The body the caller got.
     async fn exchange(
@@ -186,12 +194,7 @@ mod tests {
         (status, body): (u16, Vec<u8>),
         delay: Duration,
     ) -> Bytes {
-        let request = Request::builder()
-            .method(method)
-            .uri("/apis/coordination.k8s.io/v1/namespaces/ingress/leases/switchyard-leader")
-            .body(Body::empty())
-            .unwrap();
-        let call = service.ready().await.unwrap().call(request);
+        let call = service.ready().await.unwrap().call(lease_request(method));
         let answer = async {
             let (_, respond) = handle.next_request().await.unwrap();
             tokio::time::sleep(delay).await;
@@ -314,12 +317,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_that_gets_no_answer_confirms_nothing() {
         let (mut service, mut handle, confirmations) = confirming();
-        let request = Request::builder()
-            .method(Method::PATCH)
-            .uri("/")
-            .body(Body::empty())
-            .unwrap();
-        let call = service.ready().await.unwrap().call(request);
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(lease_request(Method::PATCH));
         let (_, respond) = handle.next_request().await.unwrap();
         respond.send_error(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
