@@ -44,6 +44,9 @@ const RETRY: Duration = Duration::from_secs(5);
 /// unable to retry a failed renewal before its Lease expired.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
 
+/// How often a spell of failed renewals is logged as a warning.
+const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a Lease holds after its last renewal, and how long before
 /// that the holder renews it: time for a renewal that fails as late as a
 /// write can ([`API_WRITE_LIMIT`]) to be sent once more before the
@@ -119,20 +122,24 @@ pub fn elect(
         };
         let (holds, mut holder) = watch::channel(false);
         let renewing = async {
-            let mut failing = false;
+            // A renewal that goes through does not return from `changed`:
+            // failures are told apart by time, a warning for the first of
+            // a spell and every minute while it lasts.
+            let mut warned: Option<Instant> = None;
             loop {
                 // Returns when the holder changes; renews (or waits for an
                 // expiry) in between.
                 match manager.changed().await {
                     Ok(now_holds) => {
-                        failing = false;
                         holds.send_replace(now_holds);
                     }
                     Err(error) => {
-                        if !failing {
+                        if warned.is_none_or(|at| at.elapsed() >= FAILURE_WARNING_EVERY) {
+                            warned = Some(Instant::now());
                             tracing::warn!(%error, lease = %settings.lease_name, "cannot renew or read the leader Lease; retrying every second");
+                        } else {
+                            tracing::debug!(%error, "leader Lease still unavailable");
                         }
-                        failing = true;
                         tokio::time::sleep(RENEW_RETRY).await;
                     }
                 }
