@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -236,6 +237,22 @@ async fn run_serves_watches_files_and_keeps_the_last_good_state() {
     })
     .await;
     assert_eq!(get(proxy.http, "second.test", "/", &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_relative_manifests_directory_is_watched_too() {
+    let echo = backends::echo("late").await;
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("m")).unwrap();
+    let proxy = Switchyard::start_in(cwd.path(), Path::new("m"), &[]);
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+    std::fs::write(
+        cwd.path().join("m/late.yaml"),
+        route("late", "late.test", "/", &[echo.addr]),
+    )
+    .unwrap();
+    wait_admin(proxy.admin, "/routes", |_, body| body.contains("late.test")).await;
+    assert_eq!(get(proxy.http, "late.test", "/", &[]).await.status, 200);
 }
 
 #[tokio::test]

@@ -81,10 +81,20 @@ impl ManifestWatcher {
     pub fn new(paths: &[PathBuf]) -> Result<Self, notify::Error> {
         let (tx, changes) = watch::channel(0);
         let mut writes = OpenWrites::default();
-        let relevant: Vec<PathBuf> = paths
+        // notify names what changed from the absolute form of the path it
+        // watches (the working directory joined to a relative one): so are
+        // the paths the events are compared with.
+        let absolute: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| match std::env::current_dir() {
+                Ok(cwd) if p.is_relative() => cwd.join(p),
+                _ => p.clone(),
+            })
+            .collect();
+        let relevant: Vec<PathBuf> = absolute
             .iter()
             .cloned()
-            .chain(paths.iter().filter_map(|p| link_beside(p)))
+            .chain(absolute.iter().filter_map(|p| link_beside(p)))
             .collect();
         let mut watcher =
             notify::recommended_watcher(move |result: notify::Result<Event>| match result {
@@ -169,8 +179,8 @@ fn concerns(event: &Event, paths: &[PathBuf]) -> bool {
             .any(|changed| paths.iter().any(|path| is_within(changed, path)))
 }
 
-/// `path` is `root` or below it, `.` components aside (the directory of a
-/// relative path `a.yaml` is watched as `.`, and names it `./a.yaml`).
+/// `path` is `root` or below it, `.` components aside (`./m` given from
+/// `/cwd` is watched as `/cwd/./m`).
 fn is_within(path: &Path, root: &Path) -> bool {
     fn named(path: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
         path.components()
@@ -347,18 +357,17 @@ mod tests {
 
     #[test]
     fn only_events_about_the_watched_paths_or_below_them_count() {
-        let roots = [PathBuf::from("/etc/m"), PathBuf::from("a.yaml")];
+        // `./a.yaml` given from /cwd: notify and the watcher both join it
+        // to the working directory.
+        let roots = [PathBuf::from("/etc/m"), PathBuf::from("/cwd/./a.yaml")];
         let about = |path: &str| concerns(&event(WRITE, path), &roots);
         assert!(about("/etc/m"));
         assert!(about("/etc/m/sub/b.yaml"));
-        assert!(
-            about("./a.yaml"),
-            "a relative file, named from its directory"
-        );
-        assert!(about("a.yaml"));
+        assert!(about("/cwd/./a.yaml"));
+        assert!(about("/cwd/a.yaml"), "`.` components aside");
         assert!(!about("/etc/motd"), "beside a watched directory");
         assert!(!about("/etc/mm/b.yaml"));
-        assert!(!about("./b.yaml"), "beside a watched file");
+        assert!(!about("/cwd/b.yaml"), "beside a watched file");
         let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         assert!(
             concerns(&overflow, &roots),

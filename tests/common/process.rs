@@ -33,6 +33,18 @@ impl Switchyard {
         Self::spawn(command)
     }
 
+    /// As [`start`](Self::start), run from directory `cwd` with
+    /// `manifests` as written (relative to it, say).
+    pub fn start_in(cwd: &Path, manifests: &Path, extra: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(cwd)
+            .args(["run", "--manifests"])
+            .arg(manifests)
+            .args(extra);
+        Self::spawn(command)
+    }
+
     /// As [`start`](Self::start), from a shell that first runs `limits`
     /// (`ulimit` commands) and then execs the binary in its place.
     pub fn start_with_limits(manifests: &Path, limits: &str, extra: &[&str]) -> Self {
