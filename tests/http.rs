@@ -161,11 +161,17 @@ async fn forwarding_headers_are_set_by_the_proxy_and_host_is_preserved() {
 
     // A Host with a port still routes to host `h`; a client-sent
     // X-Forwarded-For is replaced, not appended to.
+    // The same goes for X-Real-IP, which ingress-nginx also sets, and
+    // the client's Forwarded is dropped.
     let answer = get(
         proxy.addr,
         "h:8080",
         "/headers",
-        &[("X-Forwarded-For", "6.6.6.6")],
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6;proto=https"),
+        ],
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -173,6 +179,8 @@ async fn forwarding_headers_are_set_by_the_proxy_and_host_is_preserved() {
     let body = &answer.body;
     assert_eq!(echoed(body, "host"), ["h:8080"], "{body}");
     assert_eq!(echoed(body, "x-forwarded-for"), ["127.0.0.1"], "{body}");
+    assert_eq!(echoed(body, "x-real-ip"), ["127.0.0.1"], "{body}");
+    assert!(echoed(body, "forwarded").is_empty(), "{body}");
     assert_eq!(echoed(body, "x-forwarded-proto"), ["http"], "{body}");
     assert_eq!(echoed(body, "x-forwarded-host"), ["h:8080"], "{body}");
     assert!(!body.contains("6.6.6.6"), "{body}");

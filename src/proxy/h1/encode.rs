@@ -12,7 +12,9 @@ use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 
-use crate::proxy::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::proxy::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+};
 
 /// Room made up front for a request head.
 const TYPICAL_HEAD_BYTES: usize = 1024;
@@ -53,11 +55,15 @@ impl RequestFraming {
 /// The fields the proxy sets on every request it sends on, whatever the
 /// client sent under their names: `Host` (what the client asked for;
 /// HTTP/2 carries it in `:authority`), `X-Forwarded-For`, `-Host` and
-/// `-Proto`, `X-Request-Id` when given one (the pipeline always gives the
+/// `-Proto`, `X-Real-IP` (the client's address, as ingress-nginx sets
+/// it), `X-Request-Id` when given one (the pipeline always gives the
 /// request's id, the client's or one it made), and `Connection:
 /// upgrade` with the `Upgrade` offered when the request is an upgrade the
 /// route allows. switchyard is the edge: the client's values are
-/// replaced, not trusted.
+/// replaced, not trusted. The client's `Forwarded` (RFC 7239) goes too,
+/// with nothing in its place: a backend that prefers it to
+/// `X-Forwarded-For` would otherwise take the client's word for its own
+/// address.
 ///
 /// They are written by [`request_head`] rather than set in the request's
 /// header map: growing the map to make room for them and inserting each
@@ -96,6 +102,8 @@ impl ProxyFields<'_> {
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_HOST
             || *name == X_FORWARDED_PROTO
+            || *name == X_REAL_IP
+            || *name == header::FORWARDED
             || *name == X_REQUEST_ID
     }
 
@@ -108,6 +116,7 @@ impl ProxyFields<'_> {
             field(out, b"x-forwarded-host", self.host.as_bytes());
         }
         field(out, b"x-forwarded-proto", self.forwarded_proto.as_bytes());
+        field(out, b"x-real-ip", self.forwarded_for.as_bytes());
         field(out, b"x-request-id", self.request_id.as_bytes());
         if let Some(offer) = self.upgrade {
             match offer.http2_settings {
@@ -237,7 +246,7 @@ mod tests {
             head(&fields, RequestFraming::None, &proxy_fields(&ID)),
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              accept: */*\r\naccept: text/html\r\nx-forwarded-for: 10.1.2.3\r\n\
-             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\nx-real-ip: 10.1.2.3\r\n\
              x-request-id: the-id\r\n\r\n"
         );
     }
@@ -249,6 +258,8 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-host", "elsewhere.example"),
             ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
             ("x-request-id", ""),
             ("x-kept", "1"),
         ]);
@@ -258,7 +269,7 @@ mod tests {
             head(&fields, RequestFraming::None, &proxy_fields(&made)),
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              x-kept: 1\r\nx-forwarded-for: 10.1.2.3\r\n\
-             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\nx-real-ip: 10.1.2.3\r\n\
              x-request-id: made-here\r\n\r\n"
         );
     }
@@ -281,7 +292,7 @@ mod tests {
             ),
             "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
              sec-websocket-version: 13\r\nx-forwarded-for: 10.1.2.3\r\n\
-             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\nx-forwarded-proto: http\r\nx-real-ip: 10.1.2.3\r\n\
              x-request-id: the-id\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
     }
