@@ -68,6 +68,12 @@ const COPY_LIMIT: usize = 16 * 1024;
 /// Write buffer made for a response head.
 const HEAD_ROOM: usize = 512;
 
+/// How much of a response body is gathered for the client before it is
+/// written even though more is ready: small frames go out together (one
+/// write, not one each), and a fast backend before a slow client holds at
+/// most this much here.
+const GATHER_LIMIT: usize = 256 * 1024;
+
 /// Write buffer kept between requests: a typical head and small body.
 const IDLE_OUT_CAPACITY: usize = 4096;
 
@@ -357,8 +363,8 @@ async fn write_response(
                 tracing::debug!(%error, "response body failed");
                 return Ok(false);
             }
-            // Trailers go only to a client that asked for them (`TE:
-            // trailers`), and such requests are hyper's.
+            // Trailers are not sent on: `Trailer` is hop-by-hop, and
+            // without it hyper's HTTP/1 server leaves them out too.
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
                 _ => continue,
@@ -385,6 +391,13 @@ async fn write_response(
         if remaining.is_none() {
             out.extend_from_slice(b"\r\n");
         }
+        if out.len() >= GATHER_LIMIT {
+            // A backend whose small frames are all ready (a fast backend, a
+            // slow client) would otherwise have them gathered here until
+            // the runtime's budget runs out, megabytes a connection.
+            stream.write_all(out).await?;
+            out.clear();
+        }
     }
     match remaining {
         None => last_chunk(out, &HeaderMap::new()),
@@ -397,4 +410,51 @@ async fn write_response(
     }
     stream.write_all(out).await?;
     Ok(!asks_close)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proxy::h1::decode::Framing as BodyFraming;
+    use crate::proxy::h1::{BackendBody, Connection};
+    use crate::proxy::test_sockets::socket_pair;
+
+    #[tokio::test]
+    async fn a_body_whose_small_frames_are_all_ready_is_not_gathered_whole() {
+        // 2 MiB in 8 KiB chunks, all read from the backend already.
+        let (backend, _backend_peer) = socket_pair().await;
+        let addr = backend.peer_addr().unwrap();
+        let mut conn = Connection::new(backend, addr);
+        let chunk = vec![b'x'; 8192];
+        for _ in 0..256 {
+            conn.read.extend_from_slice(b"2000\r\n");
+            conn.read.extend_from_slice(&chunk);
+            conn.read.extend_from_slice(b"\r\n");
+        }
+        conn.read.extend_from_slice(b"0\r\n\r\n");
+        let body = BackendBody::new(BodyFraming::Chunked, conn, None);
+        let response = Response::new(ResponseBody::upstream(body, Duration::from_secs(10)));
+
+        let (mut client, mut client_peer) = socket_pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client_peer.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        let mut out = Vec::new();
+        let kept = write_response(&mut client, &mut out, response, &Method::GET, true).await;
+        assert!(kept.is_ok());
+        drop(client);
+        assert!(
+            reader.await.unwrap() > 256 * 8192,
+            "the whole body was sent"
+        );
+        assert!(
+            out.capacity() <= 2 * GATHER_LIMIT,
+            "{} bytes held for the client at once",
+            out.capacity()
+        );
+    }
 }
