@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::routes::class::DEFAULT_CLASS_NAME;
 use crate::routes::host::is_dns_label;
 use crate::routes::translate::ServiceBackendRef;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_size, parse_timeout};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,30 +102,30 @@ pub struct RunArgs {
 
     /// Longest time a client may take to send a request's headers (also
     /// the keep-alive idle limit between requests).
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
 
     /// Longest pause while a client sends a request body (answered 408).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
     pub body_read_timeout: Duration,
 
     /// Longest time to open a backend connection (answered 504).
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_timeout)]
     pub upstream_connect_timeout: Duration,
 
     /// Longest wait for a backend's response headers (answered 504), and
     /// the longest pause a backend may make while sending its response
     /// body (the client's response is then cut off).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
     pub upstream_response_timeout: Duration,
 
     /// An upgraded connection (WebSocket) with no bytes either way for this
     /// long is closed.
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_timeout)]
     pub tunnel_idle_timeout: Duration,
 
     /// Close upgraded connections after this long, busy or not. Default: no limit.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_timeout)]
     pub tunnel_max_lifetime: Option<Duration>,
 
     /// Most client connections open at once (upgraded ones included); a
@@ -322,6 +322,32 @@ mod tests {
         assert_eq!(args.drain_timeout, Duration::from_secs(30));
         assert_eq!(args.max_header_bytes, 32 * 1024);
         assert!(args.access_log);
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused_and_a_zero_drain_is_not() {
+        let run = |flag: &str, value: &str| {
+            Cli::try_parse_from(["switchyard", "run", "--manifests", "m", flag, value])
+        };
+        for flag in [
+            "--header-read-timeout",
+            "--body-read-timeout",
+            "--upstream-connect-timeout",
+            "--upstream-response-timeout",
+            "--tunnel-idle-timeout",
+            "--tunnel-max-lifetime",
+        ] {
+            let error = run(flag, "0s").unwrap_err().to_string();
+            assert!(
+                error.contains(flag) && error.contains("above zero"),
+                "{error}"
+            );
+        }
+        assert!(
+            run("--drain-timeout", "0s").is_ok(),
+            "close at once on shutdown"
+        );
+        assert!(run("--drain-timeout", "18446744073709551615s").is_err());
     }
 
     #[test]

@@ -3,10 +3,32 @@
 
 use std::time::Duration;
 
-/// Parses a duration such as `30s`, `5m`, `1h30m` or `250ms`.
+/// The longest duration a flag takes: a year. Deadlines are the time now
+/// plus a duration, which for the largest ones humantime reads would not
+/// be a time at all (the process would stop on it).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration such as `30s`, `5m`, `1h30m` or `250ms`, up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use forms like 30s, 5m, 250ms"))
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use forms like 30s, 5m, 250ms"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("duration {text:?} is longer than a year"));
+    }
+    Ok(duration)
+}
+
+/// As [`parse_duration`], for a timeout: zero would time everything out at
+/// once (every connection dropped, every request answered 504), which is
+/// never what was meant.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "timeout {text:?} would end everything at once; give a duration above zero"
+        )),
+        duration => Ok(duration),
+    }
 }
 
 /// Parses a byte size: a whole number with an optional binary suffix
@@ -44,6 +66,19 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn durations_past_a_year_and_zero_timeouts_are_refused() {
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        let error = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(error.contains("longer than a year"), "{error}");
+        assert!(parse_duration("366d").is_err());
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        let error = parse_timeout("0s").unwrap_err();
+        assert!(error.contains("\"0s\""), "{error}");
+        assert!(parse_timeout("0").is_err());
     }
 
     #[test]
