@@ -354,7 +354,7 @@ pub fn manifests(backend: SocketAddr, host: &str) -> String {
 /// backend, WebSocket upgrades passed through, no access log, no request
 /// buffering (switchyard streams bodies too), unknown hosts get 404. As
 /// switchyard (and ingress-nginx) does, it sets `X-Forwarded-For`, `-Host`
-/// and `-Proto` and an `X-Request-ID`, and keeps a connection for any
+/// and `-Proto`, `X-Real-IP` and an `X-Request-ID`, and keeps a connection for any
 /// number of requests on both sides (nginx's default of 1,000 would make
 /// it reconnect where the others do not).
 pub fn nginx_conf(port: u16, backend: SocketAddr, hosts: &str, dir: &Path) -> String {
@@ -388,6 +388,7 @@ http {{
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Request-ID $request_id;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -431,6 +432,7 @@ frontend fe
     option forwardfor
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Real-IP %[src]
     unique-id-format %[uuid()]
     unique-id-header X-Request-ID
     use_backend be if bench
