@@ -212,6 +212,15 @@ mod tests {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// A PATCH the mock answers at once.
+    async fn patch_now(
+        service: &mut Confirming<Mock>,
+        handle: &mut Handle,
+        answer: (u16, Vec<u8>),
+    ) -> Bytes {
+        exchange(service, handle, Method::PATCH, answer, Duration::ZERO).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_renewal_is_confirmed_no_later_than_it_was_sent() {
         let (mut service, mut handle, confirmations) = confirming();
@@ -229,14 +238,7 @@ mod tests {
         // take-over's renewTime.
         let renewed = SystemTime::now() - Duration::from_secs(5);
         let answer = (200, lease(Some(ME), renewed));
-        exchange(
-            &mut service,
-            &mut handle,
-            Method::PATCH,
-            answer,
-            Duration::ZERO,
-        )
-        .await;
+        patch_now(&mut service, &mut handle, answer).await;
         let confirmed = confirmations.borrow().expect("confirmed");
         let age = confirmed.elapsed();
         assert!(
@@ -251,24 +253,10 @@ mod tests {
         let now = SystemTime::now();
         // A renewal patch that landed on the Lease another replica took.
         let other = (200, lease(Some("pod-b"), now));
-        exchange(
-            &mut service,
-            &mut handle,
-            Method::PATCH,
-            other,
-            Duration::ZERO,
-        )
-        .await;
+        patch_now(&mut service, &mut handle, other).await;
         // A release.
         let released = (200, lease(None, now));
-        exchange(
-            &mut service,
-            &mut handle,
-            Method::PATCH,
-            released,
-            Duration::ZERO,
-        )
-        .await;
+        patch_now(&mut service, &mut handle, released).await;
         assert_eq!(*confirmations.borrow(), None);
     }
 
@@ -293,24 +281,10 @@ mod tests {
         let (mut service, mut handle, _confirmations) = confirming();
         let mine = lease(Some(ME), SystemTime::now());
         let answer = (200, mine.clone());
-        let got = exchange(
-            &mut service,
-            &mut handle,
-            Method::PATCH,
-            answer,
-            Duration::ZERO,
-        )
-        .await;
+        let got = patch_now(&mut service, &mut handle, answer).await;
         assert_eq!(got, mine);
         let garbage = (200, b"not json".to_vec());
-        let got = exchange(
-            &mut service,
-            &mut handle,
-            Method::PATCH,
-            garbage,
-            Duration::ZERO,
-        )
-        .await;
+        let got = patch_now(&mut service, &mut handle, garbage).await;
         assert_eq!(got, &b"not json"[..]);
     }
 
