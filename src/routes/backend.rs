@@ -154,7 +154,7 @@ fn describe_port(port: &ServicePort) -> String {
         None => port.port.to_string(),
     };
     match port.protocol.as_deref() {
-        Some(protocol) if protocol != "TCP" => format!("{described} ({protocol})"),
+        Some(protocol) if !is_tcp(Some(protocol)) => format!("{described} ({protocol})"),
         _ => described,
     }
 }

@@ -179,14 +179,6 @@ mod tests {
         (warnings, snapshot)
     }
 
-    /// The API server's answer to an Event it created.
-    fn created() -> Answer {
-        Answer::Ok(serde_json::json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "e", "namespace": "ns"},
-            "eventTime": "2026-01-01T00:00:00.000000Z"}))
-    }
-
     /// Publishes warnings on `names` once; the requests made and the result.
     async fn publish_once(
         names: &[&str],
@@ -206,14 +198,15 @@ mod tests {
 
     #[tokio::test]
     async fn every_new_warning_is_published() {
-        let (requests, end) = publish_once(&["a", "b", "c"], || true, |_| created()).await;
+        let (requests, end) =
+            publish_once(&["a", "b", "c"], || true, |_| Answer::event_created()).await;
         assert_eq!(requests, [CREATE; 3]);
         assert_eq!(end, RoundEnd::Written);
     }
 
     #[tokio::test]
     async fn publishing_stops_at_the_first_event_that_gets_no_answer() {
-        let mut answers = [Answer::Refused, Answer::Silence, created()].into_iter();
+        let mut answers = [Answer::Refused, Answer::Silence, Answer::event_created()].into_iter();
         let (requests, end) =
             publish_once(&["a", "b", "c", "d"], || true, |_| answers.next().unwrap()).await;
         assert_eq!(requests, [CREATE; 2], "a refusal goes on, no answer stops");
@@ -229,7 +222,7 @@ mod tests {
         };
         let answer = |_: &str| {
             leading.store(false, Ordering::SeqCst);
-            created()
+            Answer::event_created()
         };
         let (requests, end) = publish_once(&["a", "b", "c"], still_leading, answer).await;
         assert_eq!(requests, [CREATE; 1]);

@@ -268,10 +268,7 @@ mod tests {
         holder.send_replace(true);
         for _ in 0..3 {
             // Renewed on the manager's schedule, each answered at once.
-            tokio::time::sleep(Duration::from_secs(
-                LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS,
-            ))
-            .await;
+            tokio::time::sleep(Duration::from_secs(NEXT_RENEWAL)).await;
             confirm.send_replace(Some(Instant::now()));
             settle().await;
             assert!(*leads.borrow());

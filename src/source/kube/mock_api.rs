@@ -17,6 +17,17 @@ pub enum Answer {
     Silence,
 }
 
+impl Answer {
+    /// The API server's answer to an Event it created (or added to its
+    /// series), in namespace `ns`.
+    pub fn event_created() -> Self {
+        Self::Ok(serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "ns"},
+            "eventTime": "2026-01-01T00:00:00.000000Z"}))
+    }
+}
+
 /// A client whose requests reach `answers` (see [`MockApi::serve`]).
 pub struct MockApi {
     handle: Handle,

@@ -154,19 +154,18 @@ mod tests {
         let (leader, leading) = watch::channel(true);
         let latest = spawn(None, events, leading);
         latest.send_replace(Some(Arc::new(translated())));
-        let event = serde_json::json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "e", "namespace": "ns"},
-            "eventTime": "2026-01-01T00:00:00.000000Z"});
         let post = "POST /apis/events.k8s.io/v1/namespaces/ns/events";
-        assert_eq!(api.next(|_| Answer::Ok(event.clone())).await.unwrap(), post);
+        assert_eq!(api.next(|_| Answer::event_created()).await.unwrap(), post);
         // Another replica leads for a while: the warning may have gone and
         // come back meanwhile, unseen here.
         leader.send_replace(false);
         tokio::time::sleep(Duration::from_secs(1)).await;
         leader.send_replace(true);
-        let again =
-            tokio::time::timeout(Duration::from_secs(10), api.next(|_| Answer::Ok(event))).await;
+        let again = tokio::time::timeout(
+            Duration::from_secs(10),
+            api.next(|_| Answer::event_created()),
+        )
+        .await;
         // kube's recorder sends a repeat as the next of its series.
         let again = again.expect("published again").unwrap();
         assert!(
@@ -201,12 +200,8 @@ mod tests {
             status_write
         );
         // Once status is written, the round goes on to the Event.
-        let event = serde_json::json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "e", "namespace": "ns"},
-            "eventTime": "2026-01-01T00:00:00.000000Z"});
         assert_eq!(
-            api.next(|_| Answer::Ok(event)).await.unwrap(),
+            api.next(|_| Answer::event_created()).await.unwrap(),
             "POST /apis/events.k8s.io/v1/namespaces/ns/events"
         );
     }
