@@ -5,7 +5,9 @@
 //! gives the objects that could be read, so one bad document does not take
 //! the others with it. The error names the file, the document and the line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{self, LoadError, Location, Object, Skipped};
@@ -40,17 +42,24 @@ impl FileSource {
     /// Reads every manifest file again. Files that fail keep their last
     /// good objects; every failure is in `errors`.
     pub fn load(&mut self) -> LoadReport {
+        self.load_listing_with(&list_directory)
+    }
+
+    fn load_listing_with(&mut self, list: &ListDirectory) -> LoadReport {
         let mut errors = Vec::new();
-        let mut files = BTreeMap::new();
+        let mut scan = Scan::default();
         for dir in &self.dirs {
-            if let Err(e) = collect_manifest_files(dir, &mut files) {
-                errors.push(LoadError {
-                    location: location_of(dir),
-                    message: format!("cannot read manifest directory: {e}"),
-                });
-            }
+            scan.collect(dir, list);
         }
-        let dirs_failed = !errors.is_empty();
+        let Scan {
+            files, unreadable, ..
+        } = scan;
+        for (dir, message) in &unreadable {
+            errors.push(LoadError {
+                location: location_of(dir),
+                message: format!("cannot read manifest directory: {message}"),
+            });
+        }
 
         let mut skipped = Vec::new();
         let mut current = HashMap::new();
@@ -77,10 +86,11 @@ impl FileSource {
                 }
             }
         }
-        if dirs_failed {
-            // A directory that vanished or became unreadable loses nothing:
-            // its files keep their last good objects.
-            for (path, objects) in &self.last_good {
+        // A directory that vanished or became unreadable loses nothing: the
+        // files last read below it keep their last good objects, while
+        // everything else in the scan is read as usual.
+        for (path, objects) in &self.last_good {
+            if unreadable.iter().any(|(dir, _)| path.starts_with(dir)) {
                 current
                     .entry(path.clone())
                     .or_insert_with(|| objects.clone());
@@ -153,32 +163,67 @@ fn assemble(
     snapshot
 }
 
-/// Finds `*.yaml`/`*.yml` files below `dir`. Hidden entries are skipped:
-/// a mounted ConfigMap keeps its real files under `..data`, and reading
-/// both would define every object twice.
-fn collect_manifest_files(dir: &Path, files: &mut BTreeMap<PathBuf, ()>) -> std::io::Result<()> {
-    let metadata = std::fs::metadata(dir)?;
-    if metadata.is_file() {
-        files.insert(dir.to_path_buf(), ());
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            continue; // a dangling link
+/// The names and paths a directory lists. A seam for the tests: as root,
+/// which CI is, no permission makes a directory unreadable.
+type ListDirectory = dyn Fn(&Path) -> std::io::Result<Vec<(OsString, PathBuf)>>;
+
+/// Lists `dir` in name order, so that of two links to one directory the
+/// same one is walked on every scan.
+fn list_directory(dir: &Path) -> std::io::Result<Vec<(OsString, PathBuf)>> {
+    let mut entries = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| (e.file_name(), e.path())))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_unstable();
+    Ok(entries)
+}
+
+/// One walk of the manifest directories.
+#[derive(Default)]
+struct Scan {
+    files: BTreeMap<PathBuf, ()>,
+    /// Directories that could not be listed, with why.
+    unreadable: Vec<(PathBuf, String)>,
+    /// Directories already walked, by device and inode, so that a link
+    /// back up the tree (`ln -s .. up`) is walked once, not until the
+    /// kernel refuses the path.
+    walked: HashSet<(u64, u64)>,
+}
+
+impl Scan {
+    /// Finds `*.yaml`/`*.yml` files below `dir`. Hidden entries are
+    /// skipped: a mounted ConfigMap keeps its real files under `..data`,
+    /// and reading both would define every object twice. A directory that
+    /// cannot be listed is noted and the walk goes on with the rest.
+    fn collect(&mut self, dir: &Path, list: &ListDirectory) {
+        let metadata = match std::fs::metadata(dir) {
+            Ok(metadata) => metadata,
+            Err(e) => return self.unreadable.push((dir.to_path_buf(), e.to_string())),
         };
-        if metadata.is_dir() {
-            collect_manifest_files(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            files.insert(path, ());
+        if metadata.is_file() {
+            self.files.insert(dir.to_path_buf(), ());
+            return;
+        }
+        if !self.walked.insert((metadata.dev(), metadata.ino())) {
+            return;
+        }
+        let entries = match list(dir) {
+            Ok(entries) => entries,
+            Err(e) => return self.unreadable.push((dir.to_path_buf(), e.to_string())),
+        };
+        for (name, path) in entries {
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(metadata) = std::fs::metadata(&path) else {
+                continue; // a dangling link
+            };
+            if metadata.is_dir() {
+                self.collect(&path, list);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                self.files.insert(path, ());
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -263,6 +308,63 @@ mod tests {
         std::fs::write(dir.path().join("..data/a.yaml"), SERVICE_A).unwrap();
         let report = FileSource::new(vec![dir.path().to_path_buf()]).load();
         assert_eq!(report.files, 0);
+    }
+
+    #[test]
+    fn an_unreadable_subdirectory_keeps_its_files_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), SERVICE_A).unwrap();
+        std::fs::write(sub.join("b.yaml"), SERVICE_B).unwrap();
+        let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+        assert_eq!(names(&source.load().snapshot), vec!["a", "b"]);
+
+        // `sub` can no longer be listed; meanwhile a.yaml goes and c.yaml
+        // comes, beside it and after it in the walk.
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        std::fs::write(
+            dir.path().join("z.yaml"),
+            SERVICE_A.replace("name: a", "name: c"),
+        )
+        .unwrap();
+        let refused = sub.clone();
+        let refuse_sub = move |path: &Path| {
+            if path == refused {
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                list_directory(path)
+            }
+        };
+        let report = source.load_listing_with(&refuse_sub);
+        assert_eq!(names(&report.snapshot), vec!["b", "c"]);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].location.file, sub);
+        assert!(
+            report.errors[0]
+                .message
+                .starts_with("cannot read manifest directory: permission denied"),
+            "{}",
+            report.errors[0]
+        );
+
+        // Readable again: its files are read again, and a removed one goes.
+        std::fs::remove_file(sub.join("b.yaml")).unwrap();
+        let report = source.load();
+        assert!(report.errors.is_empty());
+        assert_eq!(names(&report.snapshot), vec!["c"]);
+    }
+
+    #[test]
+    fn a_link_back_up_the_tree_is_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), SERVICE_A).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("sub/up")).unwrap();
+        let report = FileSource::new(vec![dir.path().to_path_buf()]).load();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.files, 1);
+        assert_eq!(names(&report.snapshot), vec!["a"]);
     }
 
     #[test]
