@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,23 +245,23 @@ fn start_file_source(
     let mut files = FileSource::new(source.manifests.clone());
     let namespaces = source.watch_namespaces.clone();
     let metrics = metrics.clone();
-    let mut load_and_apply = move || {
-        let mut report = files.load();
+    let mut load_and_apply = move |still_writing: &[PathBuf]| {
+        let mut report = files.load_holding(still_writing);
         report_load_errors(&report.errors, &metrics);
         report.snapshot.retain_namespaces(&namespaces);
         applier.apply(&report.snapshot);
         report.files
     };
-    let loaded = load_and_apply();
+    let loaded = load_and_apply(&[]);
     tracing::info!(files = loaded, "manifests loaded");
     admin.mark_synced();
     tokio::spawn(async move {
-        while watcher.next_change().await {
+        while let Some(still_writing) = watcher.next_change().await {
             // Parsing and translating run on the blocking pool, off the
             // threads that serve requests; the closure comes back for the
             // next change.
             load_and_apply = tokio::task::spawn_blocking(move || {
-                load_and_apply();
+                load_and_apply(&still_writing);
                 load_and_apply
             })
             .await

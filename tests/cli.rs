@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::backends;
 use common::client::get;
-use common::manifests::{dir_with, route};
+use common::manifests::{dir_with, route, service};
 use common::process::{BIN, Switchyard};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -253,6 +253,38 @@ async fn a_relative_manifests_directory_is_watched_too() {
     .unwrap();
     wait_admin(proxy.admin, "/routes", |_, body| body.contains("late.test")).await;
     assert_eq!(get(proxy.http, "late.test", "/", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_manifest_left_open_for_writing_keeps_serving_its_last_version() {
+    let echo = backends::echo("echo").await;
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("m")).unwrap();
+    let file = cwd.path().join("m/r.yaml");
+    std::fs::write(&file, route("r", "kept.test", "/", &[echo.addr])).unwrap();
+    let proxy = Switchyard::start_in(cwd.path(), Path::new("m"), &[]);
+    wait_admin(proxy.admin, "/readyz", |s, _| s == 200).await;
+
+    // A slow writer truncates r.yaml and stalls; another file changes
+    // beside it, and is served once the wait for the writer runs out.
+    let text = route("r", "new.test", "/", &[echo.addr]);
+    // The Service document alone parses: read now, the route would go.
+    let (first, rest) = text.split_at(service("r", &[echo.addr]).len());
+    let mut writer = std::fs::File::create(&file).unwrap();
+    writer.write_all(first.as_bytes()).unwrap();
+    let beside = route("b", "beside.test", "/", &[echo.addr]);
+    std::fs::write(cwd.path().join("m/b.yaml"), beside).unwrap();
+    wait_admin(proxy.admin, "/routes", |_, body| {
+        body.contains("beside.test")
+    })
+    .await;
+    assert_eq!(get(proxy.http, "kept.test", "/", &[]).await.status, 200);
+
+    // Finished and closed: read as written.
+    writer.write_all(rest.as_bytes()).unwrap();
+    drop(writer);
+    wait_admin(proxy.admin, "/routes", |_, body| body.contains("new.test")).await;
+    assert_eq!(get(proxy.http, "kept.test", "/", &[]).await.status, 404);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{self, LoadError, Location, Object, Skipped};
+use super::watch::SETTLE_LIMIT;
 use crate::snapshot::ClusterSnapshot;
 
 /// The outcome of one read of the manifest directories.
@@ -42,10 +43,18 @@ impl FileSource {
     /// Reads every manifest file again. Files that fail keep their last
     /// good objects; every failure is in `errors`.
     pub fn load(&mut self) -> LoadReport {
-        self.load_listing_with(&list_directory)
+        self.load_holding(&[])
     }
 
-    fn load_listing_with(&mut self, list: &ListDirectory) -> LoadReport {
+    /// As [`load`](Self::load), but the files in `still_writing` (absolute
+    /// paths, as the watcher names them) are not read: a writer has them
+    /// open, and they may be half-written. Each keeps its last good
+    /// objects, or gives none yet, and is reported.
+    pub fn load_holding(&mut self, still_writing: &[PathBuf]) -> LoadReport {
+        self.load_listing_with(&list_directory, still_writing)
+    }
+
+    fn load_listing_with(&mut self, list: &ListDirectory, still_writing: &[PathBuf]) -> LoadReport {
         let mut errors = Vec::new();
         let mut scan = Scan::default();
         for dir in &self.dirs {
@@ -65,6 +74,18 @@ impl FileSource {
         let mut current = HashMap::new();
         let mut partial = HashMap::new();
         for path in files.keys() {
+            if is_held(path, still_writing) {
+                errors.push(LoadError {
+                    location: location_of(path),
+                    message: format!(
+                        "still open for writing {} after it changed; read again once its \
+                         writer closes it",
+                        humantime::format_duration(SETTLE_LIMIT)
+                    ),
+                });
+                carry_over(&self.last_good, path, &mut current);
+                continue;
+            }
             let parsed = match std::fs::read_to_string(path) {
                 Ok(text) => manifest::parse(&text, path),
                 Err(e) => {
@@ -115,6 +136,21 @@ impl FileSource {
             files: files.len(),
         }
     }
+}
+
+/// Whether `path`, as the scan names it (perhaps relative, or with `.`
+/// parts), is one of the files still being written.
+fn is_held(path: &Path, still_writing: &[PathBuf]) -> bool {
+    if still_writing.is_empty() {
+        return false;
+    }
+    // `absolute` drops `.` parts, as in the watcher's `/cwd/./m/a.yaml`.
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    still_writing
+        .iter()
+        .any(|open| std::path::absolute(open).is_ok_and(|open| open == path))
 }
 
 fn location_of(path: &Path) -> Location {
@@ -336,7 +372,7 @@ mod tests {
                 list_directory(path)
             }
         };
-        let report = source.load_listing_with(&refuse_sub);
+        let report = source.load_listing_with(&refuse_sub, &[]);
         assert_eq!(names(&report.snapshot), vec!["b", "c"]);
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         assert_eq!(report.errors[0].location.file, sub);
@@ -353,6 +389,37 @@ mod tests {
         let report = source.load();
         assert!(report.errors.is_empty());
         assert_eq!(names(&report.snapshot), vec!["c"]);
+    }
+
+    #[test]
+    fn a_file_still_being_written_keeps_its_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, SERVICE_A).unwrap();
+        let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+        assert_eq!(names(&source.load().snapshot), vec!["a"]);
+
+        // Truncated by a writer that has not finished; a new file beside
+        // it, also unfinished, gives nothing yet.
+        std::fs::write(&a, "").unwrap();
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&b, "apiVersion: v1\nkind: Serv").unwrap();
+        let held = [a.clone(), dir.path().join("./b.yaml")];
+        let report = source.load_holding(&held);
+        assert_eq!(names(&report.snapshot), vec!["a"]);
+        assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+        assert!(
+            report.errors[0]
+                .message
+                .starts_with("still open for writing")
+        );
+        assert_eq!(report.errors[1].location.file, b);
+
+        // Closed: read as it now is.
+        std::fs::write(&b, SERVICE_B).unwrap();
+        let report = source.load();
+        assert!(report.errors.is_empty());
+        assert_eq!(names(&report.snapshot), vec!["b"], "a.yaml is empty now");
     }
 
     #[test]

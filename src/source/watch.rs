@@ -8,8 +8,10 @@
 //! settles once nothing has changed for [`SETTLE_QUIET`] *and* no manifest
 //! file that was written to is still open for writing (its close is the
 //! writer saying it is done), or at the latest [`SETTLE_LIMIT`] after the
-//! burst began, so that a writer that never closes cannot hold changes
-//! back for ever.
+//! burst began, so that a writer that never closes cannot hold the other
+//! files' changes back for ever. The files still open for writing then are
+//! named to the reader, which keeps their last good version rather than
+//! read them half-written.
 //!
 //! The settling is written here on tokio's timers rather than taken from
 //! `notify-debouncer-*`, which wait a fixed time per path on a thread of
@@ -30,13 +32,13 @@ use super::burst::Burst;
 /// a millisecond or two of each other.
 const SETTLE_QUIET: Duration = Duration::from_millis(25);
 
-/// The longest a burst is waited for, from its first change: a file held
-/// open for writing longer than this is read as it is.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+/// The longest a burst is waited for, from its first change: the files
+/// still open for writing then are left for their close.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
-/// What the watcher has seen: sent at every change, carrying how many
-/// manifest files are open for writing.
-type Changes = watch::Receiver<usize>;
+/// What the watcher has seen: sent at every change, carrying the manifest
+/// files open for writing.
+type Changes = watch::Receiver<Vec<PathBuf>>;
 
 /// Watches the manifest paths (directories recursively, or single files).
 ///
@@ -79,7 +81,7 @@ impl Identity {
 impl ManifestWatcher {
     /// Starts watching `paths`; fails when one of them cannot be watched.
     pub fn new(paths: &[PathBuf]) -> Result<Self, notify::Error> {
-        let (tx, changes) = watch::channel(0);
+        let (tx, changes) = watch::channel(Vec::new());
         let mut writes = OpenWrites::default();
         // notify names what changed from the absolute form of the path it
         // watches (the working directory joined to a relative one): so are
@@ -103,8 +105,7 @@ impl ManifestWatcher {
                 Ok(event) if !concerns(&event, &relevant) => {}
                 Ok(event) => {
                     if writes.note(&event) {
-                        let open = writes.count();
-                        tx.send_modify(|writing| *writing = open);
+                        tx.send_replace(writes.open());
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "manifest watcher error"),
@@ -145,12 +146,15 @@ impl ManifestWatcher {
     }
 
     /// Waits for the next burst of changes to settle (see [`settle`]) and
-    /// watches again any path that now names another file or directory;
-    /// `false` once the watcher is gone.
-    pub async fn next_change(&mut self) -> bool {
+    /// watches again any path that now names another file or directory.
+    /// Gives the manifest files still open for writing, absolute, which
+    /// are read once closed (their close is another change); `None` once
+    /// the watcher is gone.
+    pub async fn next_change(&mut self) -> Option<Vec<PathBuf>> {
         if !settle(&mut self.changes, self.quiet).await {
-            return false;
+            return None;
         }
+        let still_writing = self.changes.borrow().clone();
         for root in &mut self.roots {
             let now = Identity::of(&root.path);
             if now == root.watched {
@@ -165,7 +169,7 @@ impl ManifestWatcher {
                 Err(_) => None,
             };
         }
-        true
+        Some(still_writing)
     }
 }
 
@@ -233,7 +237,7 @@ async fn settle(changes: &mut Changes, quiet: Duration) -> bool {
     }
     let burst = Burst::begin(quiet, SETTLE_LIMIT);
     loop {
-        let writing = *changes.borrow_and_update() > 0;
+        let writing = !changes.borrow_and_update().is_empty();
         let Some(until) = burst.next_change_by(writing) else {
             return true;
         };
@@ -292,6 +296,14 @@ impl OpenWrites {
             .retain(|open| !paths.iter().any(|gone| open.starts_with(gone)));
     }
 
+    /// The files open for writing, in order.
+    fn open(&self) -> Vec<PathBuf> {
+        let mut open: Vec<PathBuf> = self.paths.iter().cloned().collect();
+        open.sort_unstable();
+        open
+    }
+
+    #[cfg(test)]
     fn count(&self) -> usize {
         self.paths.len()
     }
@@ -408,13 +420,14 @@ mod tests {
     /// paused clock, with more changes meanwhile: each step waits its
     /// milliseconds, then reports that many files open for writing.
     async fn settles_after(steps: Vec<(u64, usize)>) -> Duration {
-        let (tx, mut rx) = watch::channel(0);
+        let (tx, mut rx) = watch::channel(Vec::new());
         let start = Instant::now();
         let sender = tokio::spawn(async move {
             tx.send_modify(|_| {});
             for (gap, writing) in steps {
                 tokio::time::sleep(Duration::from_millis(gap)).await;
-                tx.send_modify(|w| *w = writing);
+                let open = (0..writing).map(|i| PathBuf::from(format!("/m/{i}.yaml")));
+                tx.send_replace(open.collect());
             }
             // Kept, so that the watcher is not gone.
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -450,7 +463,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_gone_watcher_ends_the_wait() {
-        let (tx, mut rx) = watch::channel(0);
+        let (tx, mut rx) = watch::channel(Vec::new());
         drop(tx);
         assert!(!settle(&mut rx, SETTLE_QUIET).await);
     }
@@ -479,7 +492,7 @@ mod tests {
                 drop(file);
             }
         });
-        assert!(watcher.next_change().await);
+        assert_eq!(watcher.next_change().await, Some(vec![]));
         assert!(
             closed.load(Ordering::SeqCst),
             "settled before the file was closed"
@@ -487,6 +500,25 @@ mod tests {
         writer.join().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("{name: a}\n"), "{text}");
+    }
+
+    /// With the real watcher: a manifest still open for writing at the
+    /// limit is named, so that it is not read half-written, and its close
+    /// is a change of its own.
+    #[tokio::test]
+    async fn a_manifest_still_open_at_the_limit_is_named_and_its_close_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, "# to be replaced\n").unwrap();
+        let mut watcher = real_watcher(&[dir.path().to_path_buf()]);
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"apiVersion: v1\n").unwrap();
+        let absolute = std::path::absolute(&path).unwrap();
+        let seen = tokio::time::timeout(SETTLE_LIMIT * 5, watcher.next_change()).await;
+        assert_eq!(seen.unwrap(), Some(vec![absolute]));
+        drop(file);
+        let seen = tokio::time::timeout(SETTLE_LIMIT * 5, watcher.next_change()).await;
+        assert_eq!(seen.unwrap(), Some(vec![]), "the close");
     }
 
     /// The quiet time of the tests with the real watcher.
@@ -501,7 +533,10 @@ mod tests {
     async fn noticed(watcher: &mut ManifestWatcher, step: &str, change: impl FnOnce()) {
         change();
         let seen = tokio::time::timeout(Duration::from_secs(5), watcher.next_change()).await;
-        assert!(matches!(seen, Ok(true)), "{step}: not noticed");
+        assert!(
+            matches!(&seen, Ok(Some(writing)) if writing.is_empty()),
+            "{step}: not noticed, or a file left open"
+        );
         let more = tokio::time::timeout(REAL_QUIET * 2, watcher.next_change()).await;
         assert!(more.is_err(), "{step}: a change with nothing changed");
     }
