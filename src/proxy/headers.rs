@@ -181,6 +181,52 @@ fn names_only_fixed(value: &[u8]) -> bool {
     value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"upgrade")
 }
 
+/// Removes from a trailer section what may not be sent there (RFC 9110
+/// 6.5.1: fields that frame, route, modify or authenticate the request, or
+/// say how to process its content), the hop-by-hop fields, and those the
+/// proxy sets itself. A backend that merges trailers into the head (some
+/// frameworks do) would otherwise take a client's `X-Real-IP` or `Host`
+/// sent after the body for the proxy's; what is left, checksums and the
+/// like, is passed on. nginx and Envoy (by default) drop every request
+/// trailer instead.
+pub fn strip_from_trailers(trailers: &mut HeaderMap) {
+    static NOT_IN_TRAILERS: [HeaderName; 19] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+        header::HOST,
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::SET_COOKIE,
+        header::CACHE_CONTROL,
+        header::EXPECT,
+        header::MAX_FORWARDS,
+        header::PRAGMA,
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::FORWARDED,
+    ];
+    let proxy_set = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REAL_IP,
+        &X_REQUEST_ID,
+    ];
+    for name in fixed_hop_by_hop()
+        .into_iter()
+        .chain(&NOT_IN_TRAILERS)
+        .chain(proxy_set)
+    {
+        trailers.remove(name);
+    }
+}
+
 /// A client address as the value of `X-Forwarded-For`; made once per
 /// client connection, not per request.
 pub fn forwarded_for(client: IpAddr) -> HeaderValue {

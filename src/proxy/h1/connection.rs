@@ -30,6 +30,7 @@ use super::encode::{self, ProxyFields, RequestFraming};
 
 use crate::proxy::body::{BoxError, TimeoutBody, UpstreamBody};
 use crate::proxy::client_body::ClientBody;
+use crate::proxy::headers;
 use crate::proxy::stall::StallTimer;
 
 /// What one read asks for while a head is awaited: most heads fit, and a
@@ -240,7 +241,10 @@ async fn send(
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
-                trailers = frame.into_trailers().ok();
+                trailers = frame.into_trailers().ok().map(|mut fields| {
+                    headers::strip_from_trailers(&mut fields);
+                    fields
+                });
                 continue;
             }
         };
