@@ -119,6 +119,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
     pub upstream_response_timeout: Duration,
 
+    /// Longest time a client may take none of its response (it stopped
+    /// reading); its connection is then closed, and the backend's response
+    /// left unread.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
+    pub client_write_timeout: Duration,
+
     /// An upgraded connection (WebSocket) with no bytes either way for this
     /// long is closed.
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_timeout)]
@@ -334,6 +340,7 @@ mod tests {
             "--body-read-timeout",
             "--upstream-connect-timeout",
             "--upstream-response-timeout",
+            "--client-write-timeout",
             "--tunnel-idle-timeout",
             "--tunnel-max-lifetime",
         ] {

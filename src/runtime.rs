@@ -64,6 +64,7 @@ pub fn proxy_config(args: &RunArgs) -> ProxyConfig {
         body_read_timeout: args.body_read_timeout,
         upstream_connect_timeout: args.upstream_connect_timeout,
         upstream_response_timeout: args.upstream_response_timeout,
+        client_write_timeout: args.client_write_timeout,
         tunnel: TunnelLimits {
             idle_timeout: args.tunnel_idle_timeout,
             max_lifetime: args.tunnel_max_lifetime,

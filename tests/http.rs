@@ -819,3 +819,54 @@ async fn an_http2_connection_without_streams_is_closed_but_a_slow_stream_is_not_
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "done");
 }
+
+/// A backend that answers with an endless body and reports, once, when
+/// the proxy stops taking it (its connection closed under it).
+async fn endless_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let backend = backends::scripted(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let (_head, _) = read_head(&mut s).await;
+            write_head(
+                &mut s,
+                "HTTP/1.1 200 OK",
+                &["Content-Length: 1099511627776"],
+            )
+            .await;
+            let block = vec![b'x'; 64 * 1024];
+            while s.write_all(&block).await.is_ok() {}
+            let _ = tx.send(()).await;
+        }
+    })
+    .await;
+    (backend, rx)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    let (backend, mut gave_up) = endless_backend().await;
+    let config = ProxyConfig {
+        client_write_timeout: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    };
+    let proxy = TestProxy::start_with(config, &route("r", "h", "/", &[backend])).await;
+    // A plain GET (switchyard's own HTTP/1 server), then a chunked upload
+    // (hyper's): neither client reads a byte of its answer.
+    let requests = [
+        "GET /big HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST /big HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for request in requests {
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(20), gave_up.recv()).await;
+        assert!(
+            matches!(closed, Ok(Some(()))),
+            "{request:?}: the backend connection still streaming after 20 s"
+        );
+        // What the proxy sent is there to read, then the connection ends.
+        let read = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut client));
+        assert!(read.await.unwrap().len() > 64 * 1024, "{request:?}");
+    }
+}

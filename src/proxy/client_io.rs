@@ -17,6 +17,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Sleep, sleep};
 
 use super::linger;
+use super::stall::StallTimer;
 
 pub struct ClientIo {
     /// Read from the socket, not yet handed on.
@@ -33,15 +35,20 @@ pub struct ClientIo {
     lingering: Option<Pin<Box<Sleep>>>,
     /// The client has closed its side: a close need not linger.
     ended: bool,
+    /// The client write timeout.
+    write_stall: StallTimer,
 }
 
 impl ClientIo {
-    pub fn new(first: Bytes, stream: TcpStream) -> Self {
+    /// `write_limit`: how long the client may take none of what is
+    /// written before writes fail.
+    pub fn new(first: Bytes, stream: TcpStream, write_limit: Duration) -> Self {
         Self {
             first,
             stream,
             lingering: None,
             ended: false,
+            write_stall: StallTimer::new(write_limit),
         }
     }
 
@@ -84,7 +91,9 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.write_stall.watch_write(cx, write)
     }
 
     fn poll_write_vectored(
@@ -92,7 +101,9 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.write_stall.watch_write(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -124,7 +135,6 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -137,7 +147,11 @@ mod tests {
             .unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         peer.write_all(b" world").await.unwrap();
-        let mut io = ClientIo::new(Bytes::from_static(b"hello"), stream);
+        let mut io = ClientIo::new(
+            Bytes::from_static(b"hello"),
+            stream,
+            Duration::from_secs(60),
+        );
 
         // A reader with less room than the first bytes gets them in turn.
         let mut small = [0u8; 3];
@@ -160,7 +174,11 @@ mod tests {
             .await
             .unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        let mut io = ClientIo::new(Bytes::from_static(b"GET / HTTP/1.1\r\n"), stream);
+        let mut io = ClientIo::new(
+            Bytes::from_static(b"GET / HTTP/1.1\r\n"),
+            stream,
+            Duration::from_secs(60),
+        );
         let mut method = [0u8; 4];
         io.read_exact(&mut method).await.unwrap();
         let (_, unread) = io.into_parts();
@@ -172,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn a_close_reads_on_until_the_client_closes() {
         let (stream, mut peer) = crate::proxy::test_sockets::socket_pair().await;
-        let mut io = ClientIo::new(Bytes::new(), stream);
+        let mut io = ClientIo::new(Bytes::new(), stream, Duration::from_secs(60));
         let client = tokio::spawn(async move {
             // Still uploading when the answer comes, done a second later.
             for _ in 0..10 {
@@ -194,7 +212,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_close_stops_waiting_for_the_client_after_the_linger_time() {
         let (stream, _peer) = crate::proxy::test_sockets::socket_pair().await;
-        let mut io = ClientIo::new(Bytes::new(), stream);
+        let mut io = ClientIo::new(Bytes::new(), stream, Duration::from_secs(60));
         let start = tokio::time::Instant::now();
         io.shutdown().await.unwrap();
         assert!(start.elapsed() >= linger::LINGER_TIME);

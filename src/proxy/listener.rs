@@ -250,7 +250,7 @@ impl Proxy {
                 h1::server::Ended::HandOff(stream, read) => (stream, read),
             }
         };
-        let stream = ClientIo::new(first, stream);
+        let stream = ClientIo::new(first, stream, self.config.client_write_timeout);
         let proxy = self.clone();
         let handler_conn = conn.clone();
         let service = service_fn(move |request| {

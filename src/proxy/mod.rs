@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     pub body_read_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_response_timeout: Duration,
+    /// How long a client may take none of its response before its
+    /// connection is closed.
+    pub client_write_timeout: Duration,
     pub tunnel: TunnelLimits,
     pub max_connections: usize,
     pub max_header_bytes: usize,
@@ -68,6 +71,7 @@ impl Default for ProxyConfig {
             body_read_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(60),
             tunnel: TunnelLimits {
                 idle_timeout: Duration::from_secs(3600),
                 max_lifetime: None,

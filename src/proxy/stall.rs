@@ -1,16 +1,19 @@
 //! "No progress for this long": the timer behind every stall limit of the
 //! data plane (a client's request body, a backend that takes no request
-//! bytes, a backend that stops sending its response body).
+//! bytes, a backend that stops sending its response body, a client that
+//! takes none of its response: [`WriteStall`]).
 //!
 //! It is armed when the watched thing returns `Pending` and disarmed by any
 //! progress, so a busy stream never touches the timer wheel, and its sleep
 //! is allocated on the first stall only and then reset, not remade.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 pub struct StallTimer {
@@ -46,6 +49,87 @@ impl StallTimer {
         }
         sleep.as_mut().poll(cx)
     }
+
+    /// What a poll of a client write gives, once this limit has had its
+    /// say: `TimedOut` when it has been pending with no progress for the
+    /// whole limit.
+    pub fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match write {
+            Poll::Pending => match self.poll_stalled(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took none of its response for the write timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            done => {
+                self.progress();
+                done
+            }
+        }
+    }
+}
+
+/// A writer whose writes fail with `TimedOut` once it has taken nothing
+/// for the limit: a client that stops reading (or a flood of connections
+/// that never do) would otherwise hold its connection, and the backend
+/// connection streaming to it, for ever.
+pub struct WriteStall<W> {
+    inner: W,
+    timer: StallTimer,
+}
+
+impl<W> WriteStall<W> {
+    pub fn new(inner: W, limit: Duration) -> Self {
+        Self {
+            inner,
+            timer: StallTimer::new(limit),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteStall<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.timer.watch_write(cx, write)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.timer.watch_write(cx, write)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flush = Pin::new(&mut this.inner).poll_flush(cx);
+        this.timer.watch_write(cx, flush)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +143,39 @@ mod tests {
         let start = Instant::now();
         poll_fn(|cx| timer.poll_stalled(cx)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_takes_nothing_of_fails_after_the_limit() {
+        use tokio::io::AsyncWriteExt;
+        let (near, _far) = tokio::io::duplex(64);
+        let mut writer = WriteStall::new(near, Duration::from_secs(10));
+        writer
+            .write_all(&[0; 64])
+            .await
+            .expect("room for the first 64 bytes");
+        let start = Instant::now();
+        let error = writer.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_taking_bytes_is_not_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut taken = 0;
+            let mut byte = [0; 16];
+            // 16 bytes every 6 s: 1,024 bytes take over six minutes.
+            while taken < 1024 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                taken += far.read(&mut byte).await.unwrap();
+            }
+        });
+        let mut writer = WriteStall::new(near, Duration::from_secs(10));
+        writer.write_all(&[0; 1024]).await.unwrap();
+        reader.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

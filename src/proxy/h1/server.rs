@@ -28,7 +28,9 @@
 //!
 //! The connection keeps hyper's limits and manners: a head has the header
 //! read timeout from when it is waited for (keep-alive idle time
-//! included), after which the connection closes without an answer; a
+//! included), after which the connection closes without an answer (as it
+//! does, on either server, when the client takes none of a response for
+//! the client write timeout); a
 //! client's `Connection: close` is answered `connection: close` and
 //! closed after; draining closes an idle connection at once and a busy
 //! one after its response.
@@ -44,7 +46,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Body, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -55,6 +57,7 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::client_body::{ClientBody, LengthBody};
 use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
 use crate::proxy::linger;
+use crate::proxy::stall::WriteStall;
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
 use crate::proxy::{ConnInfo, Proxy, service};
 
@@ -179,15 +182,20 @@ pub async fn serve(
             body_unread = lent.unread() > 0;
             socket = Some(lent.stream);
         }
+        let write_limit = proxy.config.client_write_timeout;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return switch_protocols(take(&mut socket), out, buf, response, switch).await;
+            let stream = WriteStall::new(take(&mut socket), write_limit);
+            return switch_protocols(stream, out, buf, response, switch).await;
         }
         // Unread body bytes would be taken for the next request.
         let close = client_close || body_unread || drain.has_begun();
         let stream = socket
             .as_mut()
             .expect("the socket is back after the exchange");
-        match write_response(stream, &mut out, response, &method, close).await {
+        let mut writer = WriteStall::new(&mut *stream, write_limit);
+        let written = write_response(&mut writer, &mut out, response, &method, close).await;
+        drop(writer);
+        match written {
             Ok(true) if !close && !drain.has_begun() => {}
             Ok(_) if body_unread => {
                 // The client may still be sending the body: a plain close
@@ -277,7 +285,7 @@ fn take(socket: &mut Option<TcpStream>) -> TcpStream {
 /// Writes the `101` head and hands the connection, with the bytes read
 /// past the request, to the tunnel waiting for it.
 async fn switch_protocols(
-    mut stream: TcpStream,
+    mut stream: WriteStall<TcpStream>,
     mut out: Vec<u8>,
     mut buf: BytesMut,
     response: Response<ResponseBody>,
@@ -303,6 +311,7 @@ async fn switch_protocols(
         return Ended::Closed;
     }
     let early = buf.split().freeze();
+    let stream = stream.into_inner();
     // A tunnel that is gone by now drops the connection with the channel.
     let _ = switch.send(Switched { stream, early });
     Ended::Switched
@@ -311,7 +320,7 @@ async fn switch_protocols(
 /// Writes `response`; `Ok(false)` when the connection must close after
 /// it (the response said so, or its body could not be sent whole).
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     out: &mut Vec<u8>,
     mut response: Response<ResponseBody>,
     method: &Method,
