@@ -352,3 +352,25 @@ async fn a_chunked_upload_goes_to_the_backend_chunked_with_its_end_to_end_traile
     }
     assert_eq!(data, "abcde");
 }
+
+#[tokio::test]
+async fn an_http_1_0_backend_is_answered_in_the_proxys_own_version_on_both_servers() {
+    // RFC 9110 6.2: an intermediary sends its own version. A backend's
+    // HTTP/1.0 reaching the client would also cost it keep-alive.
+    let (backend, _) = answering("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    // A GET (switchyard's own HTTP/1 server), then a chunked upload, which
+    // hyper's server serves from there on the same connection.
+    let requests: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    ];
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    for request in requests {
+        client.write_all(request).await.unwrap();
+        let (head, rest) = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(read_body(&mut client, &head, rest).await, "ok");
+    }
+}

@@ -57,11 +57,12 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// The response as the proxy relays it, with the body `body` makes for
     /// the framing. An unusual reason phrase goes along (hyper's server
-    /// writes it).
+    /// writes it); the backend's version does not: an intermediary sends
+    /// its own (RFC 9110 6.2), and hyper's server would write an
+    /// HTTP/1.0 one's, and close the client's connection after it.
     pub fn into_response<B>(self, body: impl FnOnce(Framing) -> B) -> Response<B> {
         let mut response = Response::new(body(self.framing));
         *response.status_mut() = self.status;
-        *response.version_mut() = self.version;
         *response.headers_mut() = self.headers;
         if let Some(reason) = self.reason.and_then(|r| ReasonPhrase::try_from(r).ok()) {
             response.extensions_mut().insert(reason);
