@@ -31,7 +31,19 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
 
 /// Whether any `Connection` header lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The tokens every `Connection` field lists. Unlike [`tokens`], a value
+/// with bytes beyond ASCII still gives its ASCII tokens: what it lists is
+/// removed, and its `close` honoured, whatever else it holds.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| ValueTokens {
+            rest: value.as_bytes(),
+        })
 }
 
 /// The comma-separated tokens of every value of `name`.
@@ -43,7 +55,7 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// ASCII), without the spaces and tabs around them.
 pub fn value_tokens(value: &HeaderValue) -> ValueTokens<'_> {
     ValueTokens {
-        rest: value.to_str().unwrap_or_default(),
+        rest: value.to_str().unwrap_or_default().as_bytes(),
     }
 }
 
@@ -51,8 +63,10 @@ pub fn value_tokens(value: &HeaderValue) -> ValueTokens<'_> {
 /// `split`, `trim` and `filter` chain it replaces (a char searcher and
 /// Unicode whitespace for what is only ASCII) cost several hundred
 /// instructions for an upgrade's short `Connection` and `Upgrade` values.
+/// Tokens with bytes beyond ASCII are passed over: no field name or
+/// protocol has them.
 pub struct ValueTokens<'a> {
-    rest: &'a str,
+    rest: &'a [u8],
 }
 
 impl<'a> Iterator for ValueTokens<'a> {
@@ -63,15 +77,18 @@ impl<'a> Iterator for ValueTokens<'a> {
             if self.rest.is_empty() {
                 return None;
             }
-            let (item, rest) = match self.rest.bytes().position(|b| b == b',') {
+            let (item, rest) = match self.rest.iter().position(|&b| b == b',') {
                 Some(comma) => (&self.rest[..comma], &self.rest[comma + 1..]),
-                None => (self.rest, ""),
+                None => (self.rest, &[][..]),
             };
             self.rest = rest;
-            // A value has no control characters but tabs (`to_str`), so
-            // the ASCII whitespace trimmed is the spaces and tabs.
+            // A value has no control characters but tabs, so the ASCII
+            // whitespace trimmed is the spaces and tabs.
             let token = item.trim_ascii();
-            if !token.is_empty() {
+            if !token.is_empty()
+                && token.is_ascii()
+                && let Ok(token) = std::str::from_utf8(token)
+            {
                 return Some(token);
             }
         }
@@ -103,7 +120,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // What `Connection` lists beyond those (`keep-alive` and `upgrade` are
     // among them): usually nothing, so usually no allocation.
     let listed: Vec<HeaderName> = if lists_others {
-        tokens(headers, &header::CONNECTION)
+        connection_tokens(headers)
             .filter(|t| {
                 !hop_by_hop
                     .iter()
@@ -378,6 +395,18 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_field_with_bytes_beyond_ascii_still_takes_what_it_lists() {
+        let mut h = HeaderMap::new();
+        let listing = HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap();
+        h.insert(header::CONNECTION, listing);
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
     fn connection_lists_are_read_token_by_token_in_every_field() {
         let has = |values: &[&[u8]], token| {
             let mut h = HeaderMap::new();
@@ -395,8 +424,10 @@ mod tests {
         );
         assert!(!has(&[b"keep-alive"], "close"));
         assert!(!has(&[], "close"));
-        // Not visible ASCII: not read at all, as `value_tokens` reads it.
-        assert!(!has(&[b"close, \xff"], "close"));
+        // A token beyond ASCII is passed over, not the whole field (where
+        // `value_tokens`, for `Upgrade`, reads none of such a value).
+        assert!(has(&[b"close, \xff"], "close"));
+        assert!(has(&[b"caf\xe9, close"], "close"));
         assert_eq!(
             value_tokens(&HeaderValue::from_bytes(b"close, \xff").unwrap()).count(),
             0
