@@ -234,6 +234,43 @@ fn without_timestamps_namespace_then_name_decides() {
 }
 
 #[test]
+fn without_timestamps_namespace_slash_name_decides_as_a_string() {
+    // "a-b/x" sorts before "a/y" ('-' before '/'), as ingress-nginx
+    // compares them; namespace first, then name, would put "a/y" first.
+    let in_namespace = |ns: &str, octet: u8| {
+        service("web", octet)
+            .replace(
+                "metadata: {name: web}",
+                &format!("metadata: {{name: web, namespace: {ns}}}"),
+            )
+            .replace(
+                "  name: web-1\n",
+                &format!("  name: web-1\n  namespace: {ns}\n"),
+            )
+    };
+    let yaml = [
+        in_namespace("a", 1),
+        in_namespace("a-b", 2),
+        ingress(
+            "y",
+            "  namespace: a\n",
+            &rules(&[rule("h", "/", "Prefix", "web")]),
+        ),
+        ingress(
+            "x",
+            "  namespace: a-b\n",
+            &rules(&[rule("h", "/", "Prefix", "web")]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    let served = t.lookup("h", "/").unwrap();
+    assert_eq!(served.labels.namespace, "a-b");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].object.namespace.as_deref(), Some("a"));
+}
+
+#[test]
 fn unmatched_requests_go_to_default_backend_then_fallback_then_404() {
     let default_backend =
         "  defaultBackend: {service: {name: dflt, port: {name: http}}}\n".to_string();

@@ -7,10 +7,10 @@
 //! `defaultBackend` keeps it; every later claim is a warning on the later
 //! Ingress naming the winner. Problems with one path never affect another.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use k8s_openapi::jiff::Timestamp;
 
 use super::annotations::{self, IngressPolicy};
 use super::backend::ServiceIndex;
@@ -93,7 +93,7 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
         .collect();
     // Compared by borrowed fields: a key made per Ingress copied its
     // namespace and name, two allocations each.
-    ours.sort_by(|a, b| age_order(a).cmp(&age_order(b)));
+    ours.sort_by(|a, b| claim_order(a, b));
 
     let mut builder = Builder {
         services: ServiceIndex::new(snapshot),
@@ -130,14 +130,22 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
 }
 
 /// The order Ingresses claim hosts and paths in: oldest first, then by
-/// namespace and name (DESIGN's tie-break between Ingresses).
-fn age_order(ingress: &Ingress) -> (Option<&Timestamp>, Option<&str>, Option<&str>) {
+/// `namespace/name` compared as one string (DESIGN's tie-break between
+/// Ingresses), as ingress-nginx compares them: `a-b/x` before `a/y`, where
+/// namespace first, then name, would put `a/y` first.
+fn claim_order(a: &Ingress, b: &Ingress) -> Ordering {
+    let age = |i: &Ingress| i.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    age(a)
+        .cmp(&age(b))
+        .then_with(|| qualified_name(a).cmp(qualified_name(b)))
+}
+
+/// The bytes of `namespace/name`, without making the string.
+fn qualified_name(ingress: &Ingress) -> impl Iterator<Item = u8> + '_ {
     let meta = &ingress.metadata;
-    (
-        meta.creation_timestamp.as_ref().map(|t| &t.0),
-        meta.namespace.as_deref(),
-        meta.name.as_deref(),
-    )
+    let namespace = meta.namespace.as_deref().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
+    namespace.bytes().chain([b'/']).chain(name.bytes())
 }
 
 /// A path or default backend and the Ingress that claimed it first.
