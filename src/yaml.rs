@@ -34,14 +34,18 @@ pub fn documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
 
 /// As [`documents`], handing each document to `f` as soon as it is
 /// parsed, so that a large file never holds every parsed document at once.
+/// Merge keys (`<<: *defaults`) are applied, as kubectl applies them; a
+/// merge of something other than mappings is an error like a syntax error.
 pub fn for_each_document(text: &str, mut f: impl FnMut(Document)) -> Option<SyntaxError> {
     let starts = document_start_lines(text);
+    // The walk that looks for merge keys, only where one may be.
+    let may_merge = text.contains("<<");
     for (position, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = position + 1;
         let line = starts.get(position).copied().unwrap_or(1);
-        match <Value as serde::Deserialize>::deserialize(de) {
-            Ok(Value::Null) => {}
-            Ok(value) => f(Document { index, line, value }),
+        let mut value = match <Value as serde::Deserialize>::deserialize(de) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
             Err(e) => {
                 return Some(SyntaxError {
                     index,
@@ -49,7 +53,15 @@ pub fn for_each_document(text: &str, mut f: impl FnMut(Document)) -> Option<Synt
                     message: without_location(&e.to_string()),
                 });
             }
+        };
+        if may_merge && let Err(e) = value.apply_merge() {
+            return Some(SyntaxError {
+                index,
+                line: Some(line),
+                message: format!("merge key <<: {e}"),
+            });
         }
+        f(Document { index, line, value });
     }
     None
 }
@@ -170,6 +182,36 @@ fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_keys_are_applied_and_the_mappings_own_keys_win() {
+        let text = "defaults: &d {port: 80, name: base}\n\
+                    a:\n  <<: *d\n  name: own\n\
+                    ---\nb: {<<: [{x: 1}, {x: 2, y: 2}]}\n";
+        let (docs, error) = documents(text);
+        assert!(error.is_none(), "{error:?}");
+        let a = &docs[0].value["a"];
+        assert_eq!(a["port"], 80);
+        assert_eq!(a["name"], "own");
+        assert!(a.get("<<").is_none());
+        let b = &docs[1].value["b"];
+        assert_eq!((b["x"].as_u64(), b["y"].as_u64()), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn a_merge_of_a_scalar_is_an_error_naming_its_document() {
+        let (docs, error) = documents("a: 1\n---\nb: {<<: 5}\n");
+        assert_eq!(docs.len(), 1);
+        let error = error.expect("an error");
+        assert_eq!(error.index, 2);
+        assert!(
+            error
+                .message
+                .starts_with("merge key <<: expected a mapping"),
+            "{}",
+            error.message
+        );
+    }
 
     #[test]
     fn documents_report_their_start_lines() {
