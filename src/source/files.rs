@@ -26,6 +26,9 @@ pub struct LoadReport {
 pub struct FileSource {
     dirs: Vec<PathBuf>,
     last_good: HashMap<PathBuf, Vec<(Location, Object)>>,
+    /// The file each object was served from, so that a copy of it in a
+    /// new file does not take it over.
+    served_from: HashMap<String, PathBuf>,
 }
 
 impl FileSource {
@@ -33,6 +36,7 @@ impl FileSource {
         Self {
             dirs,
             last_good: HashMap::new(),
+            served_from: HashMap::new(),
         }
     }
 
@@ -123,11 +127,11 @@ impl FileSource {
         // served, but never becomes one: the next read of such a file
         // serves whatever it gives then.
         let snapshot = if partial.is_empty() {
-            assemble(&self.last_good, &mut errors)
+            assemble(&self.last_good, &mut self.served_from, &mut errors)
         } else {
             let mut serving = self.last_good.clone();
             serving.extend(partial);
-            assemble(&serving, &mut errors)
+            assemble(&serving, &mut self.served_from, &mut errors)
         };
         LoadReport {
             snapshot,
@@ -174,28 +178,51 @@ fn carry_over(
     true
 }
 
-/// Builds one snapshot from all files, in path order. The same object
-/// defined twice is an error on the later definition; the first is kept.
+/// Builds one snapshot from all files, in path order. An object defined
+/// more than once is an error on each copy but one: the one in the file it
+/// was served from before (`served_from`, updated here), so that a copy
+/// added later never takes it over, else the first in path order.
 fn assemble(
     files: &HashMap<PathBuf, Vec<(Location, Object)>>,
+    served_from: &mut HashMap<String, PathBuf>,
     errors: &mut Vec<LoadError>,
 ) -> ClusterSnapshot {
-    let mut ordered: Vec<_> = files.values().flatten().collect();
-    ordered.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut seen: HashMap<String, &Location> = HashMap::new();
+    let mut ordered: Vec<_> = files
+        .values()
+        .flatten()
+        .map(|(location, object)| (location, object, object.describe()))
+        .collect();
+    ordered.sort_by(|a, b| a.0.cmp(b.0));
+    // Each object's copy to serve: the first in its earlier file, else the
+    // first.
+    let mut chosen: HashMap<&str, &Location> = HashMap::with_capacity(ordered.len());
+    for (location, _, key) in &ordered {
+        let earlier = served_from.get(key.as_str());
+        chosen
+            .entry(key.as_str())
+            .and_modify(|kept| {
+                let kept_is_earlier = earlier == Some(&kept.file);
+                if !kept_is_earlier && earlier == Some(&location.file) {
+                    *kept = location;
+                }
+            })
+            .or_insert(location);
+    }
     let mut snapshot = ClusterSnapshot::default();
-    for (location, object) in ordered {
-        let key = object.describe();
-        if let Some(first) = seen.get(&key) {
+    let mut served = Vec::with_capacity(chosen.len());
+    for (location, object, key) in &ordered {
+        let kept = chosen[key.as_str()];
+        if *location != kept {
             errors.push(LoadError {
-                location: location.clone(),
-                message: format!("{key} is already defined at {first}; this copy is ignored"),
+                location: (*location).clone(),
+                message: format!("{key} is already defined at {kept}; this copy is ignored"),
             });
             continue;
         }
-        seen.insert(key, location);
-        object.clone().add_to(&mut snapshot);
+        (*object).clone().add_to(&mut snapshot);
+        served.push((key.clone(), location.file.clone()));
     }
+    *served_from = served.into_iter().collect();
     snapshot
 }
 
@@ -335,6 +362,40 @@ mod tests {
         assert_eq!(report.errors.len(), 1);
         let message = report.errors[0].to_string();
         assert!(message.contains("sub/2.yaml") && message.contains("already defined"));
+    }
+
+    #[test]
+    fn a_copy_in_a_new_file_does_not_take_an_object_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = |n: u16| format!("{SERVICE_A}spec: {{ports: [{{port: {n}}}]}}\n");
+        let served_port = |report: &LoadReport| {
+            report.snapshot.services[0]
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port
+        };
+        std::fs::write(dir.path().join("b.yaml"), port(80)).unwrap();
+        let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+        assert_eq!(served_port(&source.load()), 80);
+
+        // a.yaml comes first in path order, but b.yaml's Service stays.
+        std::fs::write(dir.path().join("a.yaml"), port(81)).unwrap();
+        for _ in 0..2 {
+            let report = source.load();
+            assert_eq!(served_port(&report), 80);
+            assert_eq!(report.errors.len(), 1);
+            assert_eq!(report.errors[0].location.file, dir.path().join("a.yaml"));
+        }
+
+        // Once b.yaml lets it go, the copy is the object.
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        let report = source.load();
+        assert!(report.errors.is_empty());
+        assert_eq!(served_port(&report), 81);
     }
 
     #[test]
