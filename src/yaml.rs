@@ -54,16 +54,57 @@ pub fn for_each_document(text: &str, mut f: impl FnMut(Document)) -> Option<Synt
                 });
             }
         };
-        if may_merge && let Err(e) = value.apply_merge() {
+        if may_merge && let Err(message) = apply_merges(&mut value) {
             return Some(SyntaxError {
                 index,
                 line: Some(line),
-                message: format!("merge key <<: {e}"),
+                message: format!("merge key <<: {message}"),
             });
         }
         f(Document { index, line, value });
     }
     None
+}
+
+/// Applies the `<<` merge keys in `value`, innermost first: an anchor's
+/// copy may hold a merge of its own (`mid: &m {<<: *base, y: 2}`, then
+/// `top: {<<: *m}`), which must be resolved before it is merged in.
+/// (serde_yaml's `apply_merge` merges such a copy as it is, and its inner
+/// `<<` becomes an ordinary key of the result.) A mapping's own keys win
+/// over merged ones, and of several merged mappings the first wins, as
+/// the merge key's specification has it. Recursion follows the document's
+/// nesting, which the parser already bounds.
+fn apply_merges(value: &mut Value) -> Result<(), String> {
+    match value {
+        Value::Mapping(mapping) => {
+            for child in mapping.values_mut() {
+                apply_merges(child)?;
+            }
+            let Some(merged) = mapping.remove("<<") else {
+                return Ok(());
+            };
+            let sources = match merged {
+                Value::Mapping(one) => vec![one],
+                Value::Sequence(several) => several
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Mapping(one) => Ok(one),
+                        _ => Err("expected a mapping in the merged list".to_string()),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => return Err("expected a mapping or a list of mappings".into()),
+            };
+            for source in sources {
+                for (key, field) in source {
+                    mapping.entry(key).or_insert(field);
+                }
+            }
+            Ok(())
+        }
+        Value::Sequence(items) => items.iter_mut().try_for_each(apply_merges),
+        Value::Tagged(tagged) => apply_merges(&mut tagged.value),
+        _ => Ok(()),
+    }
 }
 
 /// Converts a parsed document into a typed value. The error names the
@@ -196,6 +237,17 @@ mod tests {
         assert!(a.get("<<").is_none());
         let b = &docs[1].value["b"];
         assert_eq!((b["x"].as_u64(), b["y"].as_u64()), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn a_merged_mapping_that_merges_another_brings_both() {
+        let text = "base: &b {x: 1}\nmid: &m {<<: *b, y: 2}\ntop: {<<: *m, z: 3}\n";
+        let (docs, error) = documents(text);
+        assert!(error.is_none(), "{error:?}");
+        let top = &docs[0].value["top"];
+        let fields: Vec<_> = ["x", "y", "z"].map(|k| top[k].as_u64()).into();
+        assert_eq!(fields, [Some(1), Some(2), Some(3)]);
+        assert_eq!(top.as_mapping().unwrap().len(), 3, "{top:?}");
     }
 
     #[test]
