@@ -235,8 +235,8 @@ fn without_timestamps_namespace_then_name_decides() {
 
 #[test]
 fn without_timestamps_namespace_slash_name_decides_as_a_string() {
-    // "a-b/x" sorts before "a/y" ('-' before '/'), as ingress-nginx
-    // compares them; namespace first, then name, would put "a/y" first.
+    // "a-b/x" sorts before "a/y" ('-' before '/'); namespace first, then
+    // name, would put "a/y" first.
     let in_namespace = |ns: &str, octet: u8| {
         service("web", octet)
             .replace(

@@ -131,8 +131,9 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
 
 /// The order Ingresses claim hosts and paths in: oldest first, then by
 /// `namespace/name` compared as one string (DESIGN's tie-break between
-/// Ingresses), as ingress-nginx compares them: `a-b/x` before `a/y`, where
-/// namespace first, then name, would put `a/y` first.
+/// Ingresses): `a-b/x` before `a/y`, where namespace first, then name,
+/// would put `a/y` first. (ingress-nginx orders such ties the other way,
+/// last first; README says so for those coming from it.)
 fn claim_order(a: &Ingress, b: &Ingress) -> Ordering {
     let age = |i: &Ingress| i.metadata.creation_timestamp.as_ref().map(|t| t.0);
     age(a)
