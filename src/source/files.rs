@@ -67,18 +67,19 @@ impl FileSource {
         let Scan {
             files, unreadable, ..
         } = scan;
-        for (dir, message) in &unreadable {
+        for (path, message) in &unreadable {
             errors.push(LoadError {
-                location: location_of(dir),
-                message: format!("cannot read manifest directory: {message}"),
+                location: location_of(path),
+                message: message.clone(),
             });
         }
+        let held = identities(still_writing);
 
         let mut skipped = Vec::new();
         let mut current = HashMap::new();
         let mut partial = HashMap::new();
         for path in files.keys() {
-            if is_held(path, still_writing) {
+            if is_held(path, &held) {
                 errors.push(LoadError {
                     location: location_of(path),
                     message: format!(
@@ -142,19 +143,22 @@ impl FileSource {
     }
 }
 
-/// Whether `path`, as the scan names it (perhaps relative, or with `.`
-/// parts), is one of the files still being written.
-fn is_held(path: &Path, still_writing: &[PathBuf]) -> bool {
-    if still_writing.is_empty() {
-        return false;
-    }
-    // `absolute` drops `.` parts, as in the watcher's `/cwd/./m/a.yaml`.
-    let Ok(path) = std::path::absolute(path) else {
-        return false;
-    };
-    still_writing
+/// The files (device and inode) that `paths` name now. A file is compared
+/// by what it is, not by name: the watcher may name it through another
+/// path than the scan (a directory reached through a link), or with `.`
+/// parts the scan's name lacks.
+fn identities(paths: &[PathBuf]) -> HashSet<(u64, u64)> {
+    paths
         .iter()
-        .any(|open| std::path::absolute(open).is_ok_and(|open| open == path))
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|file| (file.dev(), file.ino()))
+        .collect()
+}
+
+/// Whether `path` is one of the files still being written, `held`.
+fn is_held(path: &Path, held: &HashSet<(u64, u64)>) -> bool {
+    !held.is_empty()
+        && std::fs::metadata(path).is_ok_and(|file| held.contains(&(file.dev(), file.ino())))
 }
 
 fn location_of(path: &Path) -> Location {
@@ -244,7 +248,8 @@ fn list_directory(dir: &Path) -> std::io::Result<Vec<(OsString, PathBuf)>> {
 #[derive(Default)]
 struct Scan {
     files: BTreeMap<PathBuf, ()>,
-    /// Directories that could not be listed, with why.
+    /// Paths that could not be listed or looked at, with why: what was
+    /// read below them before keeps its objects.
     unreadable: Vec<(PathBuf, String)>,
     /// Directories already walked, by device and inode, so that a link
     /// back up the tree (`ln -s .. up`) is walked once, not until the
@@ -260,7 +265,7 @@ impl Scan {
     fn collect(&mut self, dir: &Path, list: &ListDirectory) {
         let metadata = match std::fs::metadata(dir) {
             Ok(metadata) => metadata,
-            Err(e) => return self.unreadable.push((dir.to_path_buf(), e.to_string())),
+            Err(e) => return self.cannot_read(dir, "directory", e),
         };
         if metadata.is_file() {
             self.files.insert(dir.to_path_buf(), ());
@@ -271,14 +276,22 @@ impl Scan {
         }
         let entries = match list(dir) {
             Ok(entries) => entries,
-            Err(e) => return self.unreadable.push((dir.to_path_buf(), e.to_string())),
+            Err(e) => return self.cannot_read(dir, "directory", e),
         };
         for (name, path) in entries {
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
-            let Ok(metadata) = std::fs::metadata(&path) else {
-                continue; // a dangling link
+            let metadata = match std::fs::metadata(&path) {
+                Ok(metadata) => metadata,
+                // A dangling link: nothing there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Something there that cannot be looked at (a link into a
+                // directory without search permission, a link loop).
+                Err(e) => {
+                    self.cannot_read(&path, "path", e);
+                    continue;
+                }
             };
             if metadata.is_dir() {
                 self.collect(&path, list);
@@ -286,6 +299,11 @@ impl Scan {
                 self.files.insert(path, ());
             }
         }
+    }
+
+    fn cannot_read(&mut self, path: &Path, what: &str, error: std::io::Error) {
+        let message = format!("cannot read manifest {what}: {error}");
+        self.unreadable.push((path.to_path_buf(), message));
     }
 }
 
@@ -460,12 +478,16 @@ mod tests {
         let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
         assert_eq!(names(&source.load().snapshot), vec!["a"]);
 
-        // Truncated by a writer that has not finished; a new file beside
-        // it, also unfinished, gives nothing yet.
+        // Truncated by a writer that has not finished; a new file in a
+        // directory the scan reaches through a link, also unfinished,
+        // gives nothing yet. The watcher names them otherwise: with a `.`
+        // part, and through the directory itself.
         std::fs::write(&a, "").unwrap();
-        let b = dir.path().join("b.yaml");
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("alias")).unwrap();
+        let b = dir.path().join("real/b.yaml");
         std::fs::write(&b, "apiVersion: v1\nkind: Serv").unwrap();
-        let held = [a.clone(), dir.path().join("./b.yaml")];
+        let held = [dir.path().join("./a.yaml"), b.clone()];
         let report = source.load_holding(&held);
         assert_eq!(names(&report.snapshot), vec!["a"]);
         assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
@@ -474,13 +496,35 @@ mod tests {
                 .message
                 .starts_with("still open for writing")
         );
-        assert_eq!(report.errors[1].location.file, b);
+        assert_eq!(
+            report.errors[1].location.file,
+            dir.path().join("alias/b.yaml")
+        );
 
         // Closed: read as it now is.
         std::fs::write(&b, SERVICE_B).unwrap();
         let report = source.load();
         assert!(report.errors.is_empty());
         assert_eq!(names(&report.snapshot), vec!["b"], "a.yaml is empty now");
+    }
+
+    #[test]
+    fn a_link_that_cannot_be_followed_is_reported_and_a_dangling_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), SERVICE_A).unwrap();
+        std::os::unix::fs::symlink("nowhere.yaml", dir.path().join("gone.yaml")).unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        let report = FileSource::new(vec![dir.path().to_path_buf()]).load();
+        assert_eq!(names(&report.snapshot), vec!["a"]);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].location.file, dir.path().join("loop"));
+        assert!(
+            report.errors[0]
+                .message
+                .starts_with("cannot read manifest path: "),
+            "{}",
+            report.errors[0]
+        );
     }
 
     #[test]
