@@ -75,28 +75,23 @@ impl StallTimer {
 }
 
 /// A writer whose writes fail with `TimedOut` once it has taken nothing
-/// for the limit: a client that stops reading (or a flood of connections
-/// that never do) would otherwise hold its connection, and the backend
-/// connection streaming to it, for ever.
-pub struct WriteStall<W> {
+/// for `timer`'s limit: a client that stops reading (or a flood of
+/// connections that never do) would otherwise hold its connection, and the
+/// backend connection streaming to it, for ever. The timer is borrowed, so
+/// that a connection keeps one for all its responses (its sleep made on
+/// the first stall, not on each response's).
+pub struct WriteStall<'t, W> {
     inner: W,
-    timer: StallTimer,
+    timer: &'t mut StallTimer,
 }
 
-impl<W> WriteStall<W> {
-    pub fn new(inner: W, limit: Duration) -> Self {
-        Self {
-            inner,
-            timer: StallTimer::new(limit),
-        }
-    }
-
-    pub fn into_inner(self) -> W {
-        self.inner
+impl<'t, W> WriteStall<'t, W> {
+    pub fn new(inner: W, timer: &'t mut StallTimer) -> Self {
+        Self { inner, timer }
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for WriteStall<W> {
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteStall<'_, W> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -149,7 +144,8 @@ mod tests {
     async fn a_write_the_peer_takes_nothing_of_fails_after_the_limit() {
         use tokio::io::AsyncWriteExt;
         let (near, _far) = tokio::io::duplex(64);
-        let mut writer = WriteStall::new(near, Duration::from_secs(10));
+        let mut timer = StallTimer::new(Duration::from_secs(10));
+        let mut writer = WriteStall::new(near, &mut timer);
         writer
             .write_all(&[0; 64])
             .await
@@ -173,7 +169,8 @@ mod tests {
                 taken += far.read(&mut byte).await.unwrap();
             }
         });
-        let mut writer = WriteStall::new(near, Duration::from_secs(10));
+        let mut timer = StallTimer::new(Duration::from_secs(10));
+        let mut writer = WriteStall::new(near, &mut timer);
         writer.write_all(&[0; 1024]).await.unwrap();
         reader.await.unwrap();
     }

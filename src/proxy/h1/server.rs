@@ -57,7 +57,7 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::client_body::{ClientBody, LengthBody};
 use crate::proxy::client_upgrade::{OwnUpgrade, Switched};
 use crate::proxy::linger;
-use crate::proxy::stall::WriteStall;
+use crate::proxy::stall::{StallTimer, WriteStall};
 use crate::proxy::timer::{Purpose, ReusedSleep, sleep_until};
 use crate::proxy::{ConnInfo, Proxy, service};
 
@@ -135,6 +135,8 @@ pub async fn serve(
     // `None` only while a request body has the socket (see below).
     let mut socket = Some(stream);
     let mut deadline = Some(first_deadline);
+    // The client write timeout, for every response on the connection.
+    let mut write_stall = StallTimer::new(proxy.config.client_write_timeout);
     loop {
         let stream = socket
             .as_mut()
@@ -182,20 +184,17 @@ pub async fn serve(
             body_unread = lent.unread() > 0;
             socket = Some(lent.stream);
         }
-        let write_limit = proxy.config.client_write_timeout;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let stream = WriteStall::new(take(&mut socket), write_limit);
-            return switch_protocols(stream, out, buf, response, switch).await;
+            let stream = take(&mut socket);
+            return switch_protocols(stream, &mut write_stall, out, buf, response, switch).await;
         }
         // Unread body bytes would be taken for the next request.
         let close = client_close || body_unread || drain.has_begun();
         let stream = socket
             .as_mut()
             .expect("the socket is back after the exchange");
-        let mut writer = WriteStall::new(&mut *stream, write_limit);
-        let written = write_response(&mut writer, &mut out, response, &method, close).await;
-        drop(writer);
-        match written {
+        let mut writer = WriteStall::new(&mut *stream, &mut write_stall);
+        match write_response(&mut writer, &mut out, response, &method, close).await {
             Ok(true) if !close && !drain.has_begun() => {}
             Ok(_) if body_unread => {
                 // The client may still be sending the body: a plain close
@@ -285,7 +284,8 @@ fn take(socket: &mut Option<TcpStream>) -> TcpStream {
 /// Writes the `101` head and hands the connection, with the bytes read
 /// past the request, to the tunnel waiting for it.
 async fn switch_protocols(
-    mut stream: WriteStall<TcpStream>,
+    mut stream: TcpStream,
+    write_stall: &mut StallTimer,
     mut out: Vec<u8>,
     mut buf: BytesMut,
     response: Response<ResponseBody>,
@@ -307,11 +307,14 @@ async fn switch_protocols(
         &Method::GET,
         false,
     );
-    if encoded.is_err() || stream.write_all(&out).await.is_err() {
+    if encoded.is_err() {
+        return Ended::Closed;
+    }
+    let mut writer = WriteStall::new(&mut stream, write_stall);
+    if writer.write_all(&out).await.is_err() {
         return Ended::Closed;
     }
     let early = buf.split().freeze();
-    let stream = stream.into_inner();
     // A tunnel that is gone by now drops the connection with the channel.
     let _ = switch.send(Switched { stream, early });
     Ended::Switched
