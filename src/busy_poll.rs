@@ -72,22 +72,6 @@ impl<F: Future> Future for Work<F> {
     }
 }
 
-/// hyper's executor for the tasks it spawns while serving (an HTTP/2
-/// connection's streams): spawned on the runtime as [`Work`], like the
-/// connections themselves.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WorkExecutor;
-
-impl<F> hyper::rt::Executor<F> for WorkExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, task: F) {
-        tokio::spawn(Work::new(task));
-    }
-}
-
 /// Notes work on this thread, for work that is not a [`Work`] task of
 /// its own (the accept loop notes each connection it accepts).
 pub fn note_work() {
@@ -235,7 +219,8 @@ mod tests {
     #[test]
     fn tasks_hyper_spawns_while_serving_are_work_too() {
         let parks = parks_beside_a_task_woken_every_millisecond(|task| {
-            hyper::rt::Executor::execute(&WorkExecutor, task);
+            let streams = crate::proxy::stream_stall::StreamExecutor::new(Duration::from_secs(60));
+            hyper::rt::Executor::execute(&streams, task);
         });
         assert!(parks <= 1, "{parks} parks");
     }

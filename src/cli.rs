@@ -120,8 +120,9 @@ pub struct RunArgs {
     pub upstream_response_timeout: Duration,
 
     /// Longest time a client may take none of its response (it stopped
-    /// reading); its connection is then closed, and the backend's response
-    /// left unread.
+    /// reading; over HTTP/2, also a stream it grants no window); its
+    /// connection is then closed (HTTP/2: that stream is reset), and the
+    /// backend's response left unread.
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
     pub client_write_timeout: Duration,
 

@@ -870,3 +870,33 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
         assert!(read.await.unwrap().len() > 64 * 1024, "{request:?}");
     }
 }
+
+#[tokio::test]
+async fn an_http2_stream_whose_client_takes_nothing_is_reset_after_the_write_timeout() {
+    let (backend, mut gave_up) = endless_backend().await;
+    let other = backends::echo("other").await;
+    let config = ProxyConfig {
+        client_write_timeout: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    };
+    let yaml = route("r", "h", "/", &[backend]) + &route("o", "other.test", "/", &[other.addr]);
+    let proxy = TestProxy::start_with(config, &yaml).await;
+    let mut sender = http2_client::<Empty<Bytes>>(proxy.addr).await;
+    // The client keeps reading its connection, but grants this stream no
+    // more window once its first megabytes are in: it never reads them.
+    let request = Request::get("http://h/big").body(Empty::new()).unwrap();
+    let stalled = sender.send_request(request).await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let closed = tokio::time::timeout(Duration::from_secs(20), gave_up.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(()))),
+        "the backend connection still streaming after 20 s"
+    );
+    // The stream was reset; the connection's other streams go on.
+    let request = Request::get("http://other.test/")
+        .body(Empty::new())
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(stalled.into_body().collect().await.is_err());
+}

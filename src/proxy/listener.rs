@@ -21,6 +21,7 @@ use super::client_io::ClientIo;
 use super::headers::forwarded_for;
 use super::idle_streams::{Streams, Tracked};
 use super::observe::record_parser_refusal;
+use super::stream_stall::Noted;
 use super::timer::{self, Purpose};
 use super::{ConnInfo, Proxy, h1, service};
 use crate::busy_poll::{Work, note_work};
@@ -272,7 +273,7 @@ impl Proxy {
                 let answer = service.call(request);
                 async move {
                     let Ok(response) = answer.await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, stream)))
+                    Ok::<_, Infallible>(response.map(|body| Noted::new(Tracked::new(body, stream))))
                 }
             });
             // Boxed: the auto-detecting server is twice the size of the

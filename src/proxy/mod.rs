@@ -19,6 +19,7 @@ mod request_ids;
 pub mod responses;
 pub mod service;
 pub mod stall;
+pub mod stream_stall;
 #[cfg(test)]
 pub mod test_sockets;
 pub mod timer;
@@ -35,12 +36,12 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::busy_poll::WorkExecutor;
 use crate::metrics::Metrics;
 use crate::routes::{PassiveHealthConfig, RouteStore};
 use crate::shutdown::Shutdown;
 use client_limits::{ClientLimitConfig, ClientLimits, ClientSlot};
 use pool::Pool;
+use stream_stall::StreamExecutor;
 use timer::ReusingTimer;
 use tunnel::TunnelLimits;
 
@@ -102,7 +103,7 @@ pub struct Proxy {
     /// the socket it is (read and written without hyper's wrapper).
     http1: http1::Builder,
     /// HTTP/2 with prior knowledge (and anything that starts like it).
-    http: auto::Builder<WorkExecutor>,
+    http: auto::Builder<StreamExecutor>,
     connection_slots: Arc<Semaphore>,
     pub client_limits: Arc<ClientLimits>,
 }
@@ -123,7 +124,7 @@ impl Proxy {
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_bytes)
             .max_buf_size(config.max_header_bytes.max(8192));
-        let mut http = auto::Builder::new(WorkExecutor);
+        let mut http = auto::Builder::new(StreamExecutor::new(config.client_write_timeout));
         // HTTP/1 reaches this one only when a client's first bytes looked
         // like the HTTP/2 preface; hyper-util offers no exact head limit.
         http.http1()
