@@ -14,6 +14,15 @@
 //! dropped, which resets it (`RST_STREAM`, CANCEL) and closes its backend
 //! connection; the connection's other streams go on. Time spent waiting for
 //! the backend is not counted here: the backend's own stall limit has it.
+//!
+//! hyper asks for more once what it holds of the stream is mostly sent, so
+//! what is measured is how long one handed piece takes to go out: the body
+//! hands data in pieces of at most one HTTP/2 frame ([`PIECE`]), so that a
+//! stream sharing a slow link with many others is not taken for one whose
+//! client stopped reading. A client that reads slowly and grants window
+//! in large steps (the h2 crate, for one, grants half its window at once)
+//! goes as long between steps as it takes to read that half: such a
+//! stream is reset too, as nginx's `send_timeout` resets it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,11 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::busy_poll::Work;
+
+/// The most data handed hyper at once: HTTP/2's default frame size.
+const PIECE: usize = 16 * 1024;
 
 tokio::task_local! {
     /// The watch of the stream task being polled.
@@ -137,6 +149,8 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         handed: Option<Arc<Handed>>,
+        // What is left of a data frame larger than a piece.
+        rest: Bytes,
     }
 }
 
@@ -146,6 +160,7 @@ impl<B> Noted<B> {
         Self {
             body,
             handed: CURRENT.try_with(Arc::clone).ok(),
+            rest: Bytes::new(),
         }
     }
 }
@@ -159,7 +174,23 @@ impl<B: Body<Data = Bytes>> Body for Noted<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = this.body.poll_frame(cx);
+        let frame = if this.rest.is_empty() {
+            match this.body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > PIECE {
+                            *this.rest = data.split_off(PIECE);
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => frame,
+                }))),
+                other => other,
+            }
+        } else {
+            let piece = this.rest.split_to(this.rest.len().min(PIECE));
+            Poll::Ready(Some(Ok(Frame::data(piece))))
+        };
         if let Some(handed) = this.handed {
             // Asked: what was handed before has been taken. Data handed now
             // waits for the next ask.
@@ -170,11 +201,18 @@ impl<B: Body<Data = Bytes>> Body for Noted<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let rest = self.rest.remaining() as u64;
+        let inner = self.body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -214,6 +252,21 @@ mod tests {
         };
         let watched = Watched::new(waiting, Duration::from_secs(60));
         assert_eq!(watched.await, Some("answered"));
+    }
+
+    #[tokio::test]
+    async fn data_is_handed_in_pieces_of_a_frame_and_the_end_comes_after_the_last() {
+        let whole: Bytes = (0..40_000u32).map(|i| i as u8).collect();
+        let mut body = Noted::new(Full::new(whole.clone()));
+        assert_eq!(body.size_hint().exact(), Some(40_000));
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            pieces.push(frame.unwrap().into_data().unwrap());
+            assert_eq!(body.is_end_stream(), pieces.concat().len() == 40_000);
+        }
+        let sizes: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [PIECE, PIECE, 40_000 - 2 * PIECE]);
+        assert_eq!(pieces.concat(), whole);
     }
 
     #[tokio::test]

@@ -284,8 +284,15 @@ impl Scan {
             }
             let metadata = match std::fs::metadata(&path) {
                 Ok(metadata) => metadata,
-                // A dangling link: nothing there.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // A dangling link (or one through a file): nothing there.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue;
+                }
                 // Something there that cannot be looked at (a link into a
                 // directory without search permission, a link loop).
                 Err(e) => {
@@ -513,6 +520,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), SERVICE_A).unwrap();
         std::os::unix::fs::symlink("nowhere.yaml", dir.path().join("gone.yaml")).unwrap();
+        std::os::unix::fs::symlink("a.yaml/x", dir.path().join("through.yaml")).unwrap();
         std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
         let report = FileSource::new(vec![dir.path().to_path_buf()]).load();
         assert_eq!(names(&report.snapshot), vec!["a"]);
