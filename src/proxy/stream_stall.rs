@@ -22,7 +22,7 @@
 //! client stopped reading. A client that reads slowly and grants window
 //! in large steps (the h2 crate, for one, grants half its window at once)
 //! goes as long between steps as it takes to read that half: such a
-//! stream is reset too, as nginx's `send_timeout` resets it.
+//! stream is reset too, as Varnish's `send_timeout` resets it.
 
 use std::future::Future;
 use std::pin::Pin;
