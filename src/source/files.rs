@@ -216,7 +216,8 @@ fn assemble(
     let mut served = Vec::with_capacity(chosen.len());
     for (location, object, key) in &ordered {
         let kept = chosen[key.as_str()];
-        if *location != kept {
+        // By identity: the items of one `kind: List` share a location.
+        if !std::ptr::eq(*location, kept) {
             errors.push(LoadError {
                 location: (*location).clone(),
                 message: format!("{key} is already defined at {kept}; this copy is ignored"),
@@ -421,6 +422,19 @@ mod tests {
         let report = source.load();
         assert!(report.errors.is_empty());
         assert_eq!(served_port(&report), 81);
+    }
+
+    #[test]
+    fn a_duplicate_within_one_list_is_reported_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = "apiVersion: v1\nkind: List\nitems:\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a}}\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a}}\n";
+        std::fs::write(dir.path().join("list.yaml"), list).unwrap();
+        let report = FileSource::new(vec![dir.path().to_path_buf()]).load();
+        assert_eq!(names(&report.snapshot), vec!["a"]);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("already defined"));
     }
 
     #[test]
