@@ -26,8 +26,9 @@ pub struct LoadReport {
 pub struct FileSource {
     dirs: Vec<PathBuf>,
     last_good: HashMap<PathBuf, Vec<(Location, Object)>>,
-    /// The file each object was served from, so that a copy of it in a
-    /// new file does not take it over.
+    /// The file each object defined more than once was served from, so
+    /// that a copy of it in a new file does not take it over. (An object
+    /// defined once was served from the one file `last_good` has it in.)
     served_from: HashMap<String, PathBuf>,
 }
 
@@ -122,18 +123,23 @@ impl FileSource {
                     .or_insert_with(|| objects.clone());
             }
         }
-        self.last_good = current;
+        let before = std::mem::replace(&mut self.last_good, current);
 
         // What could be read of broken files without a good version is
         // served, but never becomes one: the next read of such a file
         // serves whatever it gives then.
-        let snapshot = if partial.is_empty() {
-            assemble(&self.last_good, &mut self.served_from, &mut errors)
+        let served_before = ServedBefore {
+            files: &before,
+            duplicated: &self.served_from,
+        };
+        let (snapshot, duplicated) = if partial.is_empty() {
+            assemble(&self.last_good, served_before, &mut errors)
         } else {
             let mut serving = self.last_good.clone();
             serving.extend(partial);
-            assemble(&serving, &mut self.served_from, &mut errors)
+            assemble(&serving, served_before, &mut errors)
         };
+        self.served_from = duplicated;
         LoadReport {
             snapshot,
             errors,
@@ -182,40 +188,89 @@ fn carry_over(
     true
 }
 
+/// Which file each object was served from by the last load.
+struct ServedBefore<'a> {
+    /// The files that load kept, by path.
+    files: &'a HashMap<PathBuf, Vec<(Location, Object)>>,
+    /// Where it served the objects it found more than once.
+    duplicated: &'a HashMap<String, PathBuf>,
+}
+
+impl ServedBefore<'_> {
+    /// For each of `keys`: the file the last load served it from, if it
+    /// had it. Looked up only when an object is defined more than once,
+    /// which is rare: a map of every object's file, kept between loads,
+    /// would cost megabytes with tens of thousands of objects.
+    fn files_of<'k>(&self, keys: &[&'k str]) -> HashMap<&'k str, PathBuf> {
+        let mut found: HashMap<&str, PathBuf> = HashMap::new();
+        for key in keys {
+            if let Some(file) = self.duplicated.get(*key) {
+                found.insert(key, file.clone());
+            }
+        }
+        if found.len() < keys.len() {
+            let wanted: HashSet<&str> = keys.iter().copied().collect();
+            for (file, objects) in self.files {
+                for (_, object) in objects {
+                    if let Some(key) = wanted.get(object.describe().as_str()) {
+                        found.entry(key).or_insert_with(|| file.clone());
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
 /// Builds one snapshot from all files, in path order. An object defined
 /// more than once is an error on each copy but one: the one in the file it
-/// was served from before (`served_from`, updated here), so that a copy
-/// added later never takes it over, else the first in path order.
+/// was served from before, so that a copy added later never takes it over,
+/// else the first in path order. Gives the snapshot and where each object
+/// defined more than once is served from.
 fn assemble(
     files: &HashMap<PathBuf, Vec<(Location, Object)>>,
-    served_from: &mut HashMap<String, PathBuf>,
+    before: ServedBefore<'_>,
     errors: &mut Vec<LoadError>,
-) -> ClusterSnapshot {
+) -> (ClusterSnapshot, HashMap<String, PathBuf>) {
     let mut ordered: Vec<_> = files
         .values()
         .flatten()
         .map(|(location, object)| (location, object, object.describe()))
         .collect();
     ordered.sort_by(|a, b| a.0.cmp(b.0));
-    // Each object's copy to serve: the first in its earlier file, else the
-    // first.
-    let mut chosen: HashMap<&str, &Location> = HashMap::with_capacity(ordered.len());
+    // Each object's first copy, and whether there are more.
+    let mut chosen: HashMap<&str, (&Location, bool)> = HashMap::with_capacity(ordered.len());
     for (location, _, key) in &ordered {
-        let earlier = served_from.get(key.as_str());
         chosen
             .entry(key.as_str())
-            .and_modify(|kept| {
-                let kept_is_earlier = earlier == Some(&kept.file);
-                if !kept_is_earlier && earlier == Some(&location.file) {
-                    *kept = location;
-                }
-            })
-            .or_insert(location);
+            .and_modify(|(_, more)| *more = true)
+            .or_insert((location, false));
+    }
+    let duplicated_keys: Vec<&str> = chosen
+        .iter()
+        .filter(|(_, (_, more))| *more)
+        .map(|(key, _)| *key)
+        .collect();
+    let mut duplicated = HashMap::new();
+    if !duplicated_keys.is_empty() {
+        // Of several copies, the first in the file served before.
+        let earlier = before.files_of(&duplicated_keys);
+        for (location, _, key) in &ordered {
+            let Some(file) = earlier.get(key.as_str()) else {
+                continue;
+            };
+            let (kept, _) = chosen.get_mut(key.as_str()).expect("every key chosen");
+            if kept.file != *file && location.file == *file {
+                *kept = location;
+            }
+        }
+        for key in &duplicated_keys {
+            duplicated.insert(key.to_string(), chosen[key].0.file.clone());
+        }
     }
     let mut snapshot = ClusterSnapshot::default();
-    let mut served = Vec::with_capacity(chosen.len());
     for (location, object, key) in &ordered {
-        let kept = chosen[key.as_str()];
+        let (kept, _) = chosen[key.as_str()];
         // By identity: the items of one `kind: List` share a location.
         if !std::ptr::eq(*location, kept) {
             errors.push(LoadError {
@@ -225,10 +280,8 @@ fn assemble(
             continue;
         }
         (*object).clone().add_to(&mut snapshot);
-        served.push((key.clone(), location.file.clone()));
     }
-    *served_from = served.into_iter().collect();
-    snapshot
+    (snapshot, duplicated)
 }
 
 /// The names and paths a directory lists. A seam for the tests: as root,
