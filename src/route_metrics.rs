@@ -90,7 +90,8 @@ pub enum UpgradeResult {
     Switched,
     /// The backend answered with something other than 101.
     Declined,
-    /// The backend answered 101 with a protocol the client did not ask for.
+    /// The backend's 101 was not the switch offered: a protocol the client
+    /// did not ask for, no `Connection: upgrade`, or not HTTP/1.1.
     ProtocolMismatch,
     /// No protocol the client asked for is allowed on the route; the
     /// request was forwarded without its upgrade headers.

@@ -421,33 +421,54 @@ async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
 }
 
 #[tokio::test]
-async fn a_101_with_a_protocol_the_client_did_not_ask_for_is_a_502() {
-    let backend = backends::scripted(|mut s| async move {
-        read_head(&mut s).await;
-        write_head(&mut s, SWITCH, &["Upgrade: h2c", "Connection: Upgrade"]).await;
-        s.write_all(b"h2c bytes that must not reach the client")
-            .await
-            .unwrap();
-    })
-    .await;
-    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
-    let (mut client, head, rest) = raw_exchange(
-        proxy.addr,
-        &upgrade_request("h", "/", "websocket", &[]),
-        b"",
-    )
-    .await;
-    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    let mut body = rest;
-    body.extend(read_rest_or_keepalive(&mut client).await);
-    assert!(!String::from_utf8_lossy(&body).contains("h2c bytes"));
-    assert_eq!(
-        proxy.metric(
-            "switchyard_upgrades_total",
-            &[("result", "protocol_mismatch")]
+async fn a_101_that_is_not_the_switch_offered_is_a_502_and_an_endpoint_failure() {
+    // Another protocol; no `Connection: upgrade` (the proxy must not make
+    // it valid with its own); an HTTP/1.0 101.
+    let answers: [(&'static str, &'static [&'static str]); 3] = [
+        (SWITCH, &["Upgrade: h2c", "Connection: Upgrade"]),
+        (SWITCH, &["Upgrade: websocket"]),
+        (
+            "HTTP/1.0 101 Switching Protocols",
+            &["Upgrade: websocket", "Connection: Upgrade"],
         ),
-        1.0
-    );
+    ];
+    for (status_line, fields) in answers {
+        let backend = backends::scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            write_head(&mut s, status_line, fields).await;
+            let _ = s
+                .write_all(b"new-protocol bytes that must not reach the client")
+                .await;
+        })
+        .await;
+        let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+        // The passive health default: three failures in a row eject.
+        for attempt in 1..=3 {
+            let (mut client, head, rest) = raw_exchange(
+                proxy.addr,
+                &upgrade_request("h", "/", "websocket", &[]),
+                b"",
+            )
+            .await;
+            assert!(head.starts_with("HTTP/1.1 502"), "{fields:?}: {head}");
+            let mut body = rest;
+            body.extend(read_rest_or_keepalive(&mut client).await);
+            assert!(!String::from_utf8_lossy(&body).contains("new-protocol"));
+            assert_eq!(
+                proxy.metric(
+                    "switchyard_upgrades_total",
+                    &[("result", "protocol_mismatch")]
+                ),
+                f64::from(attempt),
+                "{fields:?}"
+            );
+        }
+        assert_eq!(
+            proxy.metric("switchyard_upstream_ejections_total", &[]),
+            1.0,
+            "{status_line} {fields:?}: the endpoint is taken out of rotation"
+        );
+    }
 }
 
 #[tokio::test]

@@ -42,9 +42,7 @@ impl LocalReply {
             Self::UpstreamConnect => "could not connect to the backend",
             Self::UpstreamTimeout => "the backend did not answer in time",
             Self::UpstreamFailed => "the backend connection failed",
-            Self::UpgradeMismatch => {
-                "the backend switched to a protocol the client did not ask for"
-            }
+            Self::UpgradeMismatch => "the backend's switch of protocols was not the one asked for",
             Self::BodyTimeout => "request body not received in time",
             Self::TooManyRequests => "too many requests from this client address; retry later",
         }

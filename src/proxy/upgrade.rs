@@ -150,7 +150,18 @@ pub async fn upgrade(
             let backend = Connection::new(stream, endpoint.addr);
             let result =
                 handshake(proxy, conn, route, backend, request, &offered, proxy_fields).await;
-            record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
+            // A switch nobody offered is the backend's failure: the client
+            // could not have caused it, and it gets a 502 each time.
+            let mismatch;
+            let attempt = match &result {
+                Ok((_, UpgradeResult::ProtocolMismatch)) => {
+                    mismatch =
+                        UpstreamError::Other("the backend's 101 was not the switch offered".into());
+                    Err(&mismatch)
+                }
+                other => other.as_ref().map(|_| ()),
+            };
+            record_attempt(proxy, route, endpoint, attempt);
             result
         }
         Err(error) => Err(error),
@@ -211,7 +222,14 @@ async fn handshake(
         let response = head.into_response(|framing| BackendBody::new(framing, backend, None));
         return Ok((relay(response, &proxy.config), UpgradeResult::Declined));
     }
-    let Some(protocol) = switched_protocol(&head.headers, offered) else {
+    // A 101 is HTTP/1.1's, and lists `Upgrade` in its `Connection` (RFC
+    // 9110 7.8; a WebSocket client fails one that does not, RFC 6455
+    // 4.1): the client must not get a switch it would refuse, made valid
+    // by the proxy's own `Connection: upgrade`.
+    let switched = (head.version == Version::HTTP_11 && connection_has(&head.headers, "upgrade"))
+        .then(|| switched_protocol(&head.headers, offered))
+        .flatten();
+    let Some(protocol) = switched else {
         return Ok((
             super::responses::LocalReply::UpgradeMismatch.into_response(),
             UpgradeResult::ProtocolMismatch,
