@@ -184,14 +184,20 @@ async fn a_client_half_close_reaches_the_backend_and_replies_still_flow() {
 
 #[tokio::test]
 async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
-    let backend = backends::scripted(|mut s| async move {
-        switch_to_websocket(&mut s).await;
-        s.write_all(b"bye").await.unwrap();
-        let (mut read, mut write) = s.into_split();
-        write.shutdown().await.unwrap(); // half-close towards the client
-        let mut got = Vec::new();
-        read.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"still talking");
+    // What the backend read after its half-close, reported to the test (a
+    // failed assertion in the backend's task would go unseen).
+    let (report, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    let backend = backends::scripted(move |mut s| {
+        let report = report.clone();
+        async move {
+            switch_to_websocket(&mut s).await;
+            s.write_all(b"bye").await.unwrap();
+            let (mut read, mut write) = s.into_split();
+            write.shutdown().await.unwrap(); // half-close towards the client
+            let mut got = Vec::new();
+            let _ = read.read_to_end(&mut got).await;
+            let _ = report.send(got);
+        }
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
@@ -202,6 +208,8 @@ async fn a_backend_half_close_reaches_the_client_and_client_bytes_still_flow() {
     assert_eq!(got, b"bye");
     client.write_all(b"still talking").await.unwrap();
     client.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+    assert_eq!(got.unwrap().unwrap(), b"still talking");
     proxy.wait_tunnel_closed("completed").await;
 }
 
@@ -371,28 +379,31 @@ async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
         ("426 Upgrade Required", "upgrade refused"),
         ("200 OK", "plain answer"),
     ] {
-        let refusing = backends::scripted(move |mut s| async move {
-            read_head(&mut s).await;
-            let length = format!("Content-Length: {}", body.len());
-            write_head(
-                &mut s,
-                &format!("HTTP/1.1 {status}"),
-                &[&length, "Connection: keep-alive"],
-            )
-            .await;
-            s.write_all(body.as_bytes()).await.unwrap();
-            // Anything else the proxy sends here would be a smuggled request.
-            let mut extra = Vec::new();
-            let _ = s.read_to_end(&mut extra).await;
-            assert!(
-                extra.is_empty(),
-                "proxy reused a refused upgrade connection: {extra:?}"
-            );
+        // Each backend connection answers one request, keep-alive; the one
+        // the upgrade came on reports what else it was sent, which would
+        // be a request smuggled onto a connection never to be used again.
+        let (report, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        let backend = backends::scripted(move |mut s| {
+            let report = report.clone();
+            async move {
+                let (head, _) = read_head(&mut s).await;
+                let length = format!("Content-Length: {}", body.len());
+                write_head(
+                    &mut s,
+                    &format!("HTTP/1.1 {status}"),
+                    &[&length, "Connection: keep-alive"],
+                )
+                .await;
+                s.write_all(body.as_bytes()).await.unwrap();
+                if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                    let mut extra = Vec::new();
+                    let _ = s.read_to_end(&mut extra).await;
+                    let _ = report.send(extra);
+                }
+            }
         })
         .await;
-        let echo = backends::echo("next").await;
-        let yaml = route("ws", "h", "/ws", &[refusing]) + &route("web", "h", "/", &[echo.addr]);
-        let proxy = TestProxy::start(&yaml).await;
+        let proxy = TestProxy::start(&route("ws", "h", "/", &[backend])).await;
         let (mut client, head, rest) = raw_exchange(
             proxy.addr,
             &upgrade_request("h", "/ws", "websocket", &[]),
@@ -405,14 +416,22 @@ async fn a_declined_upgrade_is_relayed_and_the_connection_stays_http() {
             body.as_bytes()
         );
 
+        // The client's connection is HTTP still: its next request, to the
+        // same backend, is answered over a new backend connection.
         client
             .write_all(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
             .unwrap();
-        let (head, rest) = read_head(&mut client).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let body = read_body(&mut client, &head, rest).await;
-        assert!(body.starts_with("next\nGET /next"), "{body}");
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client));
+        let (head, rest) = answer.await.expect("the next request answered");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+        assert_eq!(read_body(&mut client, &head, rest).await, body);
+        let extra = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+        assert_eq!(
+            extra.unwrap().unwrap(),
+            b"",
+            "the refused upgrade's backend connection was used again"
+        );
         assert_eq!(
             proxy.metric("switchyard_upgrades_total", &[("result", "declined")]),
             1.0
