@@ -602,6 +602,29 @@ async fn a_leader_that_shuts_down_gives_up_the_lease() {
     assert!(proxy.log_text().contains("released the leader Lease"));
 }
 
+// About 20 s: two replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_given_up_on_shutdown_is_taken_by_another_replica_well_before_it_would_expire() {
+    let (api, dir, mut pod_a) = pod_a_leading().await;
+    let pod_b = Switchyard::start_cluster(&api.kubeconfig(dir.path()), "pod-b", &[]);
+    wait_ready(&pod_b).await;
+    // pod-b has read the Lease pod-a holds; pod-a renews it every 15 s, so
+    // had pod-a let it expire, pod-b could take it no sooner than 15 s
+    // after pod-a stopped.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metric(pod_b.admin, "switchyard_leader", &[]).await, 0.0);
+    pod_a.terminate();
+    assert_eq!(pod_a.wait_exit(Duration::from_secs(30)), Some(0));
+    eventually("pod-b leads", Duration::from_secs(12), || async {
+        metric(pod_b.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
+    assert_eq!(
+        api.lease("ingress", "switchyard-leader").unwrap()["spec"]["holderIdentity"],
+        "pod-b"
+    );
+}
+
 /// When the Lease held in the fake expires, as other replicas reckon it.
 fn lease_expiry(api: &FakeApiServer) -> std::time::SystemTime {
     let lease = api.lease("ingress", "switchyard-leader").unwrap();

@@ -9,6 +9,11 @@
 //! leading before another replica may take the Lease over, where the
 //! manager alone would go on saying it leads until it can read the Lease
 //! again.
+//!
+//! A replica that does not hold the Lease reads it again every
+//! [`FOLLOWER_LOOK`]: the manager alone would wait for the expiry it last
+//! read, up to a Lease's duration, and so take a Lease the leader gave up
+//! on shutdown no sooner than one it let expire.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::watch;
+use tokio::sync::{RwLock, watch};
 use tokio::time::Instant;
 
 use super::lease_writes::Confirmations;
@@ -43,6 +48,11 @@ const RETRY: Duration = Duration::from_secs(5);
 /// changes, so a few failures spread over days would leave a leader
 /// unable to retry a failed renewal before its Lease expired.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a replica that does not hold the Lease reads it again: two
+/// reads each time (the manager's, made afresh), against client-go's
+/// leader election reading every 2 s.
+const FOLLOWER_LOOK: Duration = Duration::from_secs(5);
 
 /// How often a spell of failed renewals is logged as a warning.
 const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -98,16 +108,17 @@ pub fn elect(
     let shutdown = shutdown.clone();
     let tracker = shutdown.tracker().clone();
     tracker.spawn(async move {
-        let mut reported_failure = false;
-        let manager = loop {
-            let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        let build = || {
+            LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
                 .with_namespace(&settings.namespace)
                 .with_identity(&settings.identity)
                 .with_duration(LEASE_DURATION_SECONDS)
                 .with_grace(LEASE_GRACE_SECONDS)
                 .build()
-                .await;
-            match manager {
+        };
+        let mut reported_failure = false;
+        let manager = loop {
+            match build().await {
                 Ok(manager) => break manager,
                 Err(e) if !reported_failure => {
                     reported_failure = true;
@@ -121,6 +132,9 @@ pub fn elect(
             }
         };
         let (holds, mut holder) = watch::channel(false);
+        // Replaced while following (see `FOLLOWER_LOOK`); used by this
+        // task alone, one step at a time.
+        let manager = RwLock::new(manager);
         let renewing = async {
             // A renewal that goes through does not return from `changed`:
             // failures are told apart by time, a warning for the first of
@@ -129,7 +143,22 @@ pub fn elect(
             loop {
                 // Returns when the holder changes; renews (or waits for an
                 // expiry) in between.
-                match manager.changed().await {
+                let current = manager.read().await;
+                let changed = if *holds.borrow() {
+                    Some(current.changed().await)
+                } else {
+                    tokio::time::timeout(FOLLOWER_LOOK, current.changed()).await.ok()
+                };
+                drop(current);
+                let Some(changed) = changed else {
+                    // Read the Lease afresh: it may have been given up.
+                    match build().await {
+                        Ok(fresh) => *manager.write().await = fresh,
+                        Err(error) => tracing::debug!(%error, "cannot read the leader Lease again"),
+                    }
+                    continue;
+                };
+                match changed {
                     Ok(now_holds) => {
                         holds.send_replace(now_holds);
                     }
@@ -155,6 +184,7 @@ pub fn elect(
         if !*holder.borrow() {
             return;
         }
+        let manager = manager.into_inner();
         match manager.release().await {
             Ok(()) => tracing::info!(lease = %settings.lease_name, "released the leader Lease"),
             Err(error) => {
