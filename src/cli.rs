@@ -60,6 +60,35 @@ pub struct SourceArgs {
     pub default_backend_service: Option<ServiceBackendRef>,
 }
 
+impl SourceArgs {
+    /// What the flags say that cannot be so: a fallback Service in a
+    /// namespace `--watch-namespace` leaves out would never be read, and
+    /// every request no rule matches would get 503 for it.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        if let Some(fallback) = &self.default_backend_service
+            && !self.watch_namespaces.is_empty()
+            && !self.watch_namespaces.contains(&fallback.namespace)
+        {
+            return Err(format!(
+                "--default-backend-service {}/{} is in namespace {}, which --watch-namespace \
+                 leaves out: add --watch-namespace {}",
+                fallback.namespace, fallback.name, fallback.namespace, fallback.namespace
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    pub fn source(&self) -> &SourceArgs {
+        match self {
+            Command::Run(run) => &run.source,
+            Command::Check(check) => &check.source,
+            Command::Routes(routes) => &routes.source,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -329,6 +358,22 @@ mod tests {
         assert_eq!(args.drain_timeout, Duration::from_secs(30));
         assert_eq!(args.max_header_bytes, 32 * 1024);
         assert!(args.access_log);
+    }
+
+    #[test]
+    fn a_fallback_in_a_namespace_not_watched_is_refused() {
+        let consistent = |extra: &[&str]| {
+            let args = ["switchyard", "check", "--manifests", "m"];
+            let cli = Cli::try_parse_from(args.iter().chain(extra)).unwrap();
+            cli.command.source().check_consistent()
+        };
+        let fallback = ["--default-backend-service", "fallback/default:80"];
+        assert!(consistent(&fallback).is_ok(), "every namespace is watched");
+        let watched = [&fallback[..], &["--watch-namespace", "fallback"]].concat();
+        assert!(consistent(&watched).is_ok());
+        let left_out = [&fallback[..], &["--watch-namespace", "app"]].concat();
+        let error = consistent(&left_out).unwrap_err();
+        assert!(error.contains("add --watch-namespace fallback"), "{error}");
     }
 
     #[test]

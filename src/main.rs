@@ -28,6 +28,10 @@ fn main() -> ExitCode {
         }
     };
     let command = Cli::parse_from(args).command;
+    if let Err(e) = command.source().check_consistent() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Before anything starts a thread: see `descriptors`.
     let descriptors = match &command {
         Command::Run(run) => Some((

@@ -582,3 +582,24 @@ async fn serves_and_sleeps_when_idle(flags: &[&str]) -> (Switchyard, tempfile::T
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
     (proxy, dir)
 }
+
+#[test]
+fn a_fallback_service_in_a_namespace_left_out_is_refused_at_start() {
+    let dir = dir_with("r.yaml", String::new());
+    let manifests = dir.path().to_str().unwrap();
+    let (code, _, stderr) = switchyard(&[
+        "check",
+        "--manifests",
+        manifests,
+        "--watch-namespace",
+        "app",
+        "--default-backend-service",
+        "fallback/default:80",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr
+            .contains("error: --default-backend-service fallback/default is in namespace fallback"),
+        "{stderr}"
+    );
+}
