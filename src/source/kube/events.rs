@@ -68,9 +68,14 @@ impl EventPublisher {
                 end = RoundEnd::Stopped;
                 continue;
             }
-            let Some(reference) = object_reference(warning, snapshot) else {
+            let Some(mut reference) = object_reference(warning, snapshot) else {
                 continue;
             };
+            // Part of the key kube's recorder groups repeats by: without
+            // it, a second warning of one reason on one object (two paths
+            // to missing Services) would be taken for a repeat of the
+            // first, and only its count would reach the API server.
+            reference.field_path = field_of(&warning.message);
             let mut note = warning.message.clone();
             if note.len() > MAX_NOTE {
                 let mut end = MAX_NOTE;
@@ -107,6 +112,13 @@ impl EventPublisher {
         self.published = still_present;
         end
     }
+}
+
+/// The field a warning's message starts with (`spec.rules[0]...`), as an
+/// Event's `regarding.fieldPath`.
+fn field_of(message: &str) -> Option<String> {
+    let field = message.split([':', ' ']).next()?;
+    (field.starts_with("spec.") || field.starts_with("metadata.")).then(|| field.to_string())
 }
 
 fn object_reference(
@@ -202,6 +214,42 @@ mod tests {
             publish_once(&["a", "b", "c"], || true, |_| Answer::event_created()).await;
         assert_eq!(requests, [CREATE; 3]);
         assert_eq!(end, RoundEnd::Written);
+    }
+
+    #[tokio::test]
+    async fn two_warnings_of_one_reason_on_one_object_are_two_events() {
+        let (client, api) = MockApi::new();
+        let mut events = EventPublisher::new(client, Some("pod".into()), Arc::new(Metrics::new()));
+        let (mut warnings, snapshot) = warnings_on(&["a", "a"]);
+        for (i, warning) in warnings.iter_mut().enumerate() {
+            warning.message = format!(
+                "spec.rules[0].http.paths[{i}].backend.service: Service ns/s{i} not found; requests get 503"
+            );
+        }
+        let publish =
+            tokio::spawn(async move { events.publish(&warnings, &snapshot, || true).await });
+        let requests = api.serve(|_| Answer::event_created()).await;
+        assert_eq!(
+            requests, [CREATE; 2],
+            "the second is an Event of its own, not a repeat"
+        );
+        assert_eq!(publish.await.unwrap(), RoundEnd::Written);
+    }
+
+    #[test]
+    fn the_field_path_is_the_field_a_message_starts_with() {
+        assert_eq!(
+            field_of("spec.rules[1].host \"a_b\": not a valid host").as_deref(),
+            Some("spec.rules[1].host")
+        );
+        assert_eq!(
+            field_of("metadata.annotations[\"x\"]: bad").as_deref(),
+            Some("metadata.annotations[\"x\"]")
+        );
+        assert_eq!(
+            field_of("--default-backend-service: Service x/y not found"),
+            None
+        );
     }
 
     #[tokio::test]
