@@ -332,6 +332,55 @@ async fn bytes_sent_right_behind_the_upgrade_request_are_delivered() {
 }
 
 #[tokio::test]
+async fn bytes_behind_an_upgrade_reach_the_backend_on_a_connection_hyper_serves() {
+    // A chunked upload first: switchyard's own server hands the connection
+    // to hyper's, which then parses the upgrade, holding what came behind
+    // it in its own buffer.
+    let backend = backends::scripted(|mut s| async move {
+        let (head, mut rest) = read_head(&mut s).await;
+        if head.to_ascii_lowercase().contains("upgrade: websocket") {
+            write_head(
+                &mut s,
+                SWITCH,
+                &["Upgrade: websocket", "Connection: Upgrade"],
+            )
+            .await;
+            let _ = s.read_to_end(&mut rest).await;
+            let _ = s.write_all(b"backend got: ").await;
+            let _ = s.write_all(&rest).await;
+            let _ = s.shutdown().await;
+            return;
+        }
+        while !rest.ends_with(b"0\r\n\r\n") {
+            let mut more = [0u8; 1024];
+            let n = s.read(&mut more).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&more[..n]);
+        }
+        write_head(&mut s, "HTTP/1.1 200 OK", &["Content-Length: 0"]).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, rest) = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(rest.is_empty());
+    let upgrade = upgrade_request("h", "/", "websocket", &[]) + "EARLY-BYTES";
+    client.write_all(upgrade.as_bytes()).await.unwrap();
+    let (head, rest) = read_head(&mut client).await;
+    assert!(head.starts_with(SWITCH), "{head}");
+    client.write_all(b"+LATER").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = rest;
+    got.extend(read_until_closed(&mut client).await);
+    assert_eq!(got, b"backend got: EARLY-BYTES+LATER");
+}
+
+#[tokio::test]
 async fn bytes_a_backend_sends_right_behind_its_101_are_delivered() {
     let backend = backends::scripted(|mut stream| async move {
         let _ = read_head(&mut stream).await;
