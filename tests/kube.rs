@@ -328,6 +328,34 @@ async fn api_server_down_while_running_keeps_traffic_flowing_and_reports_stalene
     assert_eq!(ready(&proxy).await, 200);
 }
 
+// About 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_goes_back_to_zero_once_the_api_server_answers_again_with_nothing_changed() {
+    let echo = backends::echo("kept").await;
+    let (api, _dir, proxy) = serve_web(&echo, &[]).await;
+    let staleness = || async {
+        metric(
+            proxy.admin,
+            "switchyard_source_staleness_seconds",
+            &[("kind", "Ingress")],
+        )
+        .await
+    };
+    api.set_down(true);
+    eventually("staleness rises", Duration::from_secs(30), || async {
+        staleness().await > 0.0
+    })
+    .await;
+    // Back, with no object changed: the watches resume where they were
+    // and deliver nothing, but the source is current again.
+    api.set_down(false);
+    eventually("staleness back to 0", Duration::from_secs(20), || async {
+        staleness().await == 0.0
+    })
+    .await;
+    assert!(proxy.log_text().contains("watch recovered"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_writes_status_once_and_not_again_when_unchanged() {
     let echo = backends::echo("s").await;

@@ -1,12 +1,21 @@
 //! One reflector per kind (and per watched namespace): classic list+watch
 //! through kube-runtime, with back-off and jitter on failure, trimmed
 //! objects in the store, and a wake-up for the snapshot loop on change.
+//!
+//! After a failure, kube's watcher resumes the watch from where it was
+//! without a word when the API server answers again: nothing reaches the
+//! stream until an object changes, which for a quiet kind can be hours, so
+//! its watch would be reported failing all that time. So while a watch is
+//! failing, the kind is listed (one object's metadata) every
+//! [`PROBE_EVERY`], and an answer counts as contact again.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, InitialListStrategy};
 use kube::runtime::{WatchStreamExt, watcher as watch};
@@ -15,6 +24,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::health::{SourceHealth, WatchScope};
+
+/// How often a failing watch's kind is listed to see whether the API
+/// server answers again.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// The annotation `kubectl apply` keeps a full copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -46,13 +59,31 @@ where
         namespace: api.namespace().map(str::to_string),
     };
     let (reader, writer) = reflector::store();
+    // The same objects as the watch: its selectors, one object's metadata.
+    let mut probe = ListParams::default().limit(1);
+    probe.label_selector = config.label_selector.clone();
+    probe.field_selector = config.field_selector.clone();
+    let probe_api = api.clone();
     let stream = watch(api, config)
         .default_backoff()
         .modify(trim)
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        let mut failing = false;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = tokio::time::sleep(PROBE_EVERY), if failing => {
+                    if probe_api.list_metadata(&probe).await.is_ok() {
+                        failing = false;
+                        health.ok(&scope);
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            failing = event.is_err();
             match event {
                 // Init only announces a (re)list about to be tried; every
                 // other event is data from the API server.
