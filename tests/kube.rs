@@ -429,7 +429,12 @@ async fn a_namespace_named_twice_is_watched_once() {
     let (api, _dir, proxy) = serve_web(&echo, &twice).await;
     assert_eq!(get(proxy.http, "web.test", "/", &[]).await.status, 200);
     // Each object once in the snapshot: no path of the Ingress is taken
-    // for one declared twice (which the leader would publish as Events).
+    // for one declared twice (which the leader would publish as Events,
+    // once it leads: so only after that is no Event a finding).
+    eventually("pod-a leads", Duration::from_secs(20), || async {
+        metric(proxy.admin, "switchyard_leader", &[]).await == 1.0
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(api.events().is_empty(), "{:?}", api.events());
     let watches = api
