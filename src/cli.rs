@@ -260,7 +260,7 @@ pub struct ClusterArgs {
 
     /// Publish these fixed addresses (IPs or host names, comma-separated)
     /// in Ingress status instead of a Service's.
-    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_status_address)]
     pub publish_status_address: Vec<String>,
 
     /// The longest a burst of cluster changes is coalesced into one table
@@ -320,6 +320,19 @@ fn parse_max_connections(text: &str) -> Result<usize, String> {
     }
 }
 
+/// An address Ingress status can hold: an IP, or a lower-case DNS name
+/// (the API server refuses any other, and every status write with it).
+fn parse_status_address(text: &str) -> Result<String, String> {
+    let is_dns_name = text.len() <= 253 && text.split('.').all(is_dns_label);
+    if text.parse::<std::net::IpAddr>().is_ok() || is_dns_name {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is neither an IP address nor a lower-case DNS name"
+        ))
+    }
+}
+
 fn parse_header_size(text: &str) -> Result<usize, String> {
     let size = parse_size(text)?;
     if size < 8192 {
@@ -358,6 +371,30 @@ mod tests {
         assert_eq!(args.drain_timeout, Duration::from_secs(30));
         assert_eq!(args.max_header_bytes, 32 * 1024);
         assert!(args.access_log);
+    }
+
+    #[test]
+    fn published_addresses_are_ips_or_dns_names() {
+        let parse = |value: &str| {
+            let args = ["switchyard", "run", "--publish-status-address", value];
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Run(run) => run.cluster.publish_status_address,
+                _ => unreachable!("run"),
+            })
+        };
+        assert_eq!(
+            parse("192.0.2.10,2001:db8::1,lb.example.com").unwrap(),
+            ["192.0.2.10", "2001:db8::1", "lb.example.com"]
+        );
+        for bad in [
+            "LB.example.com",
+            "lb_1.example.com",
+            "http://lb",
+            "lb..example",
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("neither an IP address"), "{bad}: {error}");
+        }
     }
 
     #[test]
