@@ -1,16 +1,21 @@
 //! Translate warnings as Kubernetes Events (type Warning) on the object they
 //! concern, through kube-runtime's recorder. A warning is published once
 //! when it appears, not again on every resync while it persists; once it
-//! goes away, it is published again if it comes back, and so is every
-//! warning when this replica leads again after another did (it could not
-//! see them come and go meanwhile).
+//! has been gone for [`REPUBLISH_AFTER`], it is published again if it comes
+//! back, and so is every warning when this replica leads again after
+//! another did (it could not see them come and go meanwhile). The wait
+//! keeps a warning that comes and goes (the endpoints of a crash-looping
+//! backend, behind many paths) from costing a write per path each time,
+//! as client-go's recorder limits such repeats.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::time::Instant;
 
 use super::writes::{RoundEnd, WriteFailure, outcome};
 use crate::metrics::Metrics;
@@ -20,9 +25,14 @@ use crate::snapshot::ClusterSnapshot;
 /// Event notes are limited to 1 kB by the API.
 const MAX_NOTE: usize = 1000;
 
+/// How long a published warning must have been gone before it is
+/// published again when it comes back.
+const REPUBLISH_AFTER: Duration = Duration::from_secs(300);
+
 pub struct EventPublisher {
     recorder: Recorder,
-    published: HashSet<String>,
+    /// The warnings published, and when each was last found.
+    published: HashMap<String, Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -34,7 +44,7 @@ impl EventPublisher {
         };
         Self {
             recorder: Recorder::new(client, reporter),
-            published: HashSet::new(),
+            published: HashMap::new(),
             metrics,
         }
     }
@@ -55,11 +65,11 @@ impl EventPublisher {
         leading: impl Fn() -> bool,
     ) -> RoundEnd {
         let mut end = RoundEnd::Written;
-        let mut still_present = HashSet::new();
+        let now = Instant::now();
         for warning in warnings {
             let key = warning.to_string();
-            if self.published.contains(&key) {
-                still_present.insert(key);
+            if let Some(seen) = self.published.get_mut(&key) {
+                *seen = now;
                 continue;
             }
             // Once stopped, the warnings left are published by a later
@@ -97,7 +107,7 @@ impl EventPublisher {
                         .events
                         .with_label_values(&[warning.reason.as_str()])
                         .inc();
-                    still_present.insert(key);
+                    self.published.insert(key, now);
                 }
                 Err(WriteFailure::Refused(error)) => {
                     end = end.max(RoundEnd::Incomplete);
@@ -109,7 +119,8 @@ impl EventPublisher {
                 }
             }
         }
-        self.published = still_present;
+        self.published
+            .retain(|_, seen| now.duration_since(*seen) < REPUBLISH_AFTER);
         end
     }
 }
@@ -234,6 +245,36 @@ mod tests {
             "the second is an Event of its own, not a repeat"
         );
         assert_eq!(publish.await.unwrap(), RoundEnd::Written);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warning_back_soon_after_it_went_is_not_published_again() {
+        let (client, api) = MockApi::new();
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = writes.clone();
+        let server = tokio::spawn(api.serve(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Answer::event_created()
+        }));
+        let mut events = EventPublisher::new(client, Some("pod".into()), Arc::new(Metrics::new()));
+        let (warnings, snapshot) = warnings_on(&["a"]);
+        let written = || writes.load(Ordering::SeqCst);
+
+        events.publish(&warnings, &snapshot, || true).await;
+        assert_eq!(written(), 1);
+        // Gone, and back a little later: the Event already says it.
+        events.publish(&[], &snapshot, || true).await;
+        tokio::time::advance(REPUBLISH_AFTER / 2).await;
+        events.publish(&warnings, &snapshot, || true).await;
+        assert_eq!(written(), 1, "published again after a short absence");
+        // Gone for longer: published again when it comes back.
+        events.publish(&[], &snapshot, || true).await;
+        tokio::time::advance(REPUBLISH_AFTER).await;
+        events.publish(&[], &snapshot, || true).await;
+        events.publish(&warnings, &snapshot, || true).await;
+        assert_eq!(written(), 2);
+        drop(events);
+        server.await.unwrap();
     }
 
     #[test]
