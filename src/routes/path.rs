@@ -4,8 +4,9 @@
 //! - `Prefix` matches element by element on `/`: `/foo` matches `/foo`,
 //!   `/foo/` and `/foo/bar`, never `/foobar`. A trailing slash on the rule
 //!   is ignored, so `/foo/` and `/foo` are the same rule, and `/` matches
-//!   every path. Empty elements are kept: `/foo/bar` does not match
-//!   `/foo//bar`.
+//!   every path. (Both sides reach this module normalised, runs of
+//!   slashes merged among the rest: see `request_path`, and translate's
+//!   `rule_path_for_matching`.)
 //! - `ImplementationSpecific` is treated as `Prefix`.
 //!
 //! Rule length is compared with the trailing slash removed; the longest

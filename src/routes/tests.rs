@@ -391,6 +391,57 @@ fn a_host_whose_paths_are_all_ignored_does_not_fall_through_either() {
     assert_eq!(route_of(&t, "bar.example.com", "/"), "theirs");
 }
 
+/// Where a request for `raw` (as it comes on the wire) is routed: matched
+/// as the proxy matches it.
+fn request_to(table: &RouteTable, host: &str, raw: &str) -> String {
+    let path = super::request_path::for_matching(raw).expect("a request path");
+    route_of(table, host, &path)
+}
+
+#[test]
+fn a_rule_path_is_matched_as_the_resource_it_names_as_requests_are() {
+    let yaml = [
+        service("cafe", 1),
+        service("loose", 2),
+        ingress(
+            "a",
+            "",
+            &rules(&[
+                rule("h", "/caf%C3%A9", "Prefix", "cafe"),
+                rule("h", "/x//y/./z", "ImplementationSpecific", "loose"),
+            ]),
+        ),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(request_to(&t, "h", "/caf%C3%A9/menu"), "cafe");
+    assert_eq!(request_to(&t, "h", "/café"), "cafe");
+    assert_eq!(request_to(&t, "h", "/x/y/z"), "loose");
+    assert_eq!(request_to(&t, "h", "/x//y/z/more"), "loose");
+}
+
+#[test]
+fn exact_and_prefix_paths_the_api_server_refuses_are_warned_and_ignored() {
+    for bad in [
+        "/a//b", "/a/./b", "/a/../b", "/a%2Fb", "/a/.", "/a/..", "/%zz",
+    ] {
+        let yaml = [
+            service("web", 1),
+            ingress("a", "", &rules(&[rule("h", bad, "Prefix", "web")])),
+        ]
+        .concat();
+        let (t, warnings) = table(&yaml);
+        assert_eq!(warnings.len(), 1, "{bad}: {warnings:?}");
+        assert_eq!(warnings[0].reason, WarningReason::InvalidPath, "{bad}");
+        assert!(
+            warnings[0].message.contains("this path is ignored"),
+            "{bad}"
+        );
+        assert_eq!(route_of(&t, "h", "/a"), "404", "{bad}");
+    }
+}
+
 #[test]
 fn ingress_class_selection() {
     let class = |default: bool| {

@@ -129,6 +129,27 @@ pub fn translate(snapshot: &ClusterSnapshot, options: &TranslateOptions) -> Tran
     }
 }
 
+/// A rule's path as requests are matched against it: as the resource it
+/// names (percent-decoded, dot segments resolved, slashes merged; see
+/// [`request_path`](super::request_path)). Written otherwise it could
+/// never match (`/caf%C3%A9` against a request for it, matched as
+/// `/café`). Exact and Prefix paths with `//`, a dot segment or an escaped
+/// slash are refused, as the API server refuses them.
+fn rule_path_for_matching(path: &str, path_type: PathType) -> Result<String, &'static str> {
+    const NOT_IN_EXACT_OR_PREFIX: [&str; 5] = ["//", "/./", "/../", "%2f", "%2F"];
+    if path_type != PathType::ImplementationSpecific
+        && (NOT_IN_EXACT_OR_PREFIX.iter().any(|s| path.contains(s))
+            || path.ends_with("/.")
+            || path.ends_with("/.."))
+    {
+        return Err("may not hold //, a . or .. segment or an escaped slash (%2F)");
+    }
+    match super::request_path::for_matching(path) {
+        Ok(path) => Ok(path.into_owned()),
+        Err(_) => Err("does not name a path (a .. above the root, or a malformed % escape)"),
+    }
+}
+
 /// The order Ingresses claim hosts and paths in: oldest first, then by
 /// `namespace/name` compared as one string (DESIGN's tie-break between
 /// Ingresses): `a-b/x` before `a/y`, where namespace first, then name,
@@ -257,9 +278,19 @@ impl Builder<'_> {
                         continue;
                     }
                 };
+                let value = match rule_path_for_matching(value, path_type) {
+                    Ok(value) => value,
+                    Err(why) => {
+                        warn(
+                            WarningReason::InvalidPath,
+                            format!("{field}.path {value:?} {why}; this path is ignored"),
+                        );
+                        continue;
+                    }
+                };
                 claims.push(Claim::Path {
                     host: host.clone(),
-                    path: value.to_string(),
+                    path: value,
                     path_type,
                     backend: &path.backend,
                     field,
@@ -284,7 +315,7 @@ impl Builder<'_> {
             Claim::Default(backend, field) => {
                 if let Some(winner) = &self.default_backend {
                     let message = format!(
-                        "{field}: Ingress {} also has a defaultBackend and is older; this one is ignored",
+                        "{field}: Ingress {} also has a defaultBackend and takes precedence (older, or as old and first by namespace/name); this one is ignored",
                         winner.owner
                     );
                     self.warn(object, WarningReason::ConflictingDefaultBackend, message);
@@ -313,7 +344,7 @@ impl Builder<'_> {
                         )
                     } else {
                         format!(
-                            "{field}: host {host} path {path} ({}) is already routed by Ingress {}, which is older; this path is ignored",
+                            "{field}: host {host} path {path} ({}) is already routed by Ingress {}, which takes precedence (older, or as old and first by namespace/name); this path is ignored",
                             path_type.as_str(),
                             winner.owner
                         )
