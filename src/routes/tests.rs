@@ -557,6 +557,40 @@ addressType: IPv4\nports: [{name: http, port: 8080}, {name: admin, port: 9090}]\
 }
 
 #[test]
+fn endpoints_come_from_every_slice_once_each_with_that_slices_port() {
+    // A named targetPort can map to another number on some pods (their
+    // own slice); an address can be in two slices while they are
+    // rewritten; FQDN slices are not addresses to connect to; and an
+    // endpoint still ready while terminating (publishNotReadyAddresses)
+    // takes no new work.
+    let slice = |name: &str, kind: &str, port: u16, endpoints: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: {kind}\nports: [{{name: http, port: {port}}}]\nendpoints:\n{endpoints}"
+        )
+    };
+    let yaml = [
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}]\n".to_string(),
+        slice(
+            "web-a",
+            "IPv4",
+            8080,
+            "- addresses: [10.0.0.1]\n- addresses: [10.0.0.5]\n  conditions: {ready: true, terminating: true}\n",
+        ),
+        slice("web-b", "IPv4", 8081, "- addresses: [10.0.0.6]\n"),
+        slice("web-c", "IPv4", 8080, "- addresses: [10.0.0.1]\n"),
+        slice("web-d", "FQDN", 8080, "- addresses: [backend.example.com]\n"),
+        ingress("a", "", &rules(&[rule("h", "/", "Prefix", "web")])),
+    ]
+    .concat();
+    let (t, warnings) = table(&yaml);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let endpoints = t.lookup("h", "/").unwrap().backend.endpoints().to_vec();
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(endpoints, [addr("10.0.0.1:8080"), addr("10.0.0.6:8081")]);
+}
+
+#[test]
 fn a_service_port_is_a_tcp_one_even_where_udp_shares_its_number() {
     // HTTP/3 beside HTTPS: one number, two protocols, UDP listed first.
     let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: quic, port: 443, protocol: UDP}, {name: https, port: 443, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]\n\
