@@ -636,22 +636,33 @@ fn broken_backends_give_a_503_route_and_a_warning_each() {
     ]
     .concat();
     let (t, warnings) = table(&yaml);
+    // In the order of the fields they name: rules 0, 1, 3 and 4.
     let reasons: Vec<_> = warnings.iter().map(|w| w.reason).collect();
     assert_eq!(
         reasons,
         vec![
-            WarningReason::InvalidPath,
-            WarningReason::InvalidHost,
             WarningReason::BackendNotFound,
             WarningReason::NoReadyEndpoints,
+            WarningReason::InvalidPath,
+            WarningReason::InvalidHost,
+        ]
+    );
+    let fields: Vec<_> = warnings.iter().map(|w| &w.message[..13]).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0]",
+            "spec.rules[1]",
+            "spec.rules[3]",
+            "spec.rules[4]"
         ]
     );
     assert!(t.lookup("h", "/missing").unwrap().backend.pick().is_none());
     assert!(t.lookup("h", "/empty").unwrap().backend.pick().is_none());
     assert!(t.lookup("h", "/ok").unwrap().backend.pick().is_some());
-    assert!(warnings[0].message.contains("\"relative\""));
+    assert!(warnings[2].message.contains("\"relative\""));
     assert!(
-        warnings[2]
+        warnings[0]
             .message
             .contains("Service default/nope not found")
     );

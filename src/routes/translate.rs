@@ -201,20 +201,15 @@ impl Builder<'_> {
             name: name.clone(),
         };
         let owner = format!("{namespace}/{name}");
-        let mut warn = |reason, message: String| {
-            self.warnings.push(Warning {
-                object: object.clone(),
-                reason,
-                message,
-            })
-        };
 
         let (policy, problems) = annotations::parse(ingress.metadata.annotations.as_ref());
         for p in problems {
-            warn(p.reason, p.message);
+            self.warn(&object, p.reason, p.message);
         }
         if policy.canary {
-            warn(
+            self.warn(
+
+                &object,
                 WarningReason::CanaryNotServed,
                 format!(
                     "metadata.annotations[{:?}]: canary routing is not supported; this Ingress is not served, so that it takes none of the traffic of the Ingress it shadows",
@@ -227,21 +222,25 @@ impl Builder<'_> {
             return;
         };
         if spec.tls.as_ref().is_some_and(|tls| !tls.is_empty()) {
-            warn(
+            self.warn(
+
+                &object,
                 WarningReason::TlsNotServed,
                 "spec.tls: switchyard does not terminate TLS yet; this Ingress's rules are served over plain HTTP only".into(),
             );
         }
-        let mut claims = Vec::new();
-
+        // Each claim is made as it is read, so that warnings come out in
+        // the order of the fields they name.
         if let Some(backend) = &spec.default_backend {
-            claims.push(Claim::Default(backend, Field::DefaultBackend));
+            let claim = Claim::Default(backend, Field::DefaultBackend);
+            self.claim(claim, &namespace, &owner, &object, &policy);
         }
         for (ri, rule) in spec.rules.iter().flatten().enumerate() {
             let host = match HostPattern::parse(rule.host.as_deref()) {
                 Ok(h) => h,
                 Err(e) => {
-                    warn(
+                    self.warn(
+                        &object,
                         WarningReason::InvalidHost,
                         format!("spec.rules[{ri}].host: {e}; this rule is ignored"),
                     );
@@ -255,7 +254,9 @@ impl Builder<'_> {
             for (pi, path) in rule.http.iter().flat_map(|h| &h.paths).enumerate() {
                 let field = Field::Path { rule: ri, path: pi };
                 let Some(path_type) = PathType::parse(&path.path_type) else {
-                    warn(
+                    self.warn(
+
+                        &object,
                         WarningReason::InvalidPath,
                         format!(
                             "{field}.pathType {:?} is not Exact, Prefix or ImplementationSpecific; this path is ignored",
@@ -268,7 +269,8 @@ impl Builder<'_> {
                     (None | Some(""), PathType::ImplementationSpecific) => "/",
                     (Some(p), _) if p.starts_with('/') => p,
                     (p, _) => {
-                        warn(
+                        self.warn(
+                            &object,
                             WarningReason::InvalidPath,
                             format!(
                                 "{field}.path {:?} must start with \"/\"; this path is ignored",
@@ -281,25 +283,23 @@ impl Builder<'_> {
                 let value = match rule_path_for_matching(value, path_type) {
                     Ok(value) => value,
                     Err(why) => {
-                        warn(
+                        self.warn(
+                            &object,
                             WarningReason::InvalidPath,
                             format!("{field}.path {value:?} {why}; this path is ignored"),
                         );
                         continue;
                     }
                 };
-                claims.push(Claim::Path {
+                let claim = Claim::Path {
                     host: host.clone(),
                     path: value,
                     path_type,
                     backend: &path.backend,
                     field,
-                });
+                };
+                self.claim(claim, &namespace, &owner, &object, &policy);
             }
-        }
-
-        for claim in claims {
-            self.claim(claim, &namespace, &owner, &object, &policy);
         }
     }
 
