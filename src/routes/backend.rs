@@ -103,10 +103,20 @@ impl<'a> ServiceIndex<'a> {
                 }
             })?;
         let port_name = service_port.name.as_deref().unwrap_or("");
+        // A dual-stack Service has a slice per family for the same pods:
+        // its first family only, as its ClusterIP is, or each pod would be
+        // listed twice, once at an address this node may not reach.
+        let family = spec
+            .and_then(|s| s.ip_families.as_ref())
+            .and_then(|families| families.first())
+            .map(String::as_str);
 
         let mut endpoints = BTreeSet::new();
         for slice in self.slices.get(&(namespace, name)).into_iter().flatten() {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            let address_type = slice.address_type.as_str();
+            if !matches!(address_type, "IPv4" | "IPv6")
+                || family.is_some_and(|family| family != address_type)
+            {
                 continue;
             }
             let target_port = slice.ports.iter().flatten().find(|p| {

@@ -591,6 +591,38 @@ fn endpoints_come_from_every_slice_once_each_with_that_slices_port() {
 }
 
 #[test]
+fn a_dual_stack_service_is_reached_at_its_first_familys_addresses() {
+    let slice = |name: &str, kind: &str, address: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: {kind}\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [\"{address}\"]\n"
+        )
+    };
+    let service = |families: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  ipFamilies: [{families}]\n  ports: [{{name: http, port: 80}}]\n"
+        )
+    };
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    for (families, expected) in [
+        ("IPv4, IPv6", addr("10.0.0.1:8080")),
+        ("IPv6, IPv4", addr("[2001:db8::1]:8080")),
+    ] {
+        let yaml = [
+            service(families),
+            slice("web-v4", "IPv4", "10.0.0.1"),
+            slice("web-v6", "IPv6", "2001:db8::1"),
+            ingress("a", "", &rules(&[rule("h", "/", "Prefix", "web")])),
+        ]
+        .concat();
+        let (t, warnings) = table(&yaml);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let endpoints = t.lookup("h", "/").unwrap().backend.endpoints().to_vec();
+        assert_eq!(endpoints, [expected], "{families}");
+    }
+}
+
+#[test]
 fn a_service_port_is_a_tcp_one_even_where_udp_shares_its_number() {
     // HTTP/3 beside HTTPS: one number, two protocols, UDP listed first.
     let yaml = "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: quic, port: 443, protocol: UDP}, {name: https, port: 443, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]\n\
