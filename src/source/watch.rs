@@ -302,11 +302,6 @@ impl OpenWrites {
         open.sort_unstable();
         open
     }
-
-    #[cfg(test)]
-    fn count(&self) -> usize {
-        self.paths.len()
-    }
 }
 
 /// Whether a file is one the manifests are read from, by its name. Editors'
@@ -338,14 +333,18 @@ mod tests {
     fn a_manifest_is_open_for_writing_from_its_first_write_to_its_close() {
         let mut writes = OpenWrites::default();
         assert!(writes.note(&event(EventKind::Create(CreateKind::File), "/m/a.yaml")));
-        assert_eq!(writes.count(), 0, "created, nothing written yet");
+        assert_eq!(writes.open().len(), 0, "created, nothing written yet");
         assert!(writes.note(&event(WRITE, "/m/a.yaml")));
         assert!(writes.note(&event(WRITE, "/m/b.yml")));
-        assert_eq!(writes.count(), 2);
+        assert_eq!(writes.open().len(), 2);
         assert!(writes.note(&event(CLOSE_WRITE, "/m/a.yaml")));
-        assert_eq!(writes.count(), 1);
+        assert_eq!(writes.open().len(), 1);
         assert!(writes.note(&event(EventKind::Remove(RemoveKind::File), "/m/b.yml")));
-        assert_eq!(writes.count(), 0, "removed while open: no close will come");
+        assert_eq!(
+            writes.open().len(),
+            0,
+            "removed while open: no close will come"
+        );
     }
 
     #[test]
@@ -354,17 +353,17 @@ mod tests {
         writes.note(&event(WRITE, "/m/a.yaml"));
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::From));
         assert!(writes.note(&event(renamed, "/m/a.yaml")));
-        assert_eq!(writes.count(), 0);
+        assert_eq!(writes.open().len(), 0);
 
         writes.note(&event(WRITE, "/m/sub/b.yaml"));
         writes.note(&event(WRITE, "/m/subway.yaml"));
         assert!(writes.note(&event(renamed, "/m/sub")));
-        assert_eq!(writes.count(), 1, "only what was below the directory");
+        assert_eq!(writes.open().len(), 1, "only what was below the directory");
 
         writes.note(&event(WRITE, "/m/b.yaml"));
         let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         assert!(writes.note(&overflow), "lost events are a change");
-        assert_eq!(writes.count(), 0);
+        assert_eq!(writes.open().len(), 0);
     }
 
     #[test]
@@ -413,7 +412,7 @@ mod tests {
             "still a change"
         );
         assert!(writes.note(&event(WRITE, "/m/a.yaml~")));
-        assert_eq!(writes.count(), 0);
+        assert_eq!(writes.open().len(), 0);
     }
 
     /// Time from a first change to `settle` returning, on tokio's
