@@ -1,7 +1,8 @@
 //! "No progress for this long": the timer behind every stall limit of the
 //! data plane (a client's request body, a backend that takes no request
 //! bytes, a backend that stops sending its response body, a client that
-//! takes none of its response: [`WriteStall`]).
+//! takes none of its response: [`WriteStall`], and over HTTP/2 one that
+//! grants a stream no window: [`super::stream_stall`]).
 //!
 //! It is armed when the watched thing returns `Pending` and disarmed by any
 //! progress, so a busy stream never touches the timer wheel, and its sleep

@@ -32,8 +32,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
+use super::stall::StallTimer;
 use crate::busy_poll::Work;
 
 /// The most data handed hyper at once: HTTP/2's default frame size.
@@ -92,9 +93,9 @@ pin_project_lite::pin_project! {
         #[pin]
         task: F,
         handed: Arc<Handed>,
-        limit: Duration,
-        // Made on the first wait, then reset: most streams never wait.
-        timer: Option<Pin<Box<Sleep>>>,
+        // Armed while handed data waits; each new hand-off is progress.
+        stall: StallTimer,
+        waiting_since: Option<Instant>,
     }
 }
 
@@ -103,8 +104,8 @@ impl<F> Watched<F> {
         Self {
             task,
             handed: Arc::default(),
-            limit,
-            timer: None,
+            stall: StallTimer::new(limit),
+            waiting_since: None,
         }
     }
 }
@@ -119,17 +120,15 @@ impl<F: Future> Future for Watched<F> {
         if let Poll::Ready(done) = CURRENT.sync_scope(handed, || task.poll(cx)) {
             return Poll::Ready(Some(done));
         }
-        let Some(since) = this.handed.since() else {
-            return Poll::Pending;
-        };
-        let deadline = since + *this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+        let since = this.handed.since();
+        if since != *this.waiting_since {
+            this.stall.progress();
+            *this.waiting_since = since;
         }
-        match timer.as_mut().poll(cx) {
+        if since.is_none() {
+            return Poll::Pending;
+        }
+        match this.stall.poll_stalled(cx) {
             Poll::Ready(()) => {
                 tracing::debug!(
                     "HTTP/2 client took none of a stream's response for the write timeout; resetting the stream"
