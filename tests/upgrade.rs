@@ -560,13 +560,18 @@ async fn a_backend_connection_switched_without_being_asked_is_not_used_again() {
     })
     .await;
     let proxy = TestProxy::start(&route("r", "h", "/", &[backend])).await;
-    for _ in 0..2 {
+    for _ in 0..3 {
         let answer = get(proxy.addr, "h", "/", &[]).await;
         assert_eq!(answer.status, 502, "an unasked switch is refused");
     }
     assert!(
         !reused.load(Ordering::SeqCst),
         "a request went out on a connection switched to another protocol"
+    );
+    // The endpoint's failure, three in a row: out of rotation.
+    assert_eq!(
+        proxy.metric("switchyard_upstream_ejections_total", &[]),
+        1.0
     );
 }
 

@@ -128,13 +128,20 @@ async fn send(
     body: UpstreamBody,
     progress: Option<&BodyProgress>,
 ) -> Result<Response<BackendBody>, UpstreamError> {
-    upstream::within_response_timeout(
+    let response = upstream::within_response_timeout(
         proxy.pool.send(addr, request, body),
         proxy.config.upstream_response_timeout,
         progress,
     )
     .await
-    .ok_or(UpstreamError::ResponseTimeout)?
+    .ok_or(UpstreamError::ResponseTimeout)??;
+    // Never asked for here (an upgrade goes by `upgrade`): a backend
+    // switching on its own (to an h2c the route does not allow, from the
+    // headers stripped) would be relayed as a 101 with no tunnel behind it.
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(UpstreamError::SwitchNotOffered);
+    }
+    Ok(response)
 }
 
 /// A backend response on its way to the client, hop-by-hop headers

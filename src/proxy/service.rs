@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Response, Version};
 
 use super::body::{ResponseBody, client_body_failed};
 use super::forward::forward;
@@ -139,7 +139,6 @@ pub async fn handle(
         request_id: &request_id,
         upgrade: None,
     };
-    let upgrading = offered.is_some();
     let (endpoint, result) = if let Some(offered) = offered {
         // Boxed: the handshake's future is the larger one, and every
         // request's future would otherwise be as large as an upgrade's.
@@ -164,13 +163,6 @@ pub async fn handle(
 
     // 6. respond
     match result {
-        // forward() never asks for an upgrade, so a 101 here is a backend
-        // switching protocols on its own (say to an h2c the route does not
-        // allow, from the headers we stripped). Relayed, it would be a 101
-        // with no tunnel behind it; refuse it as any unrequested switch.
-        Ok(response) if !upgrading && response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Ok(exchange.local(&proxy, LocalReply::UpgradeMismatch))
-        }
         Ok(response) => Ok(exchange.respond(&proxy, response)),
         // The client's body broke (an invalid chunk size, a bare LF in the
         // chunked framing, a client gone mid-body): the client's fault, and

@@ -150,24 +150,14 @@ pub async fn upgrade(
             let backend = Connection::new(stream, endpoint.addr);
             let result =
                 handshake(proxy, conn, route, backend, request, &offered, proxy_fields).await;
-            // A switch nobody offered is the backend's failure: the client
-            // could not have caused it, and it gets a 502 each time.
-            let mismatch;
-            let attempt = match &result {
-                Ok((_, UpgradeResult::ProtocolMismatch)) => {
-                    mismatch =
-                        UpstreamError::Other("the backend's 101 was not the switch offered".into());
-                    Err(&mismatch)
-                }
-                other => other.as_ref().map(|_| ()),
-            };
-            record_attempt(proxy, route, endpoint, attempt);
+            record_attempt(proxy, route, endpoint, result.as_ref().map(|_| ()));
             result
         }
         Err(error) => Err(error),
     };
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
+        Err(UpstreamError::SwitchNotOffered) => UpgradeResult::ProtocolMismatch,
         Err(e) if e.is_timeout() => UpgradeResult::Timeout,
         Err(e) if e.is_connect() => UpgradeResult::ConnectError,
         Err(_) => UpgradeResult::Failed,
@@ -230,10 +220,7 @@ async fn handshake(
         .then(|| switched_protocol(&head.headers, offered))
         .flatten();
     let Some(protocol) = switched else {
-        return Ok((
-            super::responses::LocalReply::UpgradeMismatch.into_response(),
-            UpgradeResult::ProtocolMismatch,
-        ));
+        return Err(UpstreamError::SwitchNotOffered);
     };
     // The backend would read the rest of the request body as the new
     // protocol: a switch before the body was sent is no switch to relay.

@@ -252,6 +252,11 @@ pub enum UpstreamError {
     /// The backend closed or reset the connection, or sent something that
     /// is not HTTP, before its response head.
     Other(Box<dyn StdError + Send + Sync>),
+    /// The backend answered 101 with a switch nobody offered it: to a
+    /// request that asked for none, to a protocol the client did not ask
+    /// for, or without `Connection: upgrade` or HTTP/1.1. The endpoint's
+    /// failure: no client can cause it.
+    SwitchNotOffered,
 }
 
 impl UpstreamError {
@@ -267,6 +272,7 @@ impl UpstreamError {
             Self::ConnectTimeout | Self::ResponseTimeout => LocalReply::UpstreamTimeout,
             Self::ClientBodyTimeout => LocalReply::BodyTimeout,
             Self::Local(_) | Self::Other(_) => LocalReply::UpstreamFailed,
+            Self::SwitchNotOffered => LocalReply::UpgradeMismatch,
         }
     }
 
@@ -305,6 +311,7 @@ impl std::fmt::Display for UpstreamError {
             Self::ResponseTimeout => f.write_str("response timed out"),
             Self::ClientBodyTimeout => f.write_str("client request body timed out"),
             Self::Local(e) | Self::Other(e) => write!(f, "{e}"),
+            Self::SwitchNotOffered => f.write_str("the backend switched protocols unasked"),
         }
     }
 }
