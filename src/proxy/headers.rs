@@ -85,11 +85,8 @@ impl<'a> Iterator for ValueTokens<'a> {
             // A value has no control characters but tabs, so the ASCII
             // whitespace trimmed is the spaces and tabs.
             let token = item.trim_ascii();
-            if !token.is_empty()
-                && token.is_ascii()
-                && let Ok(token) = std::str::from_utf8(token)
-            {
-                return Some(token);
+            if !token.is_empty() && token.is_ascii() {
+                return Some(std::str::from_utf8(token).expect("ASCII is UTF-8"));
             }
         }
     }

@@ -142,8 +142,9 @@ impl<F: Future> Future for Watched<F> {
 
 pin_project_lite::pin_project! {
     /// A stream's response body, noting for its [`Watched`] task when it
-    /// hands hyper data and when hyper asks for more. Outside such a task
-    /// (an HTTP/1 response) it notes nothing.
+    /// hands hyper data and when hyper asks for more. Made while that task
+    /// is polled (the listener wraps HTTP/2 responses only); made outside
+    /// one, it notes nothing.
     pub struct Noted<B> {
         #[pin]
         body: B,
