@@ -208,7 +208,6 @@ impl Builder<'_> {
         }
         if policy.canary {
             self.warn(
-
                 &object,
                 WarningReason::CanaryNotServed,
                 format!(
@@ -223,7 +222,6 @@ impl Builder<'_> {
         };
         if spec.tls.as_ref().is_some_and(|tls| !tls.is_empty()) {
             self.warn(
-
                 &object,
                 WarningReason::TlsNotServed,
                 "spec.tls: switchyard does not terminate TLS yet; this Ingress's rules are served over plain HTTP only".into(),
@@ -255,7 +253,6 @@ impl Builder<'_> {
                 let field = Field::Path { rule: ri, path: pi };
                 let Some(path_type) = PathType::parse(&path.path_type) else {
                     self.warn(
-
                         &object,
                         WarningReason::InvalidPath,
                         format!(
