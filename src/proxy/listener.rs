@@ -197,10 +197,10 @@ impl Proxy {
         let mut first = BytesMut::with_capacity(FIRST_READ);
         // Read until the first bytes tell HTTP/1 from HTTP/2: almost always
         // the first read. A client whose first segment is a bare prefix of
-        // the preface (a lone "P", say) is read on here rather than handed
-        // to hyper's auto-detecting server, whose HTTP/1 connections wrap
-        // the socket in a type of its own that a tunnel cannot take the
-        // socket back out of (see `TunnelEnd::new`).
+        // the preface (a lone "P", say) is read on here, so that each
+        // connection goes to the one server for its protocol (an HTTP/1 one
+        // that hyper serves keeps a socket a tunnel can take back out, see
+        // `TunnelEnd::new`).
         let protocol = loop {
             // A connection that has sent nothing is idle: draining closes
             // it at once rather than wait for its timeout.
@@ -262,7 +262,7 @@ impl Proxy {
             )
         });
         let io = TokioIo::new(stream);
-        let result = if http2 {
+        let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http2 {
             // hyper's HTTP/2 server has no idle limit of its own: the
             // connection is shut down gracefully once it has had no open
             // stream for the header read timeout (see `idle_streams`).
@@ -276,12 +276,11 @@ impl Proxy {
                     Ok::<_, Infallible>(response.map(|body| Noted::new(Tracked::new(body, stream))))
                 }
             });
-            // Boxed: the auto-detecting server is twice the size of the
-            // HTTP/1 one, and rare; unboxed, every connection's future
-            // would be as large.
-            let mut connection = Box::pin(self.http.serve_connection_with_upgrades(io, service));
+            // Boxed: HTTP/2 connections are rare; unboxed, every
+            // connection's future would be as large as one's.
+            let mut connection = Box::pin(self.http2.serve_connection(io, service));
             let idle = streams.idle_for(self.config.header_read_timeout);
-            tokio::select! {
+            let ended: Result<(), hyper::Error> = tokio::select! {
                 result = self.until_closed(connection.as_mut(), |c| c.graceful_shutdown()) => result,
                 () = idle => {
                     tracing::debug!(remote = %conn.remote, "HTTP/2 connection idle; shutting it down");
@@ -302,7 +301,8 @@ impl Proxy {
                         () = streams.idle_for(limit) => Ok(()),
                     }
                 }
-            }
+            };
+            ended.map_err(Into::into)
         } else {
             let connection = pin!(self.http1.serve_connection(io, service).with_upgrades());
             self.until_closed(connection, |c| c.graceful_shutdown())

@@ -31,9 +31,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -102,8 +101,9 @@ pub struct Proxy {
     /// hyper directly so that an upgraded connection can be taken back as
     /// the socket it is (read and written without hyper's wrapper).
     http1: http1::Builder,
-    /// HTTP/2 with prior knowledge (and anything that starts like it).
-    http: auto::Builder<StreamExecutor>,
+    /// HTTP/2 with prior knowledge: the listener hands a connection over
+    /// once its whole preface is in.
+    http2: http2::Builder<StreamExecutor>,
     connection_slots: Arc<Semaphore>,
     pub client_limits: Arc<ClientLimits>,
 }
@@ -124,14 +124,8 @@ impl Proxy {
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_bytes)
             .max_buf_size(config.max_header_bytes.max(8192));
-        let mut http = auto::Builder::new(StreamExecutor::new(config.client_write_timeout));
-        // HTTP/1 reaches this one only when a client's first bytes looked
-        // like the HTTP/2 preface; hyper-util offers no exact head limit.
-        http.http1()
-            .timer(ReusingTimer)
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(8192));
-        http.http2()
+        let mut http2 = http2::Builder::new(StreamExecutor::new(config.client_write_timeout));
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         Arc::new(Self {
@@ -146,7 +140,7 @@ impl Proxy {
             config,
             shutdown,
             http1,
-            http,
+            http2,
         })
     }
 }
@@ -169,7 +163,7 @@ impl Proxy {
             config: self.config,
             shutdown: self.shutdown.clone(),
             http1: self.http1.clone(),
-            http: self.http.clone(),
+            http2: self.http2.clone(),
         })
     }
 }
